@@ -1,0 +1,176 @@
+"""Train the shipped model: a small ResNet-18-FPN Mask R-CNN on the synthetic shapes, on CPU, from scratch.
+
+    python models/train_shapes.py --out models/shapes_r18 --minutes 90
+
+The model is a plain torchvision ``MaskRCNN`` (FPN backbone, default anchors and RoI poolers) with narrower
+FPN and heads. It trains with ``BatchNorm2d`` (no pretrained weights can be downloaded here) and is saved with
+the batch-norm statistics in the same keys that torchvision's ``FrozenBatchNorm2d`` reads, so the default
+builders load it unchanged.
+
+The schedule is fixed in wall-clock time rather than iterations (warm-up, then cosine decay over
+``--minutes``), so that a run on a shared 2-core machine ends when planned. Training images are generated on
+the fly from ``--seed`` (default 1); evaluation sets must use another seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn  # noqa: E402
+from deploy_sdk.synthetic_shapes import SHAPE_CLASSES, generate_sample  # noqa: E402
+
+CONFIG = ArchConfig(
+    arch="resnet18_fpn",
+    num_classes=len(SHAPE_CLASSES) + 1,
+    fpn_channels=128,
+    box_head_dim=512,
+    mask_head_dims=(128, 128, 128, 128),
+    mask_predictor_dim=128,
+    min_size=384,
+    max_size=512,
+)
+# Training-only sampling settings (not part of the architecture; inference keeps torchvision's defaults):
+# fewer proposals and RoIs per image make a CPU iteration several times cheaper.
+TRAIN_KWARGS = dict(
+    rpn_pre_nms_top_n_train=1000,
+    rpn_post_nms_top_n_train=500,
+    box_batch_size_per_image=128,
+)
+IMAGE_SIZES = dict(min_size=256, max_size=512)
+
+
+def to_target(sample) -> dict:
+    return {
+        "boxes": torch.from_numpy(sample.boxes),
+        "labels": torch.from_numpy(sample.labels),
+        "masks": torch.from_numpy(sample.masks.astype(np.uint8)),
+    }
+
+
+def lr_at(progress: float, it: int, base: float, warmup_iters: int) -> float:
+    warm = min(1.0, (it + 1) / warmup_iters)
+    return base * (0.001 + 0.999 * warm) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def save(model: nn.Module, out_dir: Path, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    state = {
+        k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in model.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "model.safetensors.partial"
+    save_file(state, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
+    tmp.replace(out_dir / "model.safetensors")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "models" / "shapes_r18")
+    p.add_argument("--minutes", type=float, default=90.0)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--warmup-iters", type=int, default=300)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-iters", type=int, default=0, help="stop after this many iterations (0: time only)")
+    args = p.parse_args()
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    model = build_resnet_fpn_maskrcnn(CONFIG, norm_layer=nn.BatchNorm2d, **TRAIN_KWARGS)
+    model.train()
+    params = [q for q in model.parameters() if q.requires_grad]
+    decay = [q for q in params if q.ndim > 1]
+    no_decay = [q for q in params if q.ndim <= 1]
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        momentum=0.9,
+    )
+    budget = args.minutes * 60.0
+    t0 = time.monotonic()
+    last_save = t0
+    it = 0
+    image_index = 0
+    log = []
+    smoothed = None
+    meta = {
+        "arch": CONFIG.arch,
+        "num_classes": CONFIG.num_classes,
+        "class_names": ["__background__", *SHAPE_CLASSES],
+        "min_size": CONFIG.min_size,
+        "max_size": CONFIG.max_size,
+        "fpn_channels": CONFIG.fpn_channels,
+        "box_head_dim": CONFIG.box_head_dim,
+        "mask_head_dims": list(CONFIG.mask_head_dims),
+        "train_seed": args.seed,
+        "train_image_sizes": [IMAGE_SIZES["min_size"], IMAGE_SIZES["max_size"]],
+    }
+    while True:
+        elapsed = time.monotonic() - t0
+        progress = elapsed / budget
+        if progress >= 1.0 or (args.max_iters and it >= args.max_iters):
+            break
+        lr = lr_at(progress, it, args.lr, args.warmup_iters)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        images, targets = [], []
+        while len(images) < args.batch_size:
+            s = generate_sample(args.seed, image_index, **IMAGE_SIZES)
+            image_index += 1
+            if len(s.labels) == 0:
+                continue
+            images.append(torch.from_numpy(s.image).permute(2, 0, 1).float() / 255.0)
+            targets.append(to_target(s))
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            print(f"iter {it}: non-finite loss {({k: float(v) for k, v in losses.items()})}; skipping", flush=True)
+            opt.zero_grad(set_to_none=True)
+            it += 1
+            continue
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        opt.step()
+        lv = float(loss.detach())
+        smoothed = lv if smoothed is None else 0.95 * smoothed + 0.05 * lv
+        if it % 20 == 0:
+            parts = " ".join(f"{k.replace('loss_', '')}={float(v):.3f}" for k, v in losses.items())
+            print(
+                f"iter {it:6d}  {elapsed / 60:6.1f} min  lr {lr:.4f}  loss {lv:.3f} (avg {smoothed:.3f})  {parts}",
+                flush=True,
+            )
+            log.append({"iter": it, "minutes": elapsed / 60, "lr": lr, "loss": lv, "avg": smoothed})
+        it += 1
+        if time.monotonic() - last_save > 600:
+            model.eval()
+            save(model, args.out, {**meta, "iterations": it, "images_seen": image_index, "minutes": elapsed / 60})
+            model.train()
+            last_save = time.monotonic()
+    model.eval()
+    elapsed = time.monotonic() - t0
+    final_meta = {**meta, "iterations": it, "images_seen": image_index, "minutes": round(elapsed / 60, 1)}
+    save(model, args.out, final_meta)
+    (args.out / "training_log.json").write_text(json.dumps({"meta": final_meta, "log": log}, indent=1))
+    print(f"done: {it} iterations, {image_index} images, {elapsed / 60:.1f} min -> {args.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
