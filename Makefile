@@ -22,5 +22,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
+# The RoIAlign plugin library with CUDA (and the TensorRT plugins when TensorRT headers are found, or
+# TENSORRT_INCLUDE_DIR=...): builds into ~/.cache/maskrcnn-deploy/ and prints the path for trtexec --dynamicPlugins.
+plugin: $(STAMP)
+	$(PY) -c "from deploy_sdk import plugins; print(plugins.library_path(cuda=True))"
+
 clean:
 	rm -rf $(VENV) build demo_out

@@ -1,0 +1,366 @@
+"""`maskrcnn-deploy bench`: latency percentiles, throughput against batch size, per-stage times, baselines.
+
+Every system runs in this one process on the same synthetic images, alternating iteration by iteration (see
+``benchmarks.harness.run_side_by_side``), so the ratios hold on a noisy, shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import signal
+import sys
+import threading
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from deploy_sdk.errors import CheckpointError, DeploySdkError, EngineError
+
+__all__ = ["add_arguments", "run", "BASELINES"]
+
+BASELINES = {
+    "torch-eager": "the torchvision model with the same weights (needs --checkpoint)",
+    "torchvision-onnx[=FILE]": "torchvision's own ONNX export of the same model in ONNX Runtime, one image per "
+                               "call (needs --checkpoint); =FILE keeps the export there and reuses it next time",
+    "sdk-BACKEND[-PRECISION]=FILE": "this SDK's Predictor on another model file, e.g. "
+                                    "sdk-onnxruntime-int8=model.int8.onnx",
+    "sdk-onnxruntime-int8 / sdk-onnxruntime-fp16": "MODEL's sibling file MODEL.int8.onnx / MODEL.fp16.onnx",
+    "sdk-torch": "this SDK's torch backend on --checkpoint",
+}
+_ALIASES = {"torch": "torch-eager", "eager": "torch-eager", "torchvision": "torchvision-onnx", "tv-onnx":
+            "torchvision-onnx", "int8": "sdk-onnxruntime-int8", "fp16": "sdk-onnxruntime-fp16"}
+_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "--compare systems:\n" + "\n".join(f"  {k:<44} {v}" for k, v in BASELINES.items())
+    parser.add_argument("model", help="the model to benchmark: an exported .onnx, a TensorRT engine, or a checkpoint "
+                                      "(then the SDK's torch backend)")
+    parser.add_argument("--checkpoint", help="weights for the PyTorch-based baselines (default: MODEL when it is a "
+                                             "checkpoint)")
+    parser.add_argument("--backend", default="auto", help="Predictor backend: auto, onnxruntime, tensorrt, torch")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default: 1)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per system and batch size")
+    parser.add_argument("--iters", type=int, default=10, help="timed iterations per system and batch size")
+    parser.add_argument("--image-size", help="HxW of the benchmark images (default: the model's native size, "
+                                             "min_size x max_size, so that the resize is the identity)")
+    parser.add_argument("--num-images", type=int, default=8, help="size of the pool of synthetic images (default 8)")
+    parser.add_argument("--seed", type=int, default=2024, help="seed of the synthetic images")
+    parser.add_argument("--compare", default="", help="comma-separated systems to run side by side (see below)")
+    parser.add_argument("--threads", type=int, help="CPU threads for every system (default: the usable cores)")
+    parser.add_argument("--json", help="write the results as JSON to this file")
+    parser.add_argument("--plot", help="write a PNG plot of latency and throughput against batch size")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# ------------------------------------------------------------------------------------------------- parsing
+
+
+def parse_batch_sizes(text: str) -> List[int]:
+    try:
+        sizes = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        sizes = []
+    if not sizes or any(b < 1 for b in sizes):
+        raise DeploySdkError(f"--batch-sizes {text!r} is not a comma-separated list of positive integers, "
+                             "e.g. --batch-sizes 1,2,4")
+    return list(dict.fromkeys(sizes))
+
+
+def parse_image_size(text: str) -> Tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text or "")
+    if not m or int(m.group(1)) < 16 or int(m.group(2)) < 16:
+        raise DeploySdkError(f"--image-size {text!r} is not HEIGHTxWIDTH with both sides at least 16, "
+                             "e.g. --image-size 800x1216")
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_compare(text: str) -> List[Tuple[str, Optional[str]]]:
+    """``"torch,sdk-onnxruntime-int8=m.int8.onnx"`` → ``[("torch-eager", None), ("sdk-onnxruntime-int8", "m...")]``."""
+    out: List[Tuple[str, Optional[str]]] = []
+    for item in (t.strip() for t in (text or "").split(",")):
+        if not item:
+            continue
+        name, _, path = item.partition("=")
+        name = _ALIASES.get(name.strip(), name.strip())
+        if name not in ("torch-eager", "torchvision-onnx") and not re.fullmatch(r"sdk-[a-z]+(-[a-z0-9]+)?", name):
+            known = ", ".join(["torch-eager", "torchvision-onnx", "sdk-BACKEND[-PRECISION][=FILE]"] + list(_ALIASES))
+            raise DeploySdkError(f"--compare: unknown system {name!r}; known: {known}")
+        if path and name == "torch-eager":
+            raise DeploySdkError(f"--compare: {name} takes its weights from --checkpoint, not from '={path}'")
+        if name in [n for n, _ in out]:
+            raise DeploySdkError(f"--compare: {name} is listed twice")
+        out.append((name, path.strip() or None))
+    return out
+
+
+def _is_checkpoint(path: str) -> bool:
+    return Path(path).suffix.lower() in _CHECKPOINT_SUFFIXES
+
+
+def _check_file(path: str, what: str) -> None:
+    p = Path(path)
+    if not p.exists():
+        err = CheckpointError if _is_checkpoint(path) else EngineError
+        raise err(f"{what} not found: {path}")
+    if not p.is_file():
+        raise EngineError(f"{what} is not a file: {path}")
+
+
+# ------------------------------------------------------------------------------------------------- images
+
+
+def bench_images(num: int, size: Tuple[int, int], seed: int) -> List[np.ndarray]:
+    """``num`` synthetic HxWx3 uint8 RGB images of exactly ``size`` = (H, W), deterministic for ``seed``."""
+    from PIL import Image
+
+    from deploy_sdk.synthetic_shapes import generate_sample
+
+    h, w = size
+    out = []
+    for i in range(num):
+        # Generate near the target size (the generator's cost grows with area) and resize the rest of the way.
+        img = generate_sample(seed, i, min_size=min(h, w, 512), max_size=min(max(h, w), 512)).image
+        if img.shape[:2] != (h, w):
+            img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+        out.append(np.ascontiguousarray(img))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- systems
+
+
+def _set_torch_threads(threads: int) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def resolve_compare(args, compare) -> Tuple[List[Tuple[str, Optional[str]]], Optional[str]]:
+    """Check every --compare system's files before anything slow is loaded.
+
+    Returns ``(systems, checkpoint)``: each system with the model file it runs (``None`` for the baselines, which
+    run ``checkpoint``).
+    """
+    checkpoint = args.checkpoint or (args.model if _is_checkpoint(args.model) else None)
+    if checkpoint is not None:
+        _check_file(checkpoint, "checkpoint")
+    resolved: List[Tuple[str, Optional[str]]] = []
+    for name, path in compare:
+        if name in ("torch-eager", "torchvision-onnx"):
+            if checkpoint is None:
+                raise DeploySdkError(f"--compare {name} needs the PyTorch weights: pass --checkpoint CKPT (the "
+                                     "checkpoint MODEL was exported from)")
+        elif path is None:
+            backend, _, precision = name[len("sdk-"):].partition("-")
+            if backend == "torch":
+                if checkpoint is None:
+                    raise DeploySdkError("--compare sdk-torch needs the PyTorch weights: pass --checkpoint CKPT")
+                path = checkpoint
+            elif backend == "onnxruntime" and precision in ("int8", "fp16") and args.model.endswith(".onnx"):
+                path = args.model[: -len(".onnx")] + f".{precision}.onnx"
+            else:
+                raise DeploySdkError(f"--compare {name} needs a model file: write {name}=FILE")
+        if path is not None and name != "torchvision-onnx":
+            _check_file(path, f"model file for --compare {name}")
+        resolved.append((name, path))
+    return resolved, checkpoint
+
+
+def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workdir: Path, max_batch: int):
+    from benchmarks.sdk_system import PredictorSystem
+
+    main_backend = args.backend
+    if main_backend == "auto" and _is_checkpoint(args.model):
+        main_backend = "torch"
+    print(f"loading {args.model} ...", file=sys.stderr)
+    main = PredictorSystem(args.model, backend=main_backend, device=args.device, batch_size=max_batch,
+                           threads=threads)
+    systems = [main]
+
+    loaded = None
+    if any(name in ("torch-eager", "torchvision-onnx") for name, _ in compare):
+        from conversion.checkpoint import load_checkpoint
+
+        print(f"loading checkpoint {checkpoint} ...", file=sys.stderr)
+        loaded = load_checkpoint(checkpoint)
+        sdk_sha = getattr(main.metadata, "checkpoint_sha256", "") if main.metadata is not None else ""
+        if sdk_sha and loaded.sha256 and sdk_sha != loaded.sha256:
+            print(f"warning: {args.model} was exported from a checkpoint with sha256 {sdk_sha[:12]}…, but "
+                  f"--checkpoint {checkpoint} has {loaded.sha256[:12]}…; the baselines may run other weights",
+                  file=sys.stderr)
+
+    for name, path in compare:
+        if name == "torch-eager":
+            from benchmarks.baselines import TorchEagerSystem
+
+            systems.append(TorchEagerSystem(loaded.model, loaded.class_names, device=args.device))
+        elif name == "torchvision-onnx":
+            from benchmarks.baselines import TorchvisionOnnxSystem, export_torchvision_onnx
+
+            onnx_path = Path(path) if path else workdir / "torchvision_export.onnx"
+            if onnx_path.is_file():
+                print(f"reusing torchvision's export {onnx_path}", file=sys.stderr)
+            else:
+                print(f"exporting the torchvision model with torch.onnx.export (torchvision's own path), traced at "
+                      f"{args._image_size[0]}x{args._image_size[1]} ...", file=sys.stderr)
+                export_torchvision_onnx(loaded.model, onnx_path, sample_hw=args._image_size)
+            systems.append(TorchvisionOnnxSystem(onnx_path, loaded.class_names, threads=threads, device=args.device))
+        else:
+            backend = name[len("sdk-"):].partition("-")[0]
+            systems.append(PredictorSystem(path, backend=backend, device=args.device, batch_size=max_batch,
+                                           threads=threads, name=name))
+    names = [s.name for s in systems]
+    if len(set(names)) != len(names):
+        raise DeploySdkError(f"two systems have the same name: {names}; remove the duplicate from --compare")
+    return systems
+
+
+# ------------------------------------------------------------------------------------------------- command
+
+
+def run(args: argparse.Namespace) -> int:
+    from benchmarks.harness import load_average, machine_info, run_side_by_side
+    from benchmarks.report import build_document, format_table, write_json, write_plot
+
+    batch_sizes = parse_batch_sizes(args.batch_sizes)
+    compare = parse_compare(args.compare)
+    args._image_size = parse_image_size(args.image_size) if args.image_size else None
+    if args.iters < 1 or args.warmup < 0 or args.num_images < 1:
+        raise DeploySdkError(f"--iters must be >= 1, --warmup >= 0 and --num-images >= 1 (got {args.iters}, "
+                             f"{args.warmup}, {args.num_images})")
+    _check_file(args.model, "model file")
+    compare, checkpoint = resolve_compare(args, compare)
+    if args.device.startswith("cuda"):
+        from deploy_sdk.errors import require
+
+        torch = require("torch", "convert", "benchmarking on a CUDA device")
+        if not torch.cuda.is_available():
+            raise DeploySdkError(f"--device {args.device}: no CUDA device is visible on this machine; use --device cpu")
+    if args.plot:
+        from deploy_sdk.errors import require
+
+        require("matplotlib", "bench", "the benchmark plot (--plot)")  # fail before the long run, not after
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count() or 1
+    threads = args.threads or usable
+    if threads < 1:
+        raise DeploySdkError(f"--threads must be >= 1, got {threads}")
+
+    with _sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="maskrcnn-bench-") as workdir:
+        # torch's thread count is global: set it before any torch module runs, and again after imports.
+        if "torch" in sys.modules or any(n in ("torch-eager", "torchvision-onnx") for n, _ in compare):
+            import torch
+
+            torch.set_num_threads(threads)
+        if args._image_size is None:
+            # The torchvision export traces at the benchmark size, so the size must be known before building.
+            args._image_size = _probe_native_size(args, checkpoint)
+        systems = _build_systems(args, compare, checkpoint, threads, Path(workdir), max(batch_sizes))
+        _set_torch_threads(threads)
+        size = args._image_size
+        print(f"generating {args.num_images} synthetic images of {size[0]}x{size[1]} ...", file=sys.stderr)
+        images = bench_images(args.num_images, size, args.seed)
+        machine = machine_info(threads)
+        print(f"timing {', '.join(s.name for s in systems)} side by side: batch sizes {batch_sizes}, "
+              f"{args.warmup} warm-up + {args.iters} timed iterations each", file=sys.stderr)
+        results: list = []
+        try:
+            run_side_by_side(systems, images, batch_sizes, args.warmup, args.iters, progress=not args.quiet,
+                             results=results)
+            interrupted = False
+        except KeyboardInterrupt:
+            if not results:
+                raise
+            # Keep what is finished: on a slow machine the small batch sizes may take most of an hour.
+            interrupted = True
+            done = sorted({r.batch_size for r in results})
+            print(f"\ninterrupted: reporting the finished batch sizes {done} only", file=sys.stderr)
+        # With the load at the start, this says how busy the machine was while the numbers were taken.
+        machine["load_average_end"] = load_average()
+
+    rows = [r.to_json() for r in results]
+    settings: Dict[str, object] = {
+        "model": args.model, "checkpoint": args.checkpoint, "backend": args.backend, "device": args.device,
+        "batch_sizes": batch_sizes, "warmup": args.warmup, "iters": args.iters, "image_size": list(size),
+        "num_images": args.num_images, "seed": args.seed, "threads": threads,
+        "compare": [n if p is None else f"{n}={p}" for n, p in compare],
+        "interrupted": interrupted,
+    }
+    doc = build_document(machine, rows, settings=settings, command=_command_line(args, batch_sizes, size))
+    print()
+    print(f"{machine['cpu_model']}, {threads} threads, images {size[0]}x{size[1]}; times in ms per batch")
+    print(format_table(rows, doc["comparisons"]))
+    if args.json:
+        write_json(args.json, doc)
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        write_plot(args.plot, rows, title=f"{Path(args.model).name}, {size[0]}x{size[1]}, {machine['cpu_model']}")
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 130 if interrupted else 0
+
+
+def _probe_native_size(args, checkpoint: Optional[str]) -> Tuple[int, int]:
+    """The model's min_size x max_size, read without building the systems twice."""
+    if args.model.endswith(".onnx"):
+        try:
+            import onnxruntime as ort
+
+            from deploy_sdk.model_metadata import ModelMetadata
+
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            sess = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
+            meta = ModelMetadata.from_props(sess.get_modelmeta().custom_metadata_map, source=args.model)
+            return int(meta.min_size), int(meta.max_size)
+        except Exception as exc:  # noqa: BLE001 - any failure here only means "unknown", stated below
+            raise DeploySdkError(f"cannot read the native image size from {args.model} ({exc}); "
+                                 "pass --image-size HxW") from exc
+    if checkpoint:
+        from conversion.checkpoint import load_checkpoint
+
+        s = load_checkpoint(checkpoint).settings
+        return int(s.min_size), int(s.max_size)
+    raise DeploySdkError("cannot tell the model's native image size; pass --image-size HxW")
+
+
+def _command_line(args, batch_sizes, size) -> List[str]:
+    """The command that reproduces this run (defaults spelled out), for the JSON record."""
+    cmd = ["maskrcnn-deploy", "bench", args.model, "--backend", args.backend, "--device", args.device,
+           "--batch-sizes", ",".join(map(str, batch_sizes)), "--warmup", str(args.warmup), "--iters", str(args.iters),
+           "--image-size", f"{size[0]}x{size[1]}", "--num-images", str(args.num_images), "--seed", str(args.seed)]
+    if args.checkpoint:
+        cmd += ["--checkpoint", args.checkpoint]
+    if args.compare:
+        cmd += ["--compare", args.compare]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    return cmd
+
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM like Ctrl-C while benchmarking, so that a killed run still deletes its temporary exports
+    (hundreds of MB for R50) and writes no partial output."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,54 @@
+"""Command-line options of the commands that take a checkpoint (eval, export, check, demo).
+
+Kept apart from ``conversion.checkpoint`` so that building a parser does not import torch: `maskrcnn-deploy
+eval model.onnx` must work on a runtime-only install.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Union
+
+__all__ = ["add_checkpoint_arguments", "load_checkpoint_from_args"]
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--arch``, ``--num-classes``, ``--class-names``, ``--min-size`` and ``--max-size``."""
+    group = parser.add_argument_group("checkpoint options (ignored for exported models)")
+    group.add_argument(
+        "--arch",
+        default=None,
+        help="architecture, e.g. maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2, resnet18_fpn, resnet101_fpn, "
+        "mobilenet_v3_large_fpn (default: detected from the weights)",
+    )
+    group.add_argument(
+        "--num-classes", type=int, default=None, help="number of classes including the background (default: detected)"
+    )
+    group.add_argument(
+        "--class-names",
+        default=None,
+        metavar="JSON",
+        help="JSON list of class names, index = label id "
+        "(default: <checkpoint>.classes.json, then the checkpoint's own, else class_<id>)",
+    )
+    group.add_argument("--min-size", type=int, default=None, help="override the model's resize min size (pixels)")
+    group.add_argument("--max-size", type=int, default=None, help="override the model's resize max size (pixels)")
+
+
+def load_checkpoint_from_args(path: Union[str, Path], args: argparse.Namespace):
+    """``conversion.checkpoint.load_checkpoint`` with the options of :func:`add_checkpoint_arguments`."""
+    from deploy_sdk.errors import require
+
+    require("torch", "convert", "loading a checkpoint")
+    require("torchvision", "convert", "loading a checkpoint")
+    from conversion.checkpoint import load_checkpoint
+
+    return load_checkpoint(
+        path,
+        arch=args.arch,
+        num_classes=args.num_classes,
+        class_names=args.class_names,
+        min_size=args.min_size,
+        max_size=args.max_size,
+    )

@@ -1,0 +1,145 @@
+"""`maskrcnn-deploy check`: run an exported graph (ONNX Runtime) and the PyTorch reference on the same images and
+report, per image, how well their detections agree (conversion.parity); exit 1 beyond tolerance.
+
+The reference is torchvision's own ``MaskRCNN.forward`` on batches of the same images as the graph sees. Batches
+matter: torchvision pads a batch to its largest image and the convolutions see that padding, so an image's
+result depends on its batch-mates; comparing equal batches isolates the export from that (inherent) effect.
+``--batch-size 1`` compares against torchvision on each image alone. A graph exported at a fixed size pads
+every batch to its canvas, and the reference is padded to the same canvas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from deploy_sdk.errors import DeploySdkError
+
+__all__ = ["add_arguments", "run", "reference_detections"]
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+HELD_OUT_SEED = 2026  # synthetic images from this seed were never used in training (training used seed 1)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="exported .onnx file (maskrcnn-deploy export)")
+    parser.add_argument("--checkpoint", required=True, help="the checkpoint the graph was exported from")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--images", type=Path, help="folder of images to compare on")
+    src.add_argument(
+        "--num-synthetic", type=int, default=None, help=f"generate N held-out synthetic images (seed {HELD_OUT_SEED})"
+    )
+    parser.add_argument("--batch-size", type=int, default=1, help="images per graph call (default 1)")
+    parser.add_argument("--min-score", type=float, default=0.3, help="detections checked: score >= this (0.3)")
+    parser.add_argument("--box-iou", type=float, default=0.98, help="required box IoU of matched pairs (0.98)")
+    parser.add_argument("--score-diff", type=float, default=0.01, help="allowed |score difference| (0.01)")
+    parser.add_argument("--mask-iou", type=float, default=0.95, help="required pasted-mask IoU (0.95)")
+    parser.add_argument("--arch", default=None, help="architecture, when the checkpoint does not say")
+    parser.add_argument("--num-classes", type=int, default=None, help="classes incl. background, if not stored")
+
+
+def run(args: argparse.Namespace) -> int:
+    from conversion.checkpoint import load_checkpoint
+    from conversion.parity import ParityThresholds, compare_detections, summarize
+    from deploy_sdk.predictor import Predictor
+
+    if args.batch_size < 1:
+        raise DeploySdkError(f"--batch-size must be at least 1, got {args.batch_size}")
+    images, names = _load_images(args)
+    thresholds = ParityThresholds(
+        min_score=args.min_score, box_iou=args.box_iou, score_diff=args.score_diff, mask_iou=args.mask_iou
+    )
+    loaded = load_checkpoint(args.checkpoint, arch=args.arch, num_classes=args.num_classes)
+    predictor = Predictor(str(args.model), backend="onnxruntime", batch_size=args.batch_size)
+    if predictor.metadata.class_names != loaded.class_names:
+        raise DeploySdkError(
+            f"{args.model} has classes {predictor.metadata.class_names} but {args.checkpoint} has "
+            f"{loaded.class_names}; check a graph against the checkpoint it was exported from"
+        )
+    meta = predictor.metadata
+    fixed = (meta.fixed_height, meta.fixed_width) if meta.fixed_height else None
+    print(f"comparing {args.model} (ONNX Runtime) with {args.checkpoint} (PyTorch) on {len(images)} image(s), "
+          f"batch {args.batch_size}")
+    results = []
+    t_graph = t_ref = 0.0
+    for start in range(0, len(images), args.batch_size):
+        chunk = images[start: start + args.batch_size]
+        t0 = time.time()
+        got = predictor.predict(chunk)
+        t1 = time.time()
+        ref = reference_detections(loaded, chunk, canvas=fixed)
+        t_ref += time.time() - t1
+        t_graph += t1 - t0
+        for offset, (g, r) in enumerate(zip(got, ref)):
+            res = compare_detections(g, r, thresholds)
+            results.append(res)
+            print(f"  [{'ok' if res.ok else 'FAIL'}] {names[start + offset]}: {res.summary()}", flush=True)
+    print(summarize(results))
+    print(f"time: graph {t_graph:.1f} s, reference {t_ref:.1f} s")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def reference_detections(
+    loaded_model, images: Sequence[np.ndarray], canvas: Optional[Tuple[int, int]] = None, mask_threshold: float = 0.5
+) -> List:
+    """torchvision's Mask R-CNN eval path on ``images`` (a list of [H, W, 3] uint8 RGB) as ONE batch -> one
+    ``Detections`` per image (boxes x1 y1 x2 y2 in original pixels, masks pasted, bool).
+
+    The steps are ``GeneralizedRCNN.forward``'s (transform, backbone, rpn, roi_heads, transform.postprocess),
+    with one optional change: ``canvas`` (H, W) pads the batch further, with zeros, to the canvas a fixed-size
+    graph runs at, since padding changes the features near it.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from deploy_sdk.detections import Detections
+
+    model = loaded_model.model.eval()
+    tensors = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div_(255.0) for im in images]
+    with torch.inference_mode():
+        batch, _ = model.transform(tensors)
+        if canvas is not None:
+            h, w = batch.tensors.shape[-2:]
+            if h > canvas[0] or w > canvas[1]:
+                raise DeploySdkError(
+                    f"a resized image needs a {h}x{w} canvas but the graph is fixed at {canvas[0]}x{canvas[1]}; "
+                    "the graph shrinks such images further, so they cannot be compared with the reference"
+                )
+            batch.tensors = F.pad(batch.tensors, (0, canvas[1] - w, 0, canvas[0] - h))
+        features = model.backbone(batch.tensors)
+        proposals, _ = model.rpn(batch, features)
+        detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+        outputs = model.transform.postprocess(detections, batch.image_sizes, [t.shape[-2:] for t in tensors])
+    return [
+        Detections(
+            boxes=out["boxes"].numpy().astype(np.float32),
+            scores=out["scores"].numpy().astype(np.float32),
+            labels=out["labels"].numpy().astype(np.int64),
+            masks=(out["masks"][:, 0] > mask_threshold).numpy(),
+            class_names=list(loaded_model.class_names),
+            image_size=(int(im.shape[0]), int(im.shape[1])),
+        )
+        for out, im in zip(outputs, images)
+    ]
+
+
+def _load_images(args) -> tuple:
+    from deploy_sdk.preprocessing import load_image
+
+    if args.images is not None:
+        if not args.images.is_dir():
+            raise DeploySdkError(f"--images {args.images} is not a folder")
+        files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not files:
+            raise DeploySdkError(f"--images {args.images} holds no images ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+        return [load_image(str(p), what=str(p)) for p in files], [p.name for p in files]
+    from deploy_sdk.synthetic_shapes import generate_sample
+
+    n = 10 if args.num_synthetic is None else args.num_synthetic
+    if n < 1:
+        raise DeploySdkError(f"--num-synthetic must be at least 1, got {n}")
+    return [generate_sample(HELD_OUT_SEED, i).image for i in range(n)], [f"synthetic {i}" for i in range(n)]

@@ -1,0 +1,136 @@
+"""The runner interface every backend implements (Polygraphy-style: the base class checks, the backend computes).
+
+A backend owns one live model (an ONNX Runtime session, a TensorRT engine and its execution context, a PyTorch
+module) and does one thing: move the contract's input tensors in and its five output tensors out. Resizing,
+padding, batching and mapping results back to image pixels happen once, in :class:`deploy_sdk.Predictor`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from deploy_sdk.errors import DeploySdkError, EngineError
+from deploy_sdk.model_metadata import ModelMetadata
+
+__all__ = ["Backend", "INPUT_NAMES", "OUTPUT_NAMES", "parse_device"]
+
+INPUT_NAMES = ("images", "image_sizes")
+OUTPUT_NAMES = ("num_detections", "boxes", "scores", "labels", "masks")
+
+
+def parse_device(device: str) -> Tuple[str, int]:
+    """``"cpu"`` → ("cpu", 0); ``"cuda"`` / ``"cuda:1"`` → ("cuda", index). Anything else is an error."""
+    text = str(device).strip().lower()
+    if text == "cpu":
+        return "cpu", 0
+    if text == "cuda" or text == "gpu":
+        return "cuda", 0
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return "cuda", int(text[5:])
+    raise DeploySdkError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+class Backend:
+    """Base class of the runtime backends.
+
+    Subclasses set, in their constructor:
+
+    - ``metadata``: the model's :class:`ModelMetadata`
+    - ``input_dtype``: numpy dtype of the ``images`` input (float32 or uint8)
+    - ``max_batch_size``: the largest batch the model accepts (``None`` = any)
+    - ``fixed_size``: (H, W) when the canvas size is fixed by the model, else ``None``
+
+    and implement :meth:`_infer`. ``thread_safe`` says whether :meth:`infer` may run concurrently from several
+    threads; when False the :class:`Predictor` serializes calls (an ONNX Runtime session allows concurrent
+    ``run``; a TensorRT execution context or a CUDA stream does not).
+
+    Outputs are numpy arrays, except that GPU backends may return torch tensors on their device (the predictor
+    then pastes masks on the GPU); ``returns_torch`` says which.
+    """
+
+    name = "base"
+    thread_safe = False
+    returns_torch = False
+
+    metadata: ModelMetadata
+    input_dtype: Any = np.float32
+    max_batch_size: Optional[int] = None
+    fixed_size: Optional[Tuple[int, int]] = None
+    device: str = "cpu"
+
+    def infer(self, images: np.ndarray, image_sizes: np.ndarray) -> Dict[str, Any]:
+        """Run the graph on one batch.
+
+        - ``images``: [B, 3, H, W] ``input_dtype`` 0–255 RGB canvas (resized images top-left, zero padding)
+        - ``image_sizes``: [B, 2] int64 (height, width) of each valid resized region
+        - returns ``{"num_detections": [B] int32, "boxes": [B, K, 4] float32 x1 y1 x2 y2 canvas pixels,
+          "scores": [B, K] float32, "labels": [B, K] int32, "masks": [B, K, M, M] float32 probabilities}``
+        """
+        self.check_inputs(images, image_sizes)
+        outputs = self._infer(images, image_sizes)
+        missing = [n for n in OUTPUT_NAMES if n not in outputs]
+        if missing:
+            raise EngineError(f"{self.name} backend: the model did not return the outputs {missing}")
+        batch = images.shape[0]
+        for n in OUTPUT_NAMES:
+            if tuple(outputs[n].shape[:1]) != (batch,):
+                raise EngineError(
+                    f"{self.name} backend: output '{n}' has shape {tuple(outputs[n].shape)}, expected batch {batch} "
+                    "first; the model does not follow the deployment graph contract"
+                )
+        return outputs
+
+    def check_inputs(self, images: np.ndarray, image_sizes: np.ndarray) -> None:
+        """Raise :class:`DeploySdkError` naming the problem if the batch does not fit this model."""
+        if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[1] != 3:
+            raise DeploySdkError(
+                f"{self.name} backend: images must be a [B, 3, H, W] array, got "
+                f"{getattr(images, 'shape', type(images).__name__)}"
+            )
+        if images.dtype != np.dtype(self.input_dtype):
+            raise DeploySdkError(
+                f"{self.name} backend: images are {images.dtype} but the model takes {np.dtype(self.input_dtype)}"
+            )
+        b, _, h, w = images.shape
+        if b < 1:
+            raise DeploySdkError(f"{self.name} backend: empty batch")
+        if not isinstance(image_sizes, np.ndarray) or image_sizes.shape != (b, 2) or image_sizes.dtype != np.int64:
+            raise DeploySdkError(
+                f"{self.name} backend: image_sizes must be [{b}, 2] int64, got "
+                f"{getattr(image_sizes, 'shape', None)} {getattr(image_sizes, 'dtype', type(image_sizes).__name__)}"
+            )
+        if (image_sizes < 1).any() or (image_sizes[:, 0] > h).any() or (image_sizes[:, 1] > w).any():
+            raise DeploySdkError(
+                f"{self.name} backend: image_sizes {image_sizes.tolist()} must lie within the {h}x{w} canvas"
+            )
+        if self.max_batch_size is not None and b > self.max_batch_size:
+            raise DeploySdkError(
+                f"{self.name} backend: batch of {b} exceeds the model's maximum batch size {self.max_batch_size}"
+            )
+        if self.fixed_size is not None and (h, w) != tuple(self.fixed_size):
+            raise DeploySdkError(
+                f"{self.name} backend: canvas {h}x{w} given, but the model was built for {self.fixed_size[0]}x"
+                f"{self.fixed_size[1]} only"
+            )
+        divisible = int(getattr(self.metadata, "size_divisible", 1) or 1)
+        if self.fixed_size is None and (h % divisible or w % divisible):
+            raise DeploySdkError(
+                f"{self.name} backend: canvas {h}x{w} is not a multiple of {divisible} as the model requires"
+            )
+
+    def _infer(self, images: np.ndarray, image_sizes: np.ndarray) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the backend's resources (sessions, device memory). The backend is unusable afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device}"

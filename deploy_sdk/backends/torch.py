@@ -1,0 +1,73 @@
+"""PyTorch backend: the export's ``DeploymentModule`` itself, eager, on the CPU or a CUDA GPU.
+
+For development (same graph logic as the ONNX file, debuggable in Python) and for GPU checks on machines without
+TensorRT. torch, torchvision and the ``conversion`` package are imported only here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+
+from deploy_sdk.backends.base import OUTPUT_NAMES, Backend, parse_device
+from deploy_sdk.errors import DeploySdkError, require
+
+__all__ = ["TorchBackend"]
+
+
+class TorchBackend(Backend):
+    """Runs ``conversion.deploy_module.DeploymentModule`` built from a checkpoint.
+
+    ``model``: a checkpoint path (anything ``conversion.checkpoint.load_checkpoint`` reads) or an already loaded
+    ``conversion.checkpoint.LoadedModel``. ``device``: "cpu" or "cuda[:N]". ``max_detections``: K of the outputs.
+    ``threads``: torch intra-op threads (process-wide in PyTorch, so only set when asked).
+    On CUDA the outputs stay torch tensors on the GPU, so that the predictor pastes masks there too.
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model: Union[str, "os.PathLike[str]", Any],
+        device: str = "cpu",
+        max_detections: int = 100,
+        threads: Optional[int] = None,
+    ):
+        purpose = "the torch backend"
+        torch = require("torch", "convert", purpose)
+        require("torchvision", "convert", purpose)
+        checkpoint = require("conversion.checkpoint", "convert", purpose)
+        deploy_module = require("conversion.deploy_module", "convert", purpose)
+        self._torch = torch
+        kind, index = parse_device(device)
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise DeploySdkError("device='cuda' was asked for the torch backend, but torch sees no CUDA GPU")
+        self._device = torch.device(f"cuda:{index}" if kind == "cuda" else "cpu")
+        self.device = str(self._device)
+        self.returns_torch = kind == "cuda"
+        if threads:
+            torch.set_num_threads(int(threads))
+        if isinstance(model, (str, os.PathLike)):
+            loaded = checkpoint.load_checkpoint(model)
+            self.path = os.fspath(model)
+        else:
+            loaded = model
+            self.path = getattr(loaded, "source", "<in memory>")
+        self.metadata = loaded.metadata()
+        self.module = deploy_module.DeploymentModule(loaded, max_detections=max_detections).eval().to(self._device)
+        self.input_dtype = np.float32
+
+    def _infer(self, images: np.ndarray, image_sizes: np.ndarray) -> Dict[str, Any]:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(images).to(self._device, non_blocking=True)
+            sizes = torch.from_numpy(image_sizes).to(self._device)
+            values = self.module(x, sizes)
+        if self.returns_torch:
+            return dict(zip(OUTPUT_NAMES, values))
+        return {n: v.numpy() for n, v in zip(OUTPUT_NAMES, values)}
+
+    def close(self) -> None:
+        self.module = None

@@ -1,0 +1,125 @@
+"""`maskrcnn-deploy demo`: the shipped model end to end.
+
+1. generate a few held-out synthetic images of different sizes (seed 2026, never used in training);
+2. export the shipped checkpoint to one ONNX graph (reused when the checkpoint has not changed);
+3. run it with ``Predictor`` on ONNX Runtime, batched; write overlay PNGs and a COCO-results JSON;
+4. compare every image with the PyTorch reference (the unmodified torchvision model) by the export criteria;
+5. print a short benchmark table: this SDK's ONNX Runtime path against PyTorch eager, side by side.
+
+Needs the ``convert`` extra (torch) for steps 2, 4 and 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deploy_sdk.atomic_file import atomic_path
+
+HELD_OUT_SEED = 2026
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    parser.add_argument("--num-images", type=int, default=6, help="generated images to run on (default: 6)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per inference call (default: 4)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: the shipped model)")
+    parser.add_argument("--bench-iters", type=int, default=5, help="timed iterations per system; 0 skips the table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from conversion.checkpoint import load_checkpoint, shipped_model_path
+    from conversion.export import export_onnx
+    from conversion.parity import compare_detections, summarize
+    from conversion.reference import ReferencePredictor
+    from deploy_sdk import DeploySdkError, Predictor
+    from deploy_sdk.synthetic_shapes import generate_sample
+
+    if args.num_images < 1:
+        raise DeploySdkError(f"--num-images must be at least 1, got {args.num_images}")
+    out: Path = args.out
+    ckpt = args.checkpoint or shipped_model_path()
+    print(f"[1/5] loading {ckpt}")
+    loaded = load_checkpoint(ckpt)
+    print(f"      {loaded.arch}, {loaded.num_classes - 1} classes: {', '.join(loaded.class_names[1:])}")
+
+    inputs = out / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    images = []
+    for i in range(args.num_images):
+        image = generate_sample(HELD_OUT_SEED, i).image
+        images.append(image)
+        with atomic_path(inputs / f"image_{i:02d}.png") as tmp:
+            Image.fromarray(image).save(tmp, format="PNG")
+    sizes = ", ".join(f"{im.shape[1]}x{im.shape[0]}" for im in images)
+    print(f"[2/5] {len(images)} held-out images (seed {HELD_OUT_SEED}) in {inputs}: {sizes}")
+
+    onnx_path = out / "model.onnx"
+    if _export_is_current(onnx_path, loaded.sha256):
+        print(f"[3/5] {onnx_path} is up to date with the checkpoint; reusing it")
+    else:
+        print(f"[3/5] exporting to {onnx_path}")
+        export_onnx(loaded, onnx_path, log=lambda m: print("      " + m))
+
+    predictor = Predictor(onnx_path, backend="onnxruntime", batch_size=args.batch_size)
+    t0 = time.perf_counter()
+    detections = predictor.predict(images)
+    elapsed = time.perf_counter() - t0
+    overlays = out / "overlays"
+    overlays.mkdir(exist_ok=True)
+    coco = []
+    for i, (image, det) in enumerate(zip(images, detections)):
+        with atomic_path(overlays / f"image_{i:02d}.png") as tmp:
+            Image.fromarray(det.draw(image)).save(tmp, format="PNG")
+        coco.extend(det.to_coco(image_id=i))
+    with atomic_path(out / "detections.json") as tmp:
+        tmp.write_text(json.dumps(coco))
+    print(
+        f"[4/5] ONNX Runtime (CPU), batch {predictor.batch_size}: {len(images)} images in {elapsed:.2f} s; "
+        f"overlays in {overlays}, COCO results in {out / 'detections.json'}"
+    )
+    reference = ReferencePredictor(loaded).predict(images)
+    parity = [compare_detections(d, r) for d, r in zip(detections, reference)]
+    for i, (det, p) in enumerate(zip(detections, parity)):
+        names = ", ".join(f"{n} {s:.2f}" for n, s in zip(det.names, det.scores) if s >= 0.5) or "nothing >= 0.5"
+        print(f"      image {i}: {len(det)} detections ({names}); vs PyTorch: {p.summary()}")
+    print(f"      agreement with the PyTorch reference: {summarize(parity)}")
+
+    if args.bench_iters > 0:
+        from deploy_sdk.cli import main as cli_main
+
+        print("[5/5] benchmark: this SDK (ONNX Runtime) vs PyTorch eager, same images, alternating")
+        code = cli_main(
+            [
+                "bench", str(onnx_path), "--checkpoint", str(ckpt), "--compare", "torch",
+                "--batch-sizes", "1,4", "--warmup", "1", "--iters", str(args.bench_iters),
+                "--json", str(out / "bench.json"),
+            ]
+        )
+        if code:
+            return code
+    failed = sum(not p.ok for p in parity)
+    return 1 if failed else 0
+
+
+def _export_is_current(path: Path, sha256: str) -> bool:
+    if not path.exists():
+        return False
+    try:
+        import onnxruntime as ort
+
+        from deploy_sdk.model_metadata import ModelMetadata
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        meta = ModelMetadata.from_props(sess.get_modelmeta().custom_metadata_map, source=str(path))
+        return bool(sha256) and meta.checkpoint_sha256 == sha256
+    except Exception:  # an unreadable or foreign file is simply re-exported
+        return False

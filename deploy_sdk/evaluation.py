@@ -1,0 +1,158 @@
+"""COCO box AP and mask AP of any predictor on a COCO-format data set (pycocotools, imported lazily).
+
+The predictor is anything with ``predict(list of [H, W, 3] uint8 RGB arrays) -> list[Detections]`` (the PyTorch
+reference, ``deploy_sdk.Predictor``) or a plain function with that signature. Label ids are used as COCO
+category ids unchanged: the models of this SDK are trained with category id = label id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from deploy_sdk.detections import Detections
+from deploy_sdk.errors import DeploySdkError, require
+from deploy_sdk.preprocessing import load_image
+from deploy_sdk.progress import ProgressBar
+
+__all__ = ["evaluate", "detections_to_coco", "coco_metrics", "METRIC_KEYS"]
+
+# What evaluate() returns, all fractions 0-1 (COCOeval's stats[0], [1], [2] of each kind).
+METRIC_KEYS = ("box_ap", "box_ap50", "box_ap75", "mask_ap", "mask_ap50", "mask_ap75")
+
+PredictFn = Union[Callable[[List[np.ndarray]], List[Detections]], Any]
+
+
+def _pycocotools(purpose: str):
+    require("pycocotools", "convert", purpose)
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    return COCO, COCOeval, mask_utils
+
+
+def detections_to_coco(det: Detections, image_id: int) -> List[Dict[str, Any]]:
+    """COCO result entries of one image: ``bbox`` [x, y, w, h] in pixels, ``score``, ``category_id`` = label,
+    and ``segmentation`` as compressed RLE (``counts`` a str, so the list is JSON-serializable) when the
+    detections carry masks [N, H, W]."""
+    _, _, mask_utils = _pycocotools("encoding masks as COCO RLE")
+    results = []
+    rles = None
+    if det.masks is not None and len(det):
+        rles = mask_utils.encode(np.asfortranarray(det.masks.astype(np.uint8).transpose(1, 2, 0)))
+    for i in range(len(det)):
+        x1, y1, x2, y2 = (float(v) for v in det.boxes[i])
+        entry: Dict[str, Any] = {
+            "image_id": int(image_id),
+            "category_id": int(det.labels[i]),
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "score": float(det.scores[i]),
+        }
+        if rles is not None:
+            rle = rles[i]
+            entry["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        results.append(entry)
+    return results
+
+
+def coco_metrics(coco_gt, results: Sequence[Dict[str, Any]], image_ids: Sequence[int]) -> Dict[str, float]:
+    """Run COCOeval for boxes and (when every result has a segmentation) masks over ``image_ids``."""
+    _, COCOeval, _ = _pycocotools("COCO evaluation")
+    metrics = {k: 0.0 for k in METRIC_KEYS}
+    if not results:  # COCO.loadRes refuses an empty list; nothing detected is AP 0
+        return metrics
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and tables
+        coco_dt = coco_gt.loadRes(list(results))
+        kinds = [("box", "bbox")]
+        if all("segmentation" in r for r in results):
+            kinds.append(("mask", "segm"))
+        for name, iou_type in kinds:
+            ev = COCOeval(coco_gt, coco_dt, iou_type)
+            ev.params.imgIds = list(image_ids)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            # stats are -1 when there is no ground truth at all; report 0 rather than a negative "fraction".
+            metrics[f"{name}_ap"] = max(float(ev.stats[0]), 0.0)
+            metrics[f"{name}_ap50"] = max(float(ev.stats[1]), 0.0)
+            metrics[f"{name}_ap75"] = max(float(ev.stats[2]), 0.0)
+    return metrics
+
+
+def evaluate(
+    predict_fn: PredictFn,
+    images_dir: Union[str, Path],
+    annotations_path: Union[str, Path],
+    batch_size: int = 4,
+    max_images: Optional[int] = None,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """COCO AP of ``predict_fn`` on the images listed in ``annotations_path`` (files under ``images_dir``).
+
+    Returns ``box_ap``, ``box_ap50``, ``box_ap75``, ``mask_ap``, ``mask_ap50``, ``mask_ap75`` (fractions 0-1),
+    ``num_images``, ``num_detections``, ``seconds`` (prediction time only) and ``images_per_second``.
+    ``batch_size`` images are passed to each ``predict`` call; ``max_images`` evaluates the first N only.
+    """
+    COCO, _, _ = _pycocotools("COCO evaluation")
+    images_dir, annotations_path = Path(images_dir), Path(annotations_path)
+    if batch_size < 1:
+        raise DeploySdkError(f"batch size must be at least 1, got {batch_size}")
+    if not annotations_path.is_file():
+        raise DeploySdkError(f"annotation file not found: {annotations_path}")
+    if not images_dir.is_dir():
+        raise DeploySdkError(f"image directory not found: {images_dir}")
+    try:
+        data = json.loads(annotations_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DeploySdkError(f"cannot read COCO annotations {annotations_path}: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or "annotations" not in data:
+        raise DeploySdkError(
+            f"{annotations_path} is not a COCO annotation file (needs 'images', 'annotations', 'categories')"
+        )
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = data
+        coco_gt.createIndex()
+    entries = sorted(data["images"], key=lambda e: e["id"])
+    if max_images is not None:
+        entries = entries[: max(int(max_images), 0)]
+    if not entries:
+        raise DeploySdkError(f"{annotations_path} lists no images to evaluate")
+    missing = [e["file_name"] for e in entries if not (images_dir / e["file_name"]).is_file()]
+    if missing:
+        raise DeploySdkError(
+            f"{len(missing)} image file(s) listed in {annotations_path} are not in {images_dir}, "
+            f"e.g. {missing[0]}; is --images the right folder?"
+        )
+    predict = predict_fn.predict if hasattr(predict_fn, "predict") else predict_fn
+
+    results: List[Dict[str, Any]] = []
+    seconds = 0.0
+    with ProgressBar(len(entries), "eval", enabled=progress) as bar:
+        for start in range(0, len(entries), batch_size):
+            chunk = entries[start : start + batch_size]
+            images = [load_image(images_dir / e["file_name"], what=e["file_name"]) for e in chunk]
+            t0 = time.perf_counter()
+            dets = predict(images)
+            seconds += time.perf_counter() - t0
+            if len(dets) != len(images):
+                raise DeploySdkError(f"the predictor returned {len(dets)} results for {len(images)} images")
+            for entry, det in zip(chunk, dets):
+                results.extend(detections_to_coco(det, entry["id"]))
+            bar.update(len(chunk))
+
+    metrics: Dict[str, Any] = coco_metrics(coco_gt, results, [e["id"] for e in entries])
+    metrics.update(
+        num_images=len(entries),
+        num_detections=len(results),
+        seconds=round(seconds, 3),
+        images_per_second=round(len(entries) / seconds, 3) if seconds > 0 else 0.0,
+    )
+    return metrics

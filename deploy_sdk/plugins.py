@@ -1,0 +1,576 @@
+"""The RoIAlign plugin library: its op names and fields, where the compiled library is, and Python access to it.
+
+The C++/CUDA sources live in ``plugins/`` (see plugins/README.md). This module
+
+* names the ONNX op and its attributes in one place (:data:`PLUGIN_DOMAIN`, :data:`MULTILEVEL_OP`, ...), so the
+  exporter writes exactly what the TensorRT plugin reads;
+* finds or builds the shared library on first use (:func:`library_path`), cached by a hash of the sources under
+  ``~/.cache/maskrcnn-deploy/`` and guarded by a file lock so concurrent processes build it once;
+* calls the library's CPU implementation on numpy arrays (:func:`roi_align`, :func:`multilevel_roi_align`) and its
+  CUDA launchers on torch CUDA tensors (:func:`roi_align_cuda`, :func:`multilevel_roi_align_cuda`) through the
+  library's C ABI, so Python runs the very code TensorRT runs.
+
+Boxes are always x1 y1 x2 y2 in input-image pixels; a level's spatial scale maps them onto that level.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from deploy_sdk.atomic_file import atomic_path
+from deploy_sdk.errors import DeploySdkError, PluginError
+
+__all__ = [
+    "PLUGIN_DOMAIN",
+    "PLUGIN_VERSION",
+    "MULTILEVEL_OP",
+    "SINGLE_LEVEL_OP",
+    "MULTILEVEL_FIELDS",
+    "SINGLE_LEVEL_FIELDS",
+    "FIELD_OUTPUT_HEIGHT",
+    "FIELD_OUTPUT_WIDTH",
+    "FIELD_SAMPLING_RATIO",
+    "FIELD_SPATIAL_SCALES",
+    "FIELD_ALIGNED",
+    "FIELD_MODE",
+    "FIELD_CANONICAL_SCALE",
+    "FIELD_CANONICAL_LEVEL",
+    "FIELD_SPATIAL_SCALE",
+    "FIELD_COORDINATE_TRANSFORMATION_MODE",
+    "library_path",
+    "tensorrt_plugin_library",
+    "roi_align",
+    "multilevel_roi_align",
+    "level_indices",
+    "roi_align_cuda",
+    "multilevel_roi_align_cuda",
+    "has_cuda_kernels",
+]
+
+# ----------------------------------------------------------------------------------------------- op contract
+#: ONNX domain of the custom nodes; the TensorRT plugin is found by op name (domain-free) in its registry.
+PLUGIN_DOMAIN = "maskrcnn_deploy"
+#: Plugin version string of both creators.
+PLUGIN_VERSION = "1"
+#: inputs rois [B, R, 4] then P2..P5 [B, C, Hl, Wl]; output [B, R, C, output_height, output_width].
+MULTILEVEL_OP = "MultiLevelRoIAlign"
+#: inputs X [N, C, H, W], rois [R, 4], batch_indices [R] (int32/int64); output [R, C, output_height, output_width].
+SINGLE_LEVEL_OP = "RoIAlign"
+
+FIELD_OUTPUT_HEIGHT = "output_height"  # int
+FIELD_OUTPUT_WIDTH = "output_width"  # int
+FIELD_SAMPLING_RATIO = "sampling_ratio"  # int, 0 = adaptive ceil(roi_size / out_size) per RoI and axis
+FIELD_SPATIAL_SCALES = "spatial_scales"  # floats, one per level: 1/4, 1/8, 1/16, 1/32 for P2..P5
+FIELD_ALIGNED = "aligned"  # int, 1 = half-pixel offset (ROIAlignV2), 0 = legacy (torchvision Mask R-CNN)
+FIELD_MODE = "mode"  # string, "avg" or "max" (max of the bilinearly interpolated samples)
+FIELD_CANONICAL_SCALE = "canonical_scale"  # float, 224
+FIELD_CANONICAL_LEVEL = "canonical_level"  # int, 4
+FIELD_SPATIAL_SCALE = "spatial_scale"  # float (single-level op)
+FIELD_COORDINATE_TRANSFORMATION_MODE = "coordinate_transformation_mode"  # "half_pixel" | "output_half_pixel"
+
+#: Attribute names of the multi-level node, in the order the README lists them.
+MULTILEVEL_FIELDS = (
+    FIELD_OUTPUT_HEIGHT,
+    FIELD_OUTPUT_WIDTH,
+    FIELD_SAMPLING_RATIO,
+    FIELD_SPATIAL_SCALES,
+    FIELD_ALIGNED,
+    FIELD_MODE,
+    FIELD_CANONICAL_SCALE,
+    FIELD_CANONICAL_LEVEL,
+)
+#: Attribute names of the single-level node (those of ONNX RoiAlign-16).
+SINGLE_LEVEL_FIELDS = (
+    FIELD_OUTPUT_HEIGHT,
+    FIELD_OUTPUT_WIDTH,
+    FIELD_SAMPLING_RATIO,
+    FIELD_SPATIAL_SCALE,
+    FIELD_MODE,
+    FIELD_COORDINATE_TRANSFORMATION_MODE,
+)
+
+_MODES = {"avg": 0, "max": 1}
+_DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}
+_INDEX_CODES = {np.dtype(np.int32): 32, np.dtype(np.int64): 64}
+_STATUS_INVALID_ARGUMENT = 100000
+_ABI_VERSION = 1
+_LIBRARY_NAME = "libmaskrcnn_roi_align.so"
+
+# ---------------------------------------------------------------------------------------- finding / building
+
+_SOURCE_DIR = Path(__file__).resolve().parents[1] / "plugins"
+_build_lock = threading.Lock()
+_loaded: Dict[bool, ctypes.CDLL] = {}
+
+
+def _want_cuda(cuda: Optional[bool]) -> bool:
+    if cuda is None:
+        return os.environ.get("MASKRCNN_DEPLOY_BUILD_CUDA", "") == "1"
+    return bool(cuda)
+
+
+def _cache_root() -> Path:
+    if os.environ.get("MASKRCNN_DEPLOY_CACHE"):
+        return Path(os.environ["MASKRCNN_DEPLOY_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "maskrcnn-deploy"
+
+
+def _source_files() -> list:
+    if not (_SOURCE_DIR / "CMakeLists.txt").is_file():
+        raise PluginError(
+            f"the plugin sources are not at {_SOURCE_DIR} (an install without the plugins/ folder); "
+            "set MASKRCNN_DEPLOY_PLUGIN_LIBRARY to a prebuilt libmaskrcnn_roi_align.so"
+        )
+    exts = {".h", ".cpp", ".cu", ".txt"}
+    return sorted(p for p in _SOURCE_DIR.rglob("*") if p.is_file() and p.suffix in exts)
+
+
+def _build_key(cuda: bool, trt_include: str) -> str:
+    h = hashlib.sha256()
+    for path in _source_files():
+        h.update(str(path.relative_to(_SOURCE_DIR)).encode())
+        h.update(path.read_bytes())
+    h.update(f"cuda={int(cuda)};trt={trt_include};py={sys.platform}".encode())
+    return h.hexdigest()[:16]
+
+
+def library_path(cuda: Optional[bool] = None, tensorrt_include_dir: Optional[str] = None) -> Path:
+    """Path of the compiled plugin library, building it on first use.
+
+    ``cuda``: False = CPU-only library (fast to build, what the numpy functions need); True = also the CUDA kernel
+    and, when TensorRT headers are found (``tensorrt_include_dir`` or $TENSORRT_INCLUDE_DIR), the TensorRT
+    plugins: that is the library to hand to ``IPluginRegistry.load_library`` or ``trtexec --dynamicPlugins``.
+    None = $MASKRCNN_DEPLOY_BUILD_CUDA == "1". $MASKRCNN_DEPLOY_PLUGIN_LIBRARY, if set, is returned as is.
+
+    Raises PluginError when the library cannot be built (no compiler, no nvcc when CUDA was asked, build error).
+    """
+    override = os.environ.get("MASKRCNN_DEPLOY_PLUGIN_LIBRARY")
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise PluginError(f"MASKRCNN_DEPLOY_PLUGIN_LIBRARY={override} does not exist")
+        return path
+    cuda = _want_cuda(cuda)
+    # The TensorRT plugin needs the CUDA launcher. The header directory is resolved here, not by CMake, so that it
+    # is part of the cache key: installing TensorRT later gives a new build instead of the stale CUDA-only one.
+    trt_include = _tensorrt_include_dir(tensorrt_include_dir) if cuda else ""
+    out_dir = _cache_root() / _build_key(cuda, trt_include)
+    target = out_dir / _LIBRARY_NAME
+    if target.is_file():
+        return target
+    with _build_lock:  # threads of this process
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / ".lock", "w") as lock_file:
+            _lock_file(lock_file)  # other processes (parallel test workers, CI jobs)
+            if not target.is_file():
+                _build(out_dir, target, cuda, trt_include)
+    return target
+
+
+_TENSORRT_HEADER_DIRS = ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu", "/usr/include",
+                         "/usr/local/TensorRT/include", "/usr/local/tensorrt/include")  # fmt: skip
+
+
+def _tensorrt_include_dir(explicit: Optional[str]) -> str:
+    candidates = [explicit] if explicit else []
+    candidates += [d for d in os.environ.get("TENSORRT_INCLUDE_DIR", "").split(os.pathsep) if d][:1]
+    if explicit and not (Path(explicit) / "NvInferRuntime.h").is_file():
+        raise PluginError(f"no NvInferRuntime.h in tensorrt_include_dir={explicit}; pass TensorRT's include/ folder")
+    for d in candidates + list(_TENSORRT_HEADER_DIRS):
+        if (Path(d) / "NvInferRuntime.h").is_file():
+            return str(Path(d).resolve())
+    return ""
+
+
+def tensorrt_plugin_library() -> Path:
+    """The library with the TensorRT plugins (CPU + CUDA + TensorRT build) for ``IPluginRegistry.load_library``.
+
+    Raises PluginError naming the fix when no TensorRT headers were found (the pip ``tensorrt`` wheels have
+    none: install the TensorRT development headers or point $TENSORRT_INCLUDE_DIR at a TensorRT include/).
+    """
+    path = library_path(cuda=True)
+    if not _library(cuda=True).mrd_has_tensorrt():
+        raise PluginError(
+            f"{path} was built without the TensorRT plugins because no TensorRT headers (NvInferRuntime.h) were "
+            "found; install them (e.g. apt-get install libnvinfer-headers-dev) or set TENSORRT_INCLUDE_DIR"
+        )
+    return path
+
+
+def _lock_file(handle) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no concurrent builds there
+        return
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+
+
+def _build(out_dir: Path, target: Path, cuda: bool, trt_include: str) -> None:
+    what = "CPU + CUDA" + (" + TensorRT" if trt_include else "") if cuda else "CPU"
+    print(f"maskrcnn-deploy: building the RoIAlign plugin library ({what}) into {out_dir} (first use)", file=sys.stderr)
+    log_path = out_dir / "build.log"
+    build_dir = out_dir / "build"
+    if cuda and not (shutil.which("nvcc") or Path("/usr/local/cuda/bin/nvcc").is_file()):
+        raise PluginError("the CUDA plugin library was asked for but nvcc is not found; install the CUDA toolkit")
+    if shutil.which("cmake"):
+        cmd_sets = [
+            [
+                "cmake", "-S", str(_SOURCE_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+                f"-DMRD_WITH_CUDA={'ON' if cuda else 'OFF'}", f"-DTENSORRT_INCLUDE_DIR={trt_include}",
+            ],
+            ["cmake", "--build", str(build_dir), "-j", str(min(4, os.cpu_count() or 1))],
+        ]
+        if cuda:
+            cmd_sets[1].append("--verbose")  # keeps the nvcc -gencode lines in build.log: proof of the archs built
+        if cuda and not shutil.which("nvcc"):
+            cmd_sets[0].append("-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc")
+        built = build_dir / _LIBRARY_NAME
+    elif not cuda and (shutil.which("c++") or shutil.which("g++")):
+        # No cmake: the CPU part is two translation units, compile them directly.
+        cxx = shutil.which("c++") or shutil.which("g++")
+        src = _SOURCE_DIR / "roi_align"
+        built = out_dir / f"{_LIBRARY_NAME}.direct"
+        cmd_sets = [[
+            cxx, "-std=c++17", "-O3", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread",
+            str(src / "roiAlignCpu.cpp"), str(src / "roiAlignCApi.cpp"), "-o", str(built),
+        ]]
+    else:
+        raise PluginError(
+            "cannot build the RoIAlign plugin library: no C++ compiler/cmake found (need g++ or clang++ and cmake "
+            "3.18+; e.g. apt-get install g++ cmake), or set MASKRCNN_DEPLOY_PLUGIN_LIBRARY to a prebuilt library"
+        )
+    with open(log_path, "w") as log:
+        for cmd in cmd_sets:
+            log.write("$ " + " ".join(cmd) + "\n")
+            log.flush()
+            result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+            if result.returncode != 0:
+                break
+    if result.returncode != 0 or not built.is_file():
+        tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-15:])
+        raise PluginError(f"building the RoIAlign plugin library failed; full log: {log_path}\n{tail}")
+    with atomic_path(target) as tmp:
+        shutil.copyfile(built, tmp)
+
+
+# ----------------------------------------------------------------------------------------------- the C ABI
+
+_ARGS_ROI_ALIGN = [
+    ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int32),
+    ctypes.POINTER(ctypes.c_float), ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
+    ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
+    ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_float, ctypes.c_int32,
+    ctypes.c_void_p,
+]
+
+
+def _library(cuda: bool = False) -> ctypes.CDLL:
+    # Keyed by the variant, not the path: hashing the sources on every roi_align() call would cost more than
+    # pooling a few RoIs.
+    lib = _loaded.get(cuda)
+    if lib is not None:
+        return lib
+    path = str(library_path(cuda=cuda))
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as exc:
+        raise PluginError(f"cannot load the RoIAlign plugin library {path}: {exc}") from exc
+    if lib.mrd_abi_version() != _ABI_VERSION:
+        raise PluginError(f"{path} has C ABI version {lib.mrd_abi_version()}, this SDK needs {_ABI_VERSION}")
+    lib.mrd_last_error.restype = ctypes.c_char_p
+    lib.mrd_roi_align_cpu.argtypes = _ARGS_ROI_ALIGN + [ctypes.c_int32]
+    lib.mrd_roi_align_cpu.restype = ctypes.c_int32
+    lib.mrd_roi_align_cuda.argtypes = _ARGS_ROI_ALIGN + [ctypes.c_void_p]
+    lib.mrd_roi_align_cuda.restype = ctypes.c_int32
+    lib.mrd_level_indices.argtypes = [
+        ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.c_int32, ctypes.c_float,
+        ctypes.c_int32, ctypes.c_void_p,
+    ]
+    lib.mrd_level_indices.restype = ctypes.c_int32
+    _loaded[cuda] = lib
+    return lib
+
+
+def _check_status(lib: ctypes.CDLL, status: int, what: str) -> None:
+    if status == 0:
+        return
+    message = lib.mrd_last_error().decode(errors="replace")
+    if status == _STATUS_INVALID_ARGUMENT:
+        raise DeploySdkError(f"{what}: {message}")
+    raise PluginError(f"{what}: {message or f'CUDA error {status}'}")
+
+
+def _output_hw(output_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    if isinstance(output_size, (int, np.integer)):
+        return int(output_size), int(output_size)
+    out = tuple(int(v) for v in output_size)
+    if len(out) != 2:
+        raise DeploySdkError(f"output_size must be an int or (height, width), got {output_size!r}")
+    return out  # type: ignore[return-value]
+
+
+def _mode_code(mode: str) -> int:
+    if mode not in _MODES:
+        raise DeploySdkError(f"mode must be 'avg' or 'max', got {mode!r}")
+    return _MODES[mode]
+
+
+def _features_array(x, what: str) -> np.ndarray:
+    x = np.ascontiguousarray(x)
+    if x.dtype not in _DTYPE_CODES:
+        raise DeploySdkError(f"{what} must be float32 or float16, got {x.dtype}")
+    if x.ndim != 4:
+        raise DeploySdkError(f"{what} must be [B, C, H, W], got shape {x.shape}")
+    return x
+
+
+def _rois_array(rois, ndim: int, what: str) -> np.ndarray:
+    rois = np.asarray(rois)
+    if rois.dtype not in _DTYPE_CODES:
+        rois = rois.astype(np.float32)  # float64 / int boxes: coordinates are fp32 inside anyway
+    rois = np.ascontiguousarray(rois)
+    if rois.ndim != ndim or rois.shape[-1] != 4:
+        shape = "[R, 4]" if ndim == 2 else "[B, R, 4]"
+        raise DeploySdkError(f"{what} must be {shape} x1 y1 x2 y2, got shape {rois.shape}")
+    return rois
+
+
+def _levels_args(shapes: Sequence[Tuple[int, int]], scales: Sequence[float]):
+    n = len(shapes)
+    heights = (ctypes.c_int32 * n)(*[h for h, _ in shapes])
+    widths = (ctypes.c_int32 * n)(*[w for _, w in shapes])
+    scale_arr = (ctypes.c_float * n)(*[float(s) for s in scales])
+    return heights, widths, scale_arr
+
+
+_THREADS_ELEMENTWISE = -1
+
+
+def _num_threads(num_threads: Optional[int], implementation: str) -> int:
+    if implementation == "kernel":
+        return _THREADS_ELEMENTWISE
+    if implementation != "fast":
+        raise DeploySdkError(f"implementation must be 'fast' or 'kernel', got {implementation!r}")
+    n = 0 if num_threads is None else int(num_threads)
+    if n < 0:
+        raise DeploySdkError(f"num_threads must be >= 0 (0 = all cores), got {n}")
+    return n
+
+
+def roi_align(
+    features: np.ndarray,
+    rois: np.ndarray,
+    batch_indices: np.ndarray,
+    output_size: Union[int, Sequence[int]],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+    mode: str = "avg",
+    num_threads: Optional[int] = None,
+    implementation: str = "fast",
+) -> np.ndarray:
+    """Single-level RoIAlign on CPU (the library's compiled implementation), ONNX RoiAlign-16 semantics.
+
+    features: [N, C, H, W] float32 or float16. rois: [R, 4] x1 y1 x2 y2 in input pixels (scaled by
+    ``spatial_scale`` onto the map). batch_indices: [R] int32/int64, image of each RoI. ``aligned`` True =
+    half-pixel offset (ONNX "half_pixel"), False = legacy RoI size >= 1 ("output_half_pixel"). ``mode`` "avg" or
+    "max" (max of the interpolated samples). ``num_threads`` None/0 = all cores. ``implementation`` "fast" (the
+    CPU fast path) or "kernel" (one output element at a time through the very function each CUDA thread runs:
+    slow, single-threaded, for testing the kernel's code without a GPU).
+    Returns [R, C, out_h, out_w] of the features' dtype.
+    """
+    feats = _features_array(features, "features")
+    boxes = _rois_array(rois, 2, "rois")
+    idx = np.ascontiguousarray(np.asarray(batch_indices))
+    if idx.dtype not in _INDEX_CODES:
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise DeploySdkError(f"batch_indices must be integers, got {idx.dtype}")
+        idx = idx.astype(np.int64)
+    if idx.shape != (boxes.shape[0],):
+        raise DeploySdkError(f"batch_indices must be [{boxes.shape[0]}] (one per RoI), got shape {idx.shape}")
+    if idx.size and (idx.min() < 0 or idx.max() >= feats.shape[0]):
+        raise DeploySdkError(
+            f"batch_indices must lie in [0, {feats.shape[0]}) for {feats.shape[0]} images, "
+            f"got values {int(idx.min())}..{int(idx.max())}"
+        )
+    out_h, out_w = _output_hw(output_size)
+    n, c, h, w = feats.shape
+    out = np.empty((boxes.shape[0], c, out_h, out_w), dtype=feats.dtype)
+    lib = _library(cuda=False)
+    heights, widths, scales = _levels_args([(h, w)], [spatial_scale])
+    pointers = (ctypes.c_void_p * 1)(feats.ctypes.data)
+    status = lib.mrd_roi_align_cpu(
+        _DTYPE_CODES[feats.dtype], pointers, heights, widths, scales, 1, n, c,
+        boxes.ctypes.data, _DTYPE_CODES[boxes.dtype], idx.ctypes.data, _INDEX_CODES[idx.dtype], 0, boxes.shape[0],
+        out_h, out_w, int(sampling_ratio), int(bool(aligned)), _mode_code(mode), 224.0, 4,
+        out.ctypes.data, _num_threads(num_threads, implementation),
+    )  # fmt: skip
+    _check_status(lib, status, "roi_align")
+    return out
+
+
+def multilevel_roi_align(
+    features_list: Sequence[np.ndarray],
+    rois: np.ndarray,
+    output_size: Union[int, Sequence[int]],
+    spatial_scales: Sequence[float],
+    sampling_ratio: int = 0,
+    aligned: bool = False,
+    mode: str = "avg",
+    canonical_scale: float = 224.0,
+    canonical_level: int = 4,
+    num_threads: Optional[int] = None,
+    implementation: str = "fast",
+) -> np.ndarray:
+    """MultiLevelRoIAlign on CPU: each RoI is pooled from its FPN level, exactly as the TensorRT plugin does.
+
+    features_list: P2..P5 (any run of consecutive levels), each [B, C, H_l, W_l], all float32 or all float16.
+    rois: [B, R, 4] x1 y1 x2 y2 in input-image pixels, R RoIs per image. spatial_scales: one per level
+    (1/4, 1/8, ...). Level of a box: floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6) clamped
+    to the given levels. ``num_threads`` and ``implementation`` as in :func:`roi_align`.
+    Returns [B, R, C, out_h, out_w] of the features' dtype.
+    """
+    feats = [_features_array(f, f"features_list[{i}]") for i, f in enumerate(features_list)]
+    if len(feats) != len(spatial_scales):
+        raise DeploySdkError(f"{len(feats)} feature levels but {len(spatial_scales)} spatial_scales")
+    if not feats:
+        raise DeploySdkError("features_list is empty; pass the FPN levels P2..P5")
+    boxes = _rois_array(rois, 3, "rois")
+    b, c = feats[0].shape[:2]
+    for i, f in enumerate(feats):
+        if f.dtype != feats[0].dtype or f.shape[:2] != (b, c):
+            raise DeploySdkError(
+                f"features_list[{i}] is {f.dtype} {f.shape}; every level must be {feats[0].dtype} [{b}, {c}, H, W]"
+            )
+    if boxes.shape[0] != b:
+        raise DeploySdkError(f"rois has batch {boxes.shape[0]} but the feature maps have batch {b}")
+    out_h, out_w = _output_hw(output_size)
+    r = boxes.shape[1]
+    out = np.empty((b, r, c, out_h, out_w), dtype=feats[0].dtype)
+    lib = _library(cuda=False)
+    heights, widths, scales = _levels_args([f.shape[2:] for f in feats], spatial_scales)
+    pointers = (ctypes.c_void_p * len(feats))(*[f.ctypes.data for f in feats])
+    status = lib.mrd_roi_align_cpu(
+        _DTYPE_CODES[feats[0].dtype], pointers, heights, widths, scales, len(feats), b, c,
+        boxes.ctypes.data, _DTYPE_CODES[boxes.dtype], None, 0, r, b * r,
+        out_h, out_w, int(sampling_ratio), int(bool(aligned)), _mode_code(mode), float(canonical_scale),
+        int(canonical_level), out.ctypes.data, _num_threads(num_threads, implementation),
+    )  # fmt: skip
+    _check_status(lib, status, "multilevel_roi_align")
+    return out
+
+
+def level_indices(
+    rois: np.ndarray, spatial_scales: Sequence[float], canonical_scale: float = 224.0, canonical_level: int = 4
+) -> np.ndarray:
+    """0-based index into ``spatial_scales`` of the level each box [R, 4] (x1 y1 x2 y2, input pixels) pools from."""
+    boxes = np.ascontiguousarray(np.asarray(rois, dtype=np.float32).reshape(-1, 4))
+    out = np.empty(boxes.shape[0], dtype=np.int32)
+    scales = (ctypes.c_float * len(spatial_scales))(*[float(s) for s in spatial_scales])
+    lib = _library(cuda=False)
+    status = lib.mrd_level_indices(
+        boxes.ctypes.data, boxes.shape[0], scales, len(spatial_scales), float(canonical_scale), int(canonical_level),
+        out.ctypes.data,
+    )
+    _check_status(lib, status, "level_indices")
+    return out
+
+
+# ------------------------------------------------------------------------------------- CUDA (torch tensors)
+
+
+def has_cuda_kernels() -> bool:
+    """True when the CUDA build of the library can be built/loaded here and contains the kernels."""
+    try:
+        return bool(_library(cuda=True).mrd_has_cuda())
+    except PluginError:
+        return False
+
+
+def _torch_dtype_code(t, what: str) -> int:
+    import torch
+
+    codes = {torch.float32: 0, torch.float16: 1}
+    if t.dtype not in codes:
+        raise DeploySdkError(f"{what} must be float32 or float16, got {t.dtype}")
+    return codes[t.dtype]
+
+
+def _cuda_call(feats, boxes, idx, r_per_image, num_rois, out_shape, scales, sampling_ratio, aligned, mode,
+               canonical_scale, canonical_level, stream, what):  # fmt: skip
+    import torch
+
+    for i, f in enumerate(feats):
+        if not f.is_cuda or f.dim() != 4 or f.dtype != feats[0].dtype or f.shape[:2] != feats[0].shape[:2]:
+            raise DeploySdkError(f"{what}: feature level {i} must be a CUDA [B, C, H, W] tensor like level 0")
+    if not boxes.is_cuda or (idx is not None and not idx.is_cuda):
+        raise DeploySdkError(f"{what}: rois (and batch_indices) must be CUDA tensors on the features' device")
+    feats = [f.contiguous() for f in feats]
+    boxes = boxes.contiguous()
+    b, c = feats[0].shape[:2]
+    out = torch.empty(out_shape, dtype=feats[0].dtype, device=feats[0].device)
+    lib = _library(cuda=True)
+    if not lib.mrd_has_cuda():
+        raise PluginError(f"{what}: the plugin library was built without CUDA kernels")
+    heights, widths, scale_arr = _levels_args([tuple(f.shape[2:]) for f in feats], scales)
+    pointers = (ctypes.c_void_p * len(feats))(*[f.data_ptr() for f in feats])
+    if stream is None:
+        stream = torch.cuda.current_stream(feats[0].device).cuda_stream
+    index_code = 0
+    if idx is not None:
+        idx = idx.contiguous()
+        index_code = {torch.int32: 32, torch.int64: 64}.get(idx.dtype, 0)
+        if index_code == 0:
+            raise DeploySdkError(f"{what}: batch_indices must be int32 or int64, got {idx.dtype}")
+    with torch.cuda.device(feats[0].device):
+        status = lib.mrd_roi_align_cuda(
+            _torch_dtype_code(feats[0], "features"), pointers, heights, widths, scale_arr, len(feats), b, c,
+            boxes.data_ptr(), _torch_dtype_code(boxes, "rois"), None if idx is None else idx.data_ptr(), index_code,
+            r_per_image, num_rois, out_shape[-2], out_shape[-1], int(sampling_ratio), int(bool(aligned)),
+            _mode_code(mode), float(canonical_scale), int(canonical_level), out.data_ptr(), ctypes.c_void_p(stream),
+        )  # fmt: skip
+    _check_status(lib, status, what)
+    return out
+
+
+def roi_align_cuda(
+    features, rois, batch_indices, output_size, spatial_scale=1.0, sampling_ratio=0, aligned=True, mode="avg",
+    stream: Optional[int] = None,
+):  # fmt: skip
+    """:func:`roi_align` on torch CUDA tensors with the library's CUDA kernel; returns a [R, C, oh, ow] tensor.
+
+    Runs asynchronously on ``stream`` (a cudaStream_t as int; default: torch's current stream).
+    """
+    out_h, out_w = _output_hw(output_size)
+    if rois.dim() != 2 or rois.shape[-1] != 4 or batch_indices.shape != (rois.shape[0],):
+        raise DeploySdkError("roi_align_cuda: rois must be [R, 4] and batch_indices [R]")
+    shape = (rois.shape[0], features.shape[1], out_h, out_w)
+    return _cuda_call([features], rois, batch_indices, 0, rois.shape[0], shape, [spatial_scale], sampling_ratio,
+                      aligned, mode, 224.0, 4, stream, "roi_align_cuda")  # fmt: skip
+
+
+def multilevel_roi_align_cuda(
+    features_list, rois, output_size, spatial_scales, sampling_ratio=0, aligned=False, mode="avg",
+    canonical_scale=224.0, canonical_level=4, stream: Optional[int] = None,
+):  # fmt: skip
+    """:func:`multilevel_roi_align` on torch CUDA tensors; returns a [B, R, C, oh, ow] tensor."""
+    out_h, out_w = _output_hw(output_size)
+    if len(features_list) != len(spatial_scales) or not features_list:
+        raise DeploySdkError("multilevel_roi_align_cuda: one spatial scale per feature level is needed")
+    if rois.dim() != 3 or rois.shape[-1] != 4 or rois.shape[0] != features_list[0].shape[0]:
+        raise DeploySdkError("multilevel_roi_align_cuda: rois must be [B, R, 4] with the features' batch B")
+    b, r = rois.shape[:2]
+    shape = (b, r, features_list[0].shape[1], out_h, out_w)
+    return _cuda_call(list(features_list), rois, None, r, b * r, shape, spatial_scales, sampling_ratio, aligned,
+                      mode, canonical_scale, canonical_level, stream, "multilevel_roi_align_cuda")  # fmt: skip

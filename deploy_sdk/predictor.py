@@ -1,0 +1,325 @@
+"""`Predictor`: images in (any count, any size), `Detections` out, on ONNX Runtime, TensorRT or PyTorch.
+
+The predictor does everything that is the same for every backend: validate and decode images, resize them as the
+model's preprocessing says (torchvision's resize, reproduced in numpy), pad them into a canvas, split inputs into
+backend-sized batches, map boxes back to original image pixels and paste masks. A backend only moves tensors
+(:class:`deploy_sdk.backends.base.Backend`).
+
+Thread safety: one ``Predictor`` may be shared by several threads. Pre- and post-processing keep no shared state;
+calls into the backend are serialized by a lock unless the backend allows concurrent calls (ONNX Runtime does).
+Results do not depend on how calls interleave. ``last_stage_times`` is the one exception: it describes the most
+recent call to finish, from whichever thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from deploy_sdk.backends.base import Backend
+from deploy_sdk.detections import Detections, encode_rle
+from deploy_sdk.errors import DeploySdkError
+from deploy_sdk.mask_paste import MASK_THRESHOLD, paste_masks, paste_masks_cropped, paste_masks_torch
+from deploy_sdk.model_metadata import ModelMetadata
+from deploy_sdk.preprocessing import PreparedBatch, boxes_to_original, load_image, prepare_batch
+
+__all__ = ["Predictor", "BACKENDS", "MASK_FORMATS"]
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+MASK_FORMATS = ("full", "box", "rle", "none")
+_ONNX_SUFFIXES = (".onnx",)
+_ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
+
+ImageInput = Any  # numpy array, path, or PIL image
+
+
+def _backend_for(model: Any, backend: str) -> str:
+    if backend != "auto":
+        return backend
+    suffix = Path(os.fspath(model)).suffix.lower()
+    if suffix in _ONNX_SUFFIXES:
+        return "onnxruntime"
+    if suffix in _ENGINE_SUFFIXES:
+        return "tensorrt"
+    if suffix in _CHECKPOINT_SUFFIXES:
+        return "torch"
+    raise DeploySdkError(
+        f"cannot tell the backend from the file name {os.fspath(model)!r}: use a .onnx file (onnxruntime), "
+        f"a TensorRT engine {'/'.join(_ENGINE_SUFFIXES)} (tensorrt) or a checkpoint "
+        f"{'/'.join(_CHECKPOINT_SUFFIXES)} (torch), or pass backend= explicitly"
+    )
+
+
+def _open_backend(model: Any, backend: str, device: str, threads: Optional[int]) -> Backend:
+    if isinstance(model, Backend):
+        return model
+    if backend not in BACKENDS:
+        raise DeploySdkError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if not isinstance(model, (str, os.PathLike)):
+        if backend in ("auto", "torch") and hasattr(model, "model") and hasattr(model, "metadata"):
+            from deploy_sdk.backends.torch import TorchBackend
+
+            return TorchBackend(model, device=device, threads=threads)
+        raise DeploySdkError(
+            f"model must be a file path (or a Backend / loaded checkpoint), got {type(model).__name__}"
+        )
+    if not os.path.exists(os.fspath(model)):
+        raise DeploySdkError(f"model file not found: {os.fspath(model)}")
+    kind = _backend_for(model, backend)
+    if kind == "onnxruntime":
+        from deploy_sdk.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(model, device=device, threads=threads)
+    if kind == "tensorrt":
+        from deploy_sdk.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(model, device=device)
+    from deploy_sdk.backends.torch import TorchBackend
+
+    return TorchBackend(model, device=device, threads=threads)
+
+
+class Predictor:
+    """Run a Mask R-CNN deployment model on images.
+
+    - ``model``: an exported ``.onnx`` file, a TensorRT engine file (``maskrcnn-deploy build``), a checkpoint (runs
+      the PyTorch deployment module), or an already constructed :class:`~deploy_sdk.backends.base.Backend`.
+    - ``backend``: "auto" (from the file name), "onnxruntime", "tensorrt" or "torch".
+    - ``device``: "cpu" or "cuda[:N]".
+    - ``batch_size``: images per backend call (capped by the model's maximum batch).
+    - ``score_threshold``: drop detections scoring below this; the graph already applies the model's own threshold
+      (``metadata.score_threshold``), so only a higher value changes anything. Default: no extra filtering.
+    - ``mask_format``: "full" ([N, H, W] bool), "box" (box-cropped), "rle" (COCO RLE) or "none"; see
+      :mod:`deploy_sdk.detections`.
+    - ``channel_order``: "rgb" or "bgr", for numpy array inputs (files and PIL images carry their own).
+    - ``threads``: intra-op threads of the backend. ``preprocess_workers``: threads of :meth:`predict_iter`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        backend: str = "auto",
+        device: str = "cpu",
+        batch_size: int = 4,
+        score_threshold: Optional[float] = None,
+        mask_format: str = "full",
+        channel_order: str = "rgb",
+        threads: Optional[int] = None,
+        preprocess_workers: int = 2,
+    ):
+        if int(batch_size) < 1:
+            raise DeploySdkError(f"batch_size must be at least 1, got {batch_size}")
+        if mask_format not in MASK_FORMATS:
+            raise DeploySdkError(f"mask_format must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
+        if channel_order not in ("rgb", "bgr"):
+            raise DeploySdkError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+        if score_threshold is not None and not 0.0 <= float(score_threshold) <= 1.0:
+            raise DeploySdkError(f"score_threshold must be in 0..1, got {score_threshold}")
+        self.backend: Backend = _open_backend(model, backend, device, threads)
+        self.backend_name = self.backend.name
+        self.metadata: ModelMetadata = self.backend.metadata
+        limit = self.backend.max_batch_size
+        self.batch_size = int(min(batch_size, limit) if limit else batch_size)
+        self.score_threshold = None if score_threshold is None else float(score_threshold)
+        self.mask_format = mask_format
+        self.channel_order = channel_order
+        self.preprocess_workers = max(1, int(preprocess_workers))
+        self._lock = threading.Lock()
+        self.last_stage_times: Dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------------------------
+    def predict(self, images: Union[ImageInput, Sequence[ImageInput]]) -> Union[Detections, List[Detections]]:
+        """Detect instances in one image or a sequence of images.
+
+        One image (a [H, W, 3] / [H, W] array, a path or a PIL image) gives one :class:`Detections`; a list/tuple
+        (or a [N, H, W, 3] array) gives a list, one per input, in order. Inputs may differ in size; they are split
+        into batches of ``batch_size``. Bad inputs raise :class:`~deploy_sdk.InputImageError` naming the image.
+        """
+        single, items = self._as_list(images)
+        loaded = [load_image(img, self.channel_order, what=self._name(img, i)) for i, img in enumerate(items)]
+        times = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+        results: List[Detections] = []
+        for start in range(0, len(loaded), self.batch_size):
+            chunk = loaded[start: start + self.batch_size]
+            t0 = time.perf_counter()
+            batch = self._prepare(chunk)
+            t1 = time.perf_counter()
+            outputs = self._infer(batch)
+            t2 = time.perf_counter()
+            results.extend(self._postprocess(batch, outputs))
+            t3 = time.perf_counter()
+            times["preprocess"] += (t1 - t0) * 1e3
+            times["inference"] += (t2 - t1) * 1e3
+            times["postprocess"] += (t3 - t2) * 1e3
+        self.last_stage_times = times
+        return results[0] if single else results
+
+    def predict_iter(self, images: Iterable[ImageInput], batch_size: Optional[int] = None) -> Iterator[Detections]:
+        """Stream detections for an iterable of images (paths, arrays, PIL images), one per input, in order.
+
+        Decoding and resizing of upcoming batches run in ``preprocess_workers`` threads while the current batch is
+        inferred, so for file inputs the backend rarely waits for the disk or the decoder. At most
+        ``preprocess_workers + 1`` batches are in flight, so memory stays bounded for endless iterables.
+        """
+        size = self.batch_size if batch_size is None else int(batch_size)
+        if size < 1:
+            raise DeploySdkError(f"batch_size must be at least 1, got {batch_size}")
+        if self.backend.max_batch_size:
+            size = min(size, self.backend.max_batch_size)
+        chunks = self._chunks(images, size)
+        pending: Deque[Any] = collections.deque()
+        with ThreadPoolExecutor(max_workers=self.preprocess_workers, thread_name_prefix="maskrcnn-pre") as pool:
+            try:
+                for chunk in chunks:
+                    pending.append(pool.submit(self._load_and_prepare, chunk))
+                    if len(pending) > self.preprocess_workers:
+                        yield from self._finish(pending.popleft().result())
+                while pending:
+                    yield from self._finish(pending.popleft().result())
+            finally:
+                for fut in pending:
+                    fut.cancel()
+
+    # ------------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _as_list(images: Any) -> Tuple[bool, List[Any]]:
+        if isinstance(images, np.ndarray):
+            if images.ndim == 4:
+                return False, list(images)
+            return True, [images]
+        if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple)):
+            return True, [images]
+        return False, list(images)
+
+    @staticmethod
+    def _name(img: Any, index: int) -> str:
+        return f"image {index} ({os.fspath(img)})" if isinstance(img, (str, os.PathLike)) else f"image {index}"
+
+    @staticmethod
+    def _chunks(images: Iterable[ImageInput], size: int) -> Iterator[List[Tuple[int, Any]]]:
+        chunk: List[Tuple[int, Any]] = []
+        for i, img in enumerate(images):
+            chunk.append((i, img))
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def _load_and_prepare(self, chunk: List[Tuple[int, Any]]) -> PreparedBatch:
+        loaded = [load_image(img, self.channel_order, what=self._name(img, i)) for i, img in chunk]
+        return self._prepare(loaded)
+
+    def _finish(self, batch: PreparedBatch) -> List[Detections]:
+        return self._postprocess(batch, self._infer(batch))
+
+    def _prepare(self, images: List[np.ndarray]) -> PreparedBatch:
+        meta = self.metadata
+        return prepare_batch(
+            images,
+            min_size=int(meta.min_size),
+            max_size=int(meta.max_size),
+            size_divisible=int(meta.size_divisible or 1),
+            fixed=self.backend.fixed_size,
+            dtype=self.backend.input_dtype,
+        )
+
+    def _infer(self, batch: PreparedBatch) -> Dict[str, Any]:
+        if self.backend.thread_safe:
+            return self.backend.infer(batch.images, batch.image_sizes)
+        with self._lock:
+            return self.backend.infer(batch.images, batch.image_sizes)
+
+    def _postprocess(self, batch: PreparedBatch, outputs: Dict[str, Any]) -> List[Detections]:
+        on_device = self.backend.returns_torch
+        if on_device:
+            import torch
+        host = {k: (v.cpu().numpy() if on_device else np.asarray(v)) for k, v in outputs.items() if k != "masks"}
+        masks_all = outputs["masks"]
+        results = []
+        for i, original in enumerate(batch.original_sizes):
+            resized = (int(batch.image_sizes[i, 0]), int(batch.image_sizes[i, 1]))
+            n = int(host["num_detections"][i])
+            scores = host["scores"][i, :n].astype(np.float32)
+            keep = np.arange(n)
+            if self.score_threshold is not None:
+                keep = np.flatnonzero(scores >= self.score_threshold)
+            boxes = boxes_to_original(host["boxes"][i, keep], resized, original)
+            det = Detections(
+                boxes=boxes,
+                scores=scores[keep],
+                labels=host["labels"][i, keep].astype(np.int64),
+                masks=None,
+                class_names=list(self.metadata.class_names),
+                image_size=original,
+            )
+            if self.mask_format != "none":
+                index = torch.as_tensor(keep, device=masks_all.device) if on_device else keep
+                self._attach_masks(det, masks_all[i][index], original)
+            results.append(det)
+        return results
+
+    def _attach_masks(self, det: Detections, probs: Any, original: Tuple[int, int]) -> None:
+        """Paste ``probs`` [n, M, M] into ``det`` in the predictor's mask format (on the GPU for torch outputs)."""
+        if self.backend.returns_torch:
+            import torch
+
+            boxes = torch.from_numpy(det.boxes).to(probs.device)
+            det.masks = paste_masks_torch(probs, boxes, original, MASK_THRESHOLD).cpu().numpy()
+            if self.mask_format != "full":
+                self._convert_full(det)
+            return
+        probs = np.asarray(probs, dtype=np.float32)
+        if self.mask_format == "full":
+            det.masks = paste_masks(probs, det.boxes, original)
+        elif self.mask_format == "box":
+            det.mask_crops, det.mask_offsets = paste_masks_cropped(probs, det.boxes, original)
+        else:
+            crops, offsets = paste_masks_cropped(probs, det.boxes, original)
+            det.mask_crops, det.mask_offsets = crops, offsets
+            det.rles = det._rles_from_masks()
+            det.mask_crops, det.mask_offsets = None, None
+
+    def _convert_full(self, det: Detections) -> None:
+        """Turn GPU-pasted full masks into the box or RLE form."""
+        full = det.masks
+        assert full is not None
+        if self.mask_format == "rle":
+            det.rles = [encode_rle(m) for m in full]
+        else:
+            crops, offsets = [], np.zeros((len(full), 2), np.int64)
+            for i, m in enumerate(full):
+                ys, xs = np.nonzero(m)
+                if ys.size == 0:
+                    crops.append(np.zeros((0, 0), bool))
+                    continue
+                y0, x0 = int(ys.min()), int(xs.min())
+                crops.append(m[y0: int(ys.max()) + 1, x0: int(xs.max()) + 1].copy())
+                offsets[i] = (x0, y0)
+            det.mask_crops, det.mask_offsets = crops, offsets
+        det.masks = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the backend."""
+        self.backend.close()
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Predictor({self.backend.describe()}, batch_size={self.batch_size}, mask_format={self.mask_format!r}, "
+            f"classes={len(self.metadata.class_names)})"
+        )

@@ -1,0 +1,246 @@
+#include "roiAlignCpu.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace mrd
+{
+namespace
+{
+
+//! One bilinear sample with its four taps resolved to plane offsets (weights 0 for an outside sample).
+struct SampleTaps
+{
+    int32_t o1, o2, o3, o4;
+    float w1, w2, w3, w4;
+};
+
+//! Per-thread buffers, reused across the RoIs a thread handles so the hot loop never allocates.
+struct Scratch
+{
+    std::vector<AxisTaps> ys, xs;
+    std::vector<SampleTaps> samples;
+};
+
+//! Pool ``Block`` consecutive channels starting at ``c0`` over all bins, reusing each sample's taps for every
+//! channel of the block. Same reduction as BinReducer, written out so the accumulators stay in registers.
+template <typename T, int Block, bool IsMax>
+void poolChannels(T const* image, int64_t planeSize, int32_t c0, SampleTaps const* taps, int64_t bins,
+    int32_t count, T* outRoi)
+{
+    T const* planes[Block];
+    for (int j = 0; j < Block; ++j)
+    {
+        planes[j] = image + (c0 + j) * planeSize;
+    }
+    SampleTaps const* t = taps;
+    for (int64_t bin = 0; bin < bins; ++bin)
+    {
+        float acc[Block];
+        for (int j = 0; j < Block; ++j)
+        {
+            acc[j] = IsMax ? -3.402823466e38f : 0.0f;
+        }
+        for (int32_t k = 0; k < count; ++k, ++t)
+        {
+            for (int j = 0; j < Block; ++j)
+            {
+                T const* plane = planes[j];
+                float const v = t->w1 * loadAsFloat(plane, t->o1) + t->w2 * loadAsFloat(plane, t->o2)
+                    + t->w3 * loadAsFloat(plane, t->o3) + t->w4 * loadAsFloat(plane, t->o4);
+                acc[j] = IsMax ? (v > acc[j] ? v : acc[j]) : acc[j] + v;
+            }
+        }
+        for (int j = 0; j < Block; ++j)
+        {
+            storeFromFloat(outRoi + (c0 + j) * bins, bin, IsMax ? acc[j] : acc[j] / static_cast<float>(count));
+        }
+    }
+}
+
+template <typename T>
+void poolOneRoi(FeatureLevels<T> const& levels, RoiSource const& src, PoolParams const& p, int64_t roi, T* out,
+    Scratch& s)
+{
+    int64_t const binsPerChannel = static_cast<int64_t>(p.outH) * p.outW;
+    int64_t const perRoi = binsPerChannel * p.channels;
+    T* const outRoi = out + roi * perRoi;
+    int64_t const b = batchOfRoi(src, roi);
+    Box const box = loadBox(src.rois, src.roisHalf, roi);
+    RoiGeometry g{};
+    int32_t level = 0;
+    if (b >= 0 && b < p.batch)
+    {
+        level = levelIndexOfBox(box, p.canonicalScale, p.canonicalLevel, levels.firstLevel, levels.numLevels);
+        g = roiGeometry(box, levels.scale[level], p.aligned, p.outH, p.outW, p.samplingRatio);
+    }
+    int32_t const count = g.gridH * g.gridW;
+    if (count == 0)
+    {
+        // Bad batch index or an empty sampling grid: every bin is 0 (both modes).
+        for (int64_t i = 0; i < perRoi; ++i)
+        {
+            storeFromFloat(outRoi, i, 0.0f);
+        }
+        return;
+    }
+    int32_t const height = levels.height[level];
+    int32_t const width = levels.width[level];
+
+    // Taps along each axis, then their products per sample: the same numbers poolBin() would compute, once per
+    // RoI instead of once per channel.
+    s.ys.resize(static_cast<size_t>(p.outH) * g.gridH);
+    s.xs.resize(static_cast<size_t>(p.outW) * g.gridW);
+    for (int32_t ph = 0; ph < p.outH; ++ph)
+    {
+        for (int32_t iy = 0; iy < g.gridH; ++iy)
+        {
+            s.ys[ph * g.gridH + iy] = axisTaps(sampleCoord(g.startY, g.binH, ph, iy, g.gridH), height);
+        }
+    }
+    for (int32_t pw = 0; pw < p.outW; ++pw)
+    {
+        for (int32_t ix = 0; ix < g.gridW; ++ix)
+        {
+            s.xs[pw * g.gridW + ix] = axisTaps(sampleCoord(g.startX, g.binW, pw, ix, g.gridW), width);
+        }
+    }
+    s.samples.resize(static_cast<size_t>(binsPerChannel) * count);
+    SampleTaps* st = s.samples.data();
+    for (int32_t ph = 0; ph < p.outH; ++ph)
+    {
+        for (int32_t pw = 0; pw < p.outW; ++pw)
+        {
+            for (int32_t iy = 0; iy < g.gridH; ++iy)
+            {
+                AxisTaps const& ty = s.ys[ph * g.gridH + iy];
+                for (int32_t ix = 0; ix < g.gridW; ++ix)
+                {
+                    AxisTaps const& tx = s.xs[pw * g.gridW + ix];
+                    st->o1 = ty.low * width + tx.low;
+                    st->o2 = ty.low * width + tx.high;
+                    st->o3 = ty.high * width + tx.low;
+                    st->o4 = ty.high * width + tx.high;
+                    st->w1 = ty.wLow * tx.wLow;
+                    st->w2 = ty.wLow * tx.wHigh;
+                    st->w3 = ty.wHigh * tx.wLow;
+                    st->w4 = ty.wHigh * tx.wHigh;
+                    ++st;
+                }
+            }
+        }
+    }
+
+    int64_t const planeSize = static_cast<int64_t>(height) * width;
+    T const* const image = levels.data[level] + b * p.channels * planeSize;
+    int32_t c = 0;
+    // Blocks of 4 channels share each tap load (offsets and weights are the same for every channel), which
+    // halves the memory traffic of the hot loop compared with one channel at a time.
+    if (p.mode == PoolMode::kMax)
+    {
+        for (; c + 4 <= p.channels; c += 4)
+        {
+            poolChannels<T, 4, true>(image, planeSize, c, s.samples.data(), binsPerChannel, count, outRoi);
+        }
+        for (; c < p.channels; ++c)
+        {
+            poolChannels<T, 1, true>(image, planeSize, c, s.samples.data(), binsPerChannel, count, outRoi);
+        }
+    }
+    else
+    {
+        for (; c + 4 <= p.channels; c += 4)
+        {
+            poolChannels<T, 4, false>(image, planeSize, c, s.samples.data(), binsPerChannel, count, outRoi);
+        }
+        for (; c < p.channels; ++c)
+        {
+            poolChannels<T, 1, false>(image, planeSize, c, s.samples.data(), binsPerChannel, count, outRoi);
+        }
+    }
+}
+
+} // namespace
+
+template <typename T>
+void roiAlignCpu(FeatureLevels<T> const& levels, RoiSource const& src, PoolParams const& params, T* out,
+    int32_t numThreads)
+{
+    int64_t const numRois = src.numRois;
+    if (numRois <= 0)
+    {
+        return;
+    }
+    if (numThreads <= 0)
+    {
+        numThreads = static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
+    }
+    // Small chunks balance RoIs of different cost (adaptive sampling grids differ per RoI).
+    constexpr int64_t kChunk = 4;
+    int64_t const chunks = (numRois + kChunk - 1) / kChunk;
+    numThreads = static_cast<int32_t>(std::min<int64_t>(numThreads, chunks));
+    std::atomic<int64_t> next{0};
+    auto worker = [&]() {
+        Scratch scratch;
+        for (;;)
+        {
+            int64_t const chunk = next.fetch_add(1, std::memory_order_relaxed);
+            if (chunk >= chunks)
+            {
+                break;
+            }
+            int64_t const end = std::min(numRois, (chunk + 1) * kChunk);
+            for (int64_t r = chunk * kChunk; r < end; ++r)
+            {
+                poolOneRoi(levels, src, params, r, out, scratch);
+            }
+        }
+    };
+    if (numThreads <= 1)
+    {
+        worker();
+        return;
+    }
+    std::vector<std::thread> pool;
+    pool.reserve(static_cast<size_t>(numThreads - 1));
+    for (int32_t i = 1; i < numThreads; ++i)
+    {
+        pool.emplace_back(worker);
+    }
+    worker();
+    for (auto& t : pool)
+    {
+        t.join();
+    }
+}
+
+template void roiAlignCpu<float>(FeatureLevels<float> const&, RoiSource const&, PoolParams const&, float*, int32_t);
+template void roiAlignCpu<Half>(FeatureLevels<Half> const&, RoiSource const&, PoolParams const&, Half*, int32_t);
+
+template <typename T>
+void roiAlignElementwiseCpu(FeatureLevels<T> const& levels, RoiSource const& src, PoolParams const& params, T* out)
+{
+    int64_t const total = src.numRois * params.channels * static_cast<int64_t>(params.outH) * params.outW;
+    for (int64_t i = 0; i < total; ++i)
+    {
+        storeFromFloat(out, i, poolOutputElement(levels, src, params, i));
+    }
+}
+
+template void roiAlignElementwiseCpu<float>(FeatureLevels<float> const&, RoiSource const&, PoolParams const&, float*);
+template void roiAlignElementwiseCpu<Half>(FeatureLevels<Half> const&, RoiSource const&, PoolParams const&, Half*);
+
+void levelIndicesCpu(float const* rois, int64_t numRois, float canonicalScale, int32_t canonicalLevel,
+    int32_t firstLevel, int32_t numLevels, int32_t* outLevels)
+{
+    for (int64_t r = 0; r < numRois; ++r)
+    {
+        Box const box = loadBox(rois, false, r);
+        outLevels[r] = levelIndexOfBox(box, canonicalScale, canonicalLevel, firstLevel, numLevels);
+    }
+}
+
+} // namespace mrd

@@ -1,0 +1,428 @@
+// RoIAlign math shared by the CPU implementation and the CUDA kernel.
+//
+// This is the ONE place where sampling positions, bilinear weights, the adaptive sampling ratio, the FPN level
+// of a box and the avg/max reductions are defined. Everything here is __host__ __device__ so the CPU code and the
+// kernel cannot drift apart (torchvision keeps two copies of bilinear_interpolate; we keep one).
+//
+// Conventions (see plugins/README.md and the RoIAlign op contract in ARCHITECTURE.md):
+//   * boxes are x1 y1 x2 y2 in input-image pixels; a level's spatial scale maps them to feature pixels;
+//   * aligned = half-pixel offset (detectron2 ROIAlignV2, ONNX coordinate_transformation_mode="half_pixel");
+//     legacy (aligned = false) forces the RoI size to at least 1 (torchvision Mask R-CNN, "output_half_pixel");
+//   * a sample with y < -1 or y > H (likewise x) counts as 0, otherwise it is clamped into the map and
+//     interpolated bilinearly (torchvision / ONNX reference);
+//   * avg divides by the number of samples of the bin; max takes the maximum of the interpolated sample values;
+//   * coordinates and accumulation are fp32 whatever the tensor type.
+#pragma once
+
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#include <cuda_fp16.h>
+#define MRD_HD __host__ __device__ __forceinline__
+#else
+#include <math.h>
+#define MRD_HD inline
+#endif
+
+namespace mrd
+{
+
+//! Most feature levels a multi-level op accepts (P2..P9 would be 8; Mask R-CNN uses 4).
+constexpr int kMaxLevels = 8;
+
+enum class PoolMode : int32_t
+{
+    kAvg = 0,
+    kMax = 1,
+};
+
+//! IEEE binary16 storage; layout-compatible with CUDA's __half so device pointers can be reinterpreted.
+struct Half
+{
+    uint16_t bits;
+};
+
+MRD_HD float halfToFloat(Half h)
+{
+#if defined(__CUDA_ARCH__)
+    return __half2float(__ushort_as_half(h.bits));
+#else
+    // Software conversion: the host compiler may have no native half type.
+    uint32_t const sign = static_cast<uint32_t>(h.bits & 0x8000u) << 16;
+    uint32_t exp = (h.bits >> 10) & 0x1Fu;
+    uint32_t mant = h.bits & 0x3FFu;
+    uint32_t bits;
+    if (exp == 0x1Fu)
+    {
+        bits = sign | 0x7F800000u | (mant << 13); // inf / nan
+    }
+    else if (exp != 0)
+    {
+        bits = sign | ((exp + 112u) << 23) | (mant << 13); // normal: rebias 15 -> 127
+    }
+    else if (mant == 0)
+    {
+        bits = sign; // signed zero
+    }
+    else
+    {
+        // Subnormal half: normalise the mantissa into an fp32 normal.
+        exp = 113u;
+        while ((mant & 0x400u) == 0)
+        {
+            mant <<= 1;
+            --exp;
+        }
+        bits = sign | (exp << 23) | ((mant & 0x3FFu) << 13);
+    }
+    union
+    {
+        uint32_t u;
+        float f;
+    } cvt{bits};
+    return cvt.f;
+#endif
+}
+
+MRD_HD Half floatToHalf(float f)
+{
+#if defined(__CUDA_ARCH__)
+    return Half{__half_as_ushort(__float2half_rn(f))};
+#else
+    // Round-to-nearest-even conversion, the same rounding as __float2half_rn and numpy's astype(float16).
+    union
+    {
+        float f;
+        uint32_t u;
+    } cvt{f};
+    uint32_t const x = cvt.u;
+    uint16_t const sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+    uint32_t const absBits = x & 0x7FFFFFFFu;
+    if (absBits >= 0x7F800000u)
+    {
+        // inf stays inf; nan stays a quiet nan
+        return Half{static_cast<uint16_t>(sign | 0x7C00u | (absBits > 0x7F800000u ? 0x200u : 0u))};
+    }
+    if (absBits >= 0x477FF000u)
+    {
+        return Half{static_cast<uint16_t>(sign | 0x7C00u)}; // rounds to a value beyond the half range
+    }
+    if (absBits < 0x38800000u)
+    {
+        // Result is subnormal (or zero): shift the implicit-1 mantissa into place, rounding to nearest even.
+        if (absBits < 0x33000000u)
+        {
+            return Half{sign}; // below half the smallest subnormal
+        }
+        uint32_t const e = absBits >> 23;
+        uint32_t const m = (absBits & 0x7FFFFFu) | 0x800000u;
+        uint32_t const shift = 126u - e; // 14..24
+        uint32_t result = m >> shift;
+        uint32_t const rem = m & ((1u << shift) - 1u);
+        uint32_t const halfway = 1u << (shift - 1u);
+        if (rem > halfway || (rem == halfway && (result & 1u)))
+        {
+            ++result;
+        }
+        return Half{static_cast<uint16_t>(sign | result)};
+    }
+    uint32_t result = ((absBits - 0x38000000u) >> 13); // rebias 127 -> 15, drop 13 mantissa bits
+    uint32_t const rem = absBits & 0x1FFFu;
+    if (rem > 0x1000u || (rem == 0x1000u && (result & 1u)))
+    {
+        ++result; // may carry into the exponent, which is the correct rounding
+    }
+    return Half{static_cast<uint16_t>(sign | result)};
+#endif
+}
+
+//! Load one tensor element as fp32 and store an fp32 result in the tensor's type.
+MRD_HD float loadAsFloat(float const* p, int64_t i)
+{
+    return p[i];
+}
+MRD_HD float loadAsFloat(Half const* p, int64_t i)
+{
+    return halfToFloat(p[i]);
+}
+MRD_HD void storeFromFloat(float* p, int64_t i, float v)
+{
+    p[i] = v;
+}
+MRD_HD void storeFromFloat(Half* p, int64_t i, float v)
+{
+    p[i] = floatToHalf(v);
+}
+
+//! A box read from a rois tensor that is fp32 or fp16 (coordinates are always handled in fp32).
+struct Box
+{
+    float x1, y1, x2, y2;
+};
+
+MRD_HD Box loadBox(void const* rois, bool roisHalf, int64_t roi)
+{
+    if (roisHalf)
+    {
+        Half const* p = static_cast<Half const*>(rois) + roi * 4;
+        return Box{halfToFloat(p[0]), halfToFloat(p[1]), halfToFloat(p[2]), halfToFloat(p[3])};
+    }
+    float const* p = static_cast<float const*>(rois) + roi * 4;
+    return Box{p[0], p[1], p[2], p[3]};
+}
+
+//! Where the bins of one RoI lie on one feature level, in that level's pixels.
+struct RoiGeometry
+{
+    float startY, startX; //!< top-left corner of the RoI
+    float binH, binW;     //!< size of one output bin (negative for an inverted box in aligned mode)
+    int32_t gridH, gridW; //!< samples per bin along each axis (0 when the adaptive count is 0 or negative)
+};
+
+//! Bin layout of ``box`` at ``spatialScale``. ``samplingRatio`` 0 = adaptive: ceil(roi_size / out_size) per axis.
+MRD_HD RoiGeometry roiGeometry(
+    Box const& box, float spatialScale, bool aligned, int32_t outH, int32_t outW, int32_t samplingRatio)
+{
+    float const offset = aligned ? 0.5f : 0.0f;
+    float const startX = box.x1 * spatialScale - offset;
+    float const startY = box.y1 * spatialScale - offset;
+    float const endX = box.x2 * spatialScale - offset;
+    float const endY = box.y2 * spatialScale - offset;
+    float roiW = endX - startX;
+    float roiH = endY - startY;
+    if (!aligned)
+    {
+        // Legacy behaviour: malformed (empty or inverted) RoIs are forced to size 1.
+        roiW = fmaxf(roiW, 1.0f);
+        roiH = fmaxf(roiH, 1.0f);
+    }
+    RoiGeometry g;
+    g.startY = startY;
+    g.startX = startX;
+    g.binH = roiH / static_cast<float>(outH);
+    g.binW = roiW / static_cast<float>(outW);
+    int32_t gh = samplingRatio > 0 ? samplingRatio : static_cast<int32_t>(ceilf(roiH / static_cast<float>(outH)));
+    int32_t gw = samplingRatio > 0 ? samplingRatio : static_cast<int32_t>(ceilf(roiW / static_cast<float>(outW)));
+    g.gridH = gh > 0 ? gh : 0;
+    g.gridW = gw > 0 ? gw : 0;
+    return g;
+}
+
+//! Coordinate of sample ``i`` (0..grid-1) of bin ``p`` along one axis. Same operation order as torchvision so
+//! fp32 results agree to the last bits.
+MRD_HD float sampleCoord(float start, float bin, int32_t p, int32_t i, int32_t grid)
+{
+    return start + static_cast<float>(p) * bin + (static_cast<float>(i) + 0.5f) * bin / static_cast<float>(grid);
+}
+
+//! Bilinear taps of one sample coordinate along one axis of length ``size``.
+struct AxisTaps
+{
+    int32_t low, high; //!< the two neighbouring pixel indices (equal at the border)
+    float wLow, wHigh; //!< their weights (both 0 when the sample lies outside [-1, size])
+};
+
+MRD_HD AxisTaps axisTaps(float v, int32_t size)
+{
+    AxisTaps t;
+    if (v < -1.0f || v > static_cast<float>(size) || size <= 0)
+    {
+        t.low = t.high = 0;
+        t.wLow = t.wHigh = 0.0f; // outside: the sample counts as 0
+        return t;
+    }
+    if (v <= 0.0f)
+    {
+        v = 0.0f;
+    }
+    int32_t low = static_cast<int32_t>(v);
+    int32_t high;
+    if (low >= size - 1)
+    {
+        high = low = size - 1;
+        v = static_cast<float>(low);
+    }
+    else
+    {
+        high = low + 1;
+    }
+    float const l = v - static_cast<float>(low);
+    t.low = low;
+    t.high = high;
+    t.wLow = 1.0f - l;
+    t.wHigh = l;
+    return t;
+}
+
+//! Bilinearly interpolated value at the sample given by its two axis taps (row-major [H, W] plane).
+template <typename T>
+MRD_HD float interpolate(T const* plane, int32_t width, AxisTaps const& ty, AxisTaps const& tx)
+{
+    // Weights as the products torchvision forms (hy*hx, hy*lx, ly*hx, ly*lx), so sums match bit for bit in most
+    // cases; an outside sample has zero weights and yields exactly 0.
+    float const w1 = ty.wLow * tx.wLow;
+    float const w2 = ty.wLow * tx.wHigh;
+    float const w3 = ty.wHigh * tx.wLow;
+    float const w4 = ty.wHigh * tx.wHigh;
+    int64_t const rowLow = static_cast<int64_t>(ty.low) * width;
+    int64_t const rowHigh = static_cast<int64_t>(ty.high) * width;
+    return w1 * loadAsFloat(plane, rowLow + tx.low) + w2 * loadAsFloat(plane, rowLow + tx.high)
+        + w3 * loadAsFloat(plane, rowHigh + tx.low) + w4 * loadAsFloat(plane, rowHigh + tx.high);
+}
+
+//! FPN level number of a spatial scale: 1/4 -> 2, 1/32 -> 5 (the scales are powers of two).
+MRD_HD int32_t levelNumberOfScale(float spatialScale)
+{
+    return static_cast<int32_t>(floorf(-log2f(spatialScale) + 0.5f));
+}
+
+//! Index (0-based, into the given levels) of the level a box is pooled from:
+//! floor(canonicalLevel + log2(sqrt(area) / canonicalScale) + 1e-6), clamped to [firstLevel, firstLevel+n-1].
+//! Area has no +1 (torchvision's LevelMapper). A box with negative area (inverted on one axis) has no defined
+//! level; it goes to the first level, like a zero-area box.
+MRD_HD int32_t levelIndexOfBox(
+    Box const& box, float canonicalScale, int32_t canonicalLevel, int32_t firstLevel, int32_t numLevels)
+{
+    if (numLevels <= 1)
+    {
+        return 0;
+    }
+    float const area = (box.x2 - box.x1) * (box.y2 - box.y1);
+    float const s = sqrtf(area);
+    float const k = floorf(static_cast<float>(canonicalLevel) + log2f(s / canonicalScale) + 1e-6f);
+    if (!(k >= static_cast<float>(firstLevel))) // also catches NaN
+    {
+        return 0;
+    }
+    int32_t const last = firstLevel + numLevels - 1;
+    if (k >= static_cast<float>(last))
+    {
+        return numLevels - 1;
+    }
+    return static_cast<int32_t>(k) - firstLevel;
+}
+
+//! Running reduction of the sample values of one bin.
+struct BinReducer
+{
+    float acc;
+    PoolMode mode;
+
+    MRD_HD explicit BinReducer(PoolMode m)
+        : acc(m == PoolMode::kMax ? -3.402823466e38f : 0.0f)
+        , mode(m)
+    {
+    }
+    MRD_HD void add(float v)
+    {
+        if (mode == PoolMode::kMax)
+        {
+            acc = v > acc ? v : acc;
+        }
+        else
+        {
+            acc += v;
+        }
+    }
+    //! ``count`` = number of samples added; an empty bin (count 0) gives 0 in both modes.
+    MRD_HD float result(int32_t count) const
+    {
+        if (count <= 0)
+        {
+            return 0.0f;
+        }
+        return mode == PoolMode::kMax ? acc : acc / static_cast<float>(count);
+    }
+};
+
+//! One output bin: the full per-bin computation, used directly by the CUDA kernel and as the reference
+//! structure for the CPU path (which hoists the taps out of the channel loop).
+template <typename T>
+MRD_HD float poolBin(T const* plane, int32_t height, int32_t width, RoiGeometry const& g, int32_t ph, int32_t pw,
+    PoolMode mode)
+{
+    BinReducer red(mode);
+    for (int32_t iy = 0; iy < g.gridH; ++iy)
+    {
+        AxisTaps const ty = axisTaps(sampleCoord(g.startY, g.binH, ph, iy, g.gridH), height);
+        for (int32_t ix = 0; ix < g.gridW; ++ix)
+        {
+            AxisTaps const tx = axisTaps(sampleCoord(g.startX, g.binW, pw, ix, g.gridW), width);
+            red.add(interpolate(plane, width, ty, tx));
+        }
+    }
+    return red.result(g.gridH * g.gridW);
+}
+
+//! The feature maps an op pools from: one level for RoIAlign, P2..P5 (or any run of levels) for the
+//! multi-level op. Each level is [B, C, H_l, W_l], contiguous NCHW.
+template <typename T>
+struct FeatureLevels
+{
+    T const* data[kMaxLevels];
+    int32_t height[kMaxLevels];
+    int32_t width[kMaxLevels];
+    float scale[kMaxLevels];
+    int32_t numLevels;
+    int32_t firstLevel; //!< FPN level number of data[0] (2 for P2), from its spatial scale
+};
+
+//! Where the RoIs come from: ``rois`` [numRois, 4] (fp32 or fp16). The batch image of RoI r is
+//! batchIndices[r] (int32 or int64) for RoIAlign, or r / roisPerImage for the multi-level op ([B, R, 4] rois).
+struct RoiSource
+{
+    void const* rois;
+    bool roisHalf;
+    void const* batchIndices; //!< nullptr for the multi-level op
+    bool indicesInt64;
+    int64_t roisPerImage;
+    int64_t numRois;
+};
+
+MRD_HD int64_t batchOfRoi(RoiSource const& src, int64_t roi)
+{
+    if (src.batchIndices == nullptr)
+    {
+        return src.roisPerImage > 0 ? roi / src.roisPerImage : 0;
+    }
+    return src.indicesInt64 ? static_cast<int64_t const*>(src.batchIndices)[roi]
+                            : static_cast<int64_t>(static_cast<int32_t const*>(src.batchIndices)[roi]);
+}
+
+//! The op's attributes.
+struct PoolParams
+{
+    int32_t channels;
+    int32_t batch;
+    int32_t outH, outW;
+    int32_t samplingRatio;
+    bool aligned;
+    PoolMode mode;
+    float canonicalScale;
+    int32_t canonicalLevel;
+};
+
+//! Value of output element ``index`` of [numRois, C, outH, outW]: everything one CUDA thread does. The CPU's
+//! elementwise path runs this same function, which is how the kernel's code path is tested without a GPU.
+template <typename T>
+MRD_HD float poolOutputElement(FeatureLevels<T> const& levels, RoiSource const& src, PoolParams const& p, int64_t index)
+{
+    int32_t const pw = static_cast<int32_t>(index % p.outW);
+    int32_t const ph = static_cast<int32_t>((index / p.outW) % p.outH);
+    int32_t const c = static_cast<int32_t>((index / (static_cast<int64_t>(p.outW) * p.outH)) % p.channels);
+    int64_t const roi = index / (static_cast<int64_t>(p.outW) * p.outH * p.channels);
+    int64_t const b = batchOfRoi(src, roi);
+    if (b < 0 || b >= p.batch)
+    {
+        return 0.0f;
+    }
+    Box const box = loadBox(src.rois, src.roisHalf, roi);
+    int32_t const level = levelIndexOfBox(box, p.canonicalScale, p.canonicalLevel, levels.firstLevel, levels.numLevels);
+    int32_t const height = levels.height[level];
+    int32_t const width = levels.width[level];
+    RoiGeometry const g = roiGeometry(box, levels.scale[level], p.aligned, p.outH, p.outW, p.samplingRatio);
+    T const* plane = levels.data[level] + (b * p.channels + c) * static_cast<int64_t>(height) * width;
+    return poolBin(plane, height, width, g, ph, pw, p.mode);
+}
+
+} // namespace mrd

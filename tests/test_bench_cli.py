@@ -1,0 +1,115 @@
+"""`maskrcnn-deploy bench`: option errors, and a tiny end-to-end run checking the JSON and the PNG plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.commands import bench
+from deploy_sdk.cli import main
+from deploy_sdk.errors import DeploySdkError
+
+
+def test_parse_batch_sizes():
+    assert bench.parse_batch_sizes("1, 2,4,2") == [1, 2, 4]
+    for bad in ("", "0", "1,x", "-1"):
+        with pytest.raises(DeploySdkError, match="--batch-sizes"):
+            bench.parse_batch_sizes(bad)
+
+
+def test_parse_image_size():
+    assert bench.parse_image_size("800x1216") == (800, 1216)
+    assert bench.parse_image_size("384X512") == (384, 512)
+    for bad in ("800", "800x", "8x1216", "axb"):
+        with pytest.raises(DeploySdkError, match="HEIGHTxWIDTH"):
+            bench.parse_image_size(bad)
+
+
+def test_parse_compare():
+    assert bench.parse_compare("torch, torchvision-onnx,int8,sdk-tensorrt-fp16=m.engine") == [
+        ("torch-eager", None), ("torchvision-onnx", None), ("sdk-onnxruntime-int8", None),
+        ("sdk-tensorrt-fp16", "m.engine")]
+    assert bench.parse_compare("torchvision-onnx=tv.onnx") == [("torchvision-onnx", "tv.onnx")]
+    assert bench.parse_compare("") == []
+    with pytest.raises(DeploySdkError, match="unknown system 'tensorflow'"):
+        bench.parse_compare("tensorflow")
+    with pytest.raises(DeploySdkError, match="listed twice"):
+        bench.parse_compare("torch,torch-eager")
+    with pytest.raises(DeploySdkError, match="--checkpoint"):
+        bench.parse_compare("torch-eager=x.pth")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["missing.onnx"], "model file not found: missing.onnx"),
+        (["missing.pth"], "model file not found: missing.pth"),
+        (["{model}", "--batch-sizes", "0"], "--batch-sizes"),
+        (["{model}", "--image-size", "big"], "--image-size"),
+        (["{model}", "--compare", "tensorflow"], "unknown system"),
+        (["{model}", "--iters", "0"], "--iters must be >= 1"),
+        (["{model}", "--compare", "torch"], "needs the PyTorch weights: pass --checkpoint"),
+        (["{model}", "--compare", "int8"], "not found: {stem}.int8.onnx"),
+        (["{model}", "--compare", "sdk-tensorrt-fp16"], "needs a model file: write sdk-tensorrt-fp16=FILE"),
+        (["{model}", "--checkpoint", "nope.pth"], "checkpoint not found: nope.pth"),
+    ],
+)
+def test_cli_errors_are_one_line(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # Every one of these is reported before the model is opened, so an empty file stands in for the model.
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    args = [a.format(model=model) for a in argv]
+    code = main(["bench"] + args)
+    err = capsys.readouterr().err
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("maskrcnn-deploy bench: error:"), err
+    assert message.format(stem=str(tmp_path / "m")) in last
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end_run_writes_json_and_png(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from test_bench_baselines import tiny_maskrcnn
+
+    from conversion.checkpoint import load_torchvision_model
+    from conversion.export import export_onnx
+
+    model = tiny_maskrcnn()
+    ckpt = tmp_path / "tiny.pth"
+    torch.save(model.state_dict(), ckpt)
+    onnx_path = tmp_path / "tiny.onnx"
+    export_onnx(load_torchvision_model(model), onnx_path, log=lambda *_: None)
+    out_json, out_png = tmp_path / "out" / "bench.json", tmp_path / "out" / "bench.png"
+    code = main(["bench", str(onnx_path), "--checkpoint", str(ckpt), "--compare", "torch", "--batch-sizes", "1,2",
+                 "--warmup", "0", "--iters", "2", "--num-images", "3", "--image-size", "128x160", "--threads", "2",
+                 "--json", str(out_json), "--plot", str(out_png), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    doc = json.loads(out_json.read_text())
+    assert doc["schema"] == "maskrcnn-deploy-bench/1"
+    for key in ("cpu_model", "logical_cores", "gpus", "versions"):
+        assert key in doc["machine"]
+    assert doc["settings"]["batch_sizes"] == [1, 2] and doc["settings"]["threads"] == 2
+    assert [(r["system"], r["batch_size"]) for r in doc["results"]] == [
+        ("sdk-onnxruntime-fp32", 1), ("torch-eager", 1), ("sdk-onnxruntime-fp32", 2), ("torch-eager", 2)]
+    for r in doc["results"]:
+        assert r["iterations"] == 2 and len(r["samples_ms"]) == 2
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+        assert r["throughput_ips"] == pytest.approx(1000 * r["batch_size"] / r["mean_ms"])
+        assert set(r["stages"]) == {"preprocess", "inference", "postprocess"}
+        # The SDK's stages come from the Predictor and cover most of the call (the rest is image validation).
+        staged = sum(s["mean_ms"] for s in r["stages"].values())
+        assert 0.5 * r["mean_ms"] <= staged <= r["mean_ms"] * 1.001
+        assert r["image_sizes"] == [[128, 160]]
+        assert r["peak_rss_mb"] > 0
+    # Random weights: both systems fill the model's per-image cap of 100 detections, the same work for both.
+    assert {r["detections_per_image"] for r in doc["results"]} == {100.0}
+    assert [(c["system"], c["baseline"], c["batch_size"]) for c in doc["comparisons"]] == [
+        ("sdk-onnxruntime-fp32", "torch-eager", 1), ("sdk-onnxruntime-fp32", "torch-eager", 2)]
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| sdk-onnxruntime-fp32 | cpu | 1 |" in captured.out
+    assert not list((tmp_path / "out").glob("*.partial"))

@@ -1,0 +1,189 @@
+"""Bad input to the CLI: each is one clear line on stderr and exit code 1, never a traceback.
+
+The commands run in-process through `deploy_sdk.cli.main`, as `maskrcnn-deploy` would run them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torchvision.models import mobilenet_v3_small
+from torchvision.models.detection import FasterRCNN, KeypointRCNN, RetinaNet
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn
+from deploy_sdk.cli import main
+from deploy_sdk.synthetic_shapes import write_dataset
+
+
+class NotTorchvision:
+    """A class outside torch/torchvision: a pickle naming it must not be executed by the loader."""
+
+    def __init__(self):
+        self.payload = 1
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds")
+    write_dataset(out, num=2, seed=5, min_size=64, max_size=80)
+    return out
+
+
+@pytest.fixture(scope="module")
+def narrow_state(tmp_path_factory):
+    """A small 4-class Mask R-CNN state dict (ResNet-18 FPN with narrow heads) and its file."""
+    cfg = ArchConfig("resnet18_fpn", 4, fpn_channels=32, box_head_dim=64, mask_head_dims=(32, 32), mask_predictor_dim=32)
+    sd = build_resnet_fpn_maskrcnn(cfg).state_dict()
+    path = tmp_path_factory.mktemp("ckpt") / "narrow.pth"
+    torch.save(sd, path)
+    return sd, path
+
+
+def _run_error(capsys, argv) -> str:
+    rc = main(argv)
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert rc == 1, f"exit code {rc}; stderr: {err}"
+    assert "Traceback" not in captured.err
+    assert len(err.splitlines()) == 1, f"expected one line, got:\n{err}"
+    assert err.startswith(f"maskrcnn-deploy {argv[0]}: error: ")
+    return err
+
+
+def _eval(capsys, dataset, model, *extra) -> str:
+    argv = ["eval", str(model), "--images", str(dataset / "images"), "--annotations", str(dataset / "annotations.json")]
+    return _run_error(capsys, argv + list(extra))
+
+
+def test_missing_file(capsys, dataset, tmp_path):
+    err = _eval(capsys, dataset, tmp_path / "nope.pth")
+    assert "not found" in err and "nope.pth" in err
+
+
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("text.pth", b"this is not a checkpoint\n"),
+        ("random.pt", bytes(range(256)) * 64),
+        ("config.safetensors", b'{"a": 1}'),
+        ("empty.pth", b""),
+    ],
+)
+def test_not_a_checkpoint(capsys, dataset, tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    err = _eval(capsys, dataset, path)
+    assert name in err
+    assert "not a PyTorch checkpoint" in err or "not a valid safetensors" in err
+
+
+def test_truncated_safetensors(capsys, dataset, narrow_state, tmp_path):
+    sd, _ = narrow_state
+    path = tmp_path / "cut.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    err = _eval(capsys, dataset, path)
+    assert "cut.safetensors" in err
+
+
+def test_state_dict_of_other_objects(capsys, dataset, tmp_path):
+    torch.save({"lr": 0.1, "epoch": 3}, tmp_path / "hparams.pth")
+    assert "holds no tensors" in _eval(capsys, dataset, tmp_path / "hparams.pth")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    assert "not a state dict" in _eval(capsys, dataset, tmp_path / "tensor.pth")
+    torch.save(mobilenet_v3_small(num_classes=3).state_dict(), tmp_path / "cls.pth")
+    assert "image classifier" in _eval(capsys, dataset, tmp_path / "cls.pth")
+
+
+def test_untrusted_pickle_is_not_executed(capsys, dataset, tmp_path):
+    torch.save({"model": NotTorchvision()}, tmp_path / "foreign.pt")
+    err = _eval(capsys, dataset, tmp_path / "foreign.pt")
+    assert "refusing to unpickle" in err and "NotTorchvision" in err
+
+
+def _small_fpn(returned_layers=None, extra_blocks=None):
+    return resnet_fpn_backbone(
+        backbone_name="resnet18", weights=None, trainable_layers=5, returned_layers=returned_layers, extra_blocks=extra_blocks
+    )
+
+
+@pytest.mark.parametrize(
+    "family,build,expected",
+    [
+        ("faster", lambda: FasterRCNN(_small_fpn(), num_classes=3), "Faster R-CNN"),
+        ("keypoint", lambda: KeypointRCNN(_small_fpn(), num_classes=2, num_keypoints=3), "Keypoint R-CNN"),
+        (
+            "retinanet",
+            lambda: RetinaNet(_small_fpn([2, 3, 4], LastLevelP6P7(256, 256)), num_classes=3),
+            "RetinaNet",
+        ),
+    ],
+)
+def test_other_detection_families(capsys, dataset, tmp_path, family, build, expected):
+    model = build()
+    torch.save(model.state_dict(), tmp_path / f"{family}.pth")
+    err = _eval(capsys, dataset, tmp_path / f"{family}.pth")
+    assert expected in err and "not a Mask R-CNN" in err
+    if family == "faster":  # the whole pickled module is recognized too
+        torch.save(model, tmp_path / "faster_module.pt")
+        assert expected in _eval(capsys, dataset, tmp_path / "faster_module.pt")
+
+
+def test_class_count_mismatch(capsys, dataset, narrow_state):
+    _, path = narrow_state
+    err = _eval(capsys, dataset, path, "--num-classes", "81")
+    assert "checkpoint has 4 classes in roi_heads.box_predictor but num_classes=81 was given" in err
+
+
+def test_key_mismatch_and_wrong_arch(capsys, dataset, narrow_state, tmp_path):
+    sd, path = narrow_state
+    broken = dict(sd)
+    broken.pop("roi_heads.box_head.fc6.bias")
+    broken["roi_heads.box_head.fc7.weight"] = torch.zeros(64, 65)
+    torch.save(broken, tmp_path / "broken.pth")
+    err = _eval(capsys, dataset, tmp_path / "broken.pth")
+    assert "resnet18_fpn (detected from the checkpoint's keys)" in err
+    assert "1 missing: roi_heads.box_head.fc6.bias" in err
+    assert "roi_heads.box_head.fc7.weight (checkpoint [64, 65], model [64, 64])" in err
+
+    err = _eval(capsys, dataset, path, "--arch", "resnet50_fpn")
+    assert "does not fit architecture resnet50_fpn (given by arch=)" in err
+    assert "unknown architecture 'vgg16'" in _eval(capsys, dataset, path, "--arch", "vgg16")
+
+
+def test_bad_class_names_file(capsys, dataset, narrow_state, tmp_path):
+    _, path = narrow_state
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps(["a", "b"]))
+    assert "lists 2 names but the model has 4 classes" in _eval(capsys, dataset, path, "--class-names", str(names))
+    assert "class names file not found" in _eval(capsys, dataset, path, "--class-names", str(tmp_path / "x.json"))
+
+
+def test_eval_bad_data_paths(capsys, dataset, narrow_state, tmp_path):
+    _, path = narrow_state
+    err = _run_error(capsys, ["eval", str(path), "--images", str(tmp_path), "--annotations", str(tmp_path / "a.json")])
+    assert "annotation file not found" in err
+    err = _run_error(
+        capsys, ["eval", str(path), "--images", str(tmp_path / "none"), "--annotations", str(dataset / "annotations.json")]
+    )
+    assert "image directory not found" in err
+
+
+def test_data_command_bad_input(capsys, tmp_path):
+    assert "--num must be at least 1" in _run_error(capsys, ["data", "shapes", "--out", str(tmp_path / "d"), "--num", "0"])
+    err = _run_error(
+        capsys, ["data", "shapes", "--out", str(tmp_path / "d"), "--num", "1", "--min-size", "300", "--max-size", "200"]
+    )
+    assert "--min-size" in err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("keep me")
+    err = _run_error(capsys, ["data", "shapes", "--out", str(tmp_path / "full"), "--num", "1", "--overwrite"])
+    assert "not a data set of this tool" in err
+    assert (tmp_path / "full" / "mine.txt").read_text() == "keep me"
+    assert not (tmp_path / "d").exists()

@@ -1,0 +1,59 @@
+"""Required results of the runtime on the shipped model: ONNX Runtime CPU vs the PyTorch reference, with boxes and
+pasted masks in original image coordinates, and the torch backend vs ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fixtures_models import parity_failures, shipped_loaded, shipped_model_file, shipped_onnx, held_out_images  # noqa: F401
+
+from deploy_sdk import Predictor
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def seven_images():
+    images = held_out_images(7)
+    assert len({im.shape for im in images}) == 7, "the seven images must differ in size"
+    return images
+
+
+@pytest.fixture(scope="module")
+def onnxruntime_results(shipped_onnx, seven_images):
+    predictor = Predictor(shipped_onnx, backend="onnxruntime", batch_size=4)  # one full and one partial batch
+    return predictor.predict(seven_images)
+
+
+def test_onnxruntime_matches_pytorch_reference(shipped_loaded, seven_images, onnxruntime_results):  # noqa: F811
+    from conversion.reference import ReferencePredictor
+
+    reference = ReferencePredictor(shipped_loaded).predict(seven_images)
+    assert [d.image_size for d in onnxruntime_results] == [im.shape[:2] for im in seven_images]
+    problems = parity_failures(reference, onnxruntime_results)
+    assert not problems, "\n".join(problems)
+    assert sum(len(d) for d in reference) > 0, "the reference found nothing: the comparison would be vacuous"
+
+
+def test_torch_backend_matches_onnxruntime(shipped_loaded, seven_images, onnxruntime_results):  # noqa: F811
+    from deploy_sdk.backends.torch import TorchBackend
+
+    predictor = Predictor(TorchBackend(shipped_loaded, device="cpu"), batch_size=4)
+    assert predictor.metadata.class_names == onnxruntime_results[0].class_names
+    results = predictor.predict(seven_images)
+    # Same graph logic, two runtimes: hold them to the export criteria with a tighter score tolerance.
+    problems = parity_failures(onnxruntime_results, results, score_diff=0.002, box_iou=0.995, mask_iou=0.98)
+    assert not problems, "\n".join(problems)
+    for a, b in zip(onnxruntime_results, results):
+        assert abs(len(a) - len(b)) <= 2
+
+
+def test_blank_images(shipped_loaded, shipped_onnx):  # noqa: F811
+    from conversion.reference import ReferencePredictor
+
+    blank = [np.zeros((300, 400, 3), np.uint8), np.full((200, 500, 3), 255, np.uint8)]
+    results = Predictor(shipped_onnx).predict(blank)
+    assert not parity_failures(ReferencePredictor(shipped_loaded).predict(blank), results)
+    # Nothing in the image: at a working threshold the result is an empty Detections, not an error.
+    empty = Predictor(shipped_onnx, score_threshold=0.3).predict(blank[0])
+    assert len(empty) == 0 and empty.masks.shape == (0, 300, 400) and empty.boxes.shape == (0, 4)
