@@ -238,7 +238,7 @@ def _build(out_dir: Path, target: Path, cuda: bool, trt_include: str) -> None:
         built = build_dir / _LIBRARY_NAME
     elif not cuda and (shutil.which("c++") or shutil.which("g++")):
         # No cmake: the CPU part is two translation units, compile them directly.
-        cxx = shutil.which("c++") or shutil.which("g++")
+        cxx = str(shutil.which("c++") or shutil.which("g++"))
         src = _SOURCE_DIR / "roi_align"
         built = out_dir / f"{_LIBRARY_NAME}.direct"
         cmd_sets = [[
@@ -266,7 +266,7 @@ def _build(out_dir: Path, target: Path, cuda: bool, trt_include: str) -> None:
 
 # ----------------------------------------------------------------------------------------------- the C ABI
 
-_ARGS_ROI_ALIGN = [
+_ARGS_ROI_ALIGN: list = [
     ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int32),
     ctypes.POINTER(ctypes.c_float), ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
     ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,

@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from toy_deployment_graph import toy_metadata as runtime_toy_metadata
+
 from deploy_sdk.model_metadata import ModelMetadata
 
 TOY_DOMAIN = "maskrcnn_deploy"
@@ -32,17 +34,8 @@ ROI_ATTRS = dict(
 
 
 def toy_metadata() -> ModelMetadata:
-    return ModelMetadata(
-        class_names=["__background__", "a", "b", "c"],
-        min_size=64,
-        max_size=96,
-        image_mean=[0.485, 0.456, 0.406],
-        image_std=[0.229, 0.224, 0.225],
-        score_threshold=0.05,
-        nms_threshold=0.5,
-        detections_per_image=2,
-        arch="toy",
-    )
+    """The runtime tests' toy metadata, with a max size of 96 (three strides of 32) for profile tests."""
+    return runtime_toy_metadata(class_names=["__background__", "a", "b", "c"], max_size=96, detections_per_image=2)
 
 
 def _pool_function() -> onnx.FunctionProto:

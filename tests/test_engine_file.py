@@ -8,6 +8,7 @@ import struct
 import warnings
 
 import pytest
+from precision_toy_graph import toy_metadata
 
 from deploy_sdk.engine_file import (
     ENGINE_FILE_FORMAT,
@@ -25,19 +26,9 @@ H100 = GpuIdentity("NVIDIA H100 80GB HBM3", "9.0")
 
 
 def _metadata() -> ModelMetadata:
-    return ModelMetadata(
-        class_names=["__background__", "circle", "square"],
-        min_size=384,
-        max_size=512,
-        image_mean=[0.485, 0.456, 0.406],
-        image_std=[0.229, 0.224, 0.225],
-        score_threshold=0.05,
-        nms_threshold=0.5,
-        detections_per_image=100,
-        arch="resnet18_fpn",
-        precision="int8",
-        checkpoint_sha256="ab" * 32,
-    )
+    md = toy_metadata()
+    md.precision, md.checkpoint_sha256 = "int8", "ab" * 32
+    return md
 
 
 def _header() -> EngineHeader:
@@ -62,7 +53,7 @@ def test_round_trip_keeps_plan_and_every_field(tmp_path):
     assert header.engine_size == len(plan)
     assert header.engine_sha256 == hashlib.sha256(plan).hexdigest()
     assert header.created_utc == written.created_utc and header.created_utc.endswith("Z")
-    assert read_engine_header(path).metadata.class_names == ["__background__", "circle", "square"]
+    assert read_engine_header(path).metadata.class_names == ["__background__", "a", "b", "c"]
     # Layout as documented in the module docstring: magic, format, header length, JSON, then the plan verbatim.
     raw = path.read_bytes()
     magic, fmt, hlen = struct.unpack("<8sIQ", raw[:20])

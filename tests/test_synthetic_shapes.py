@@ -13,6 +13,8 @@ from pycocotools.coco import COCO
 from deploy_sdk.cli import main
 from deploy_sdk.synthetic_shapes import SHAPE_CLASSES, generate_sample, mask_to_rle, write_dataset
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2 copy keyword
+
 
 def test_same_seed_same_sample_and_different_seeds_differ():
     a, b = generate_sample(3, 7), generate_sample(3, 7)
