@@ -133,9 +133,12 @@ class Detections:
             out.append(encode_rle(full))
         return out
 
-    def draw(self, image: np.ndarray, alpha: float = 0.45, show_labels: bool = True) -> np.ndarray:
+    def draw(
+        self, image: np.ndarray, alpha: float = 0.45, show_labels: bool = True, min_score: float = 0.0
+    ) -> np.ndarray:
         """An overlay: ``image`` ([H, W, 3] uint8 RGB, the original image) with masks tinted in one colour per
-        detection, box outlines and "name score" labels. Returns a new [H, W, 3] uint8 array."""
+        detection scoring at least ``min_score``, box outlines and "name score" labels. Returns a new [H, W, 3]
+        uint8 array."""
         from PIL import Image, ImageDraw
 
         from deploy_sdk.preprocessing import load_image
@@ -144,16 +147,17 @@ class Detections:
         if img.shape[:2] != tuple(self.image_size):
             raise ValueError(f"image is {img.shape[:2]} but these detections are for {tuple(self.image_size)}")
         colors = _palette(len(self))
+        shown = [i for i in range(len(self)) if float(self.scores[i]) >= min_score]
         masks = self.full_masks()
         if masks is not None:
             blended = img.astype(np.float32)
-            for i in range(len(self)):
+            for i in shown:
                 m = masks[i]
                 blended[m] = blended[m] * (1.0 - alpha) + colors[i] * alpha
             img = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
         pil = Image.fromarray(img)
         draw = ImageDraw.Draw(pil)
-        for i in range(len(self)):
+        for i in shown:
             x1, y1, x2, y2 = (float(v) for v in self.boxes[i])
             color = tuple(int(c) for c in colors[i])
             draw.rectangle([x1, y1, x2, y2], outline=color, width=2)

@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-images", type=int, default=6, help="generated images to run on (default: 6)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per inference call (default: 4)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: the shipped model)")
+    parser.add_argument("--draw-min-score", type=float, default=0.3, help="overlays show detections >= this (0.3)")
     parser.add_argument("--bench-iters", type=int, default=5, help="timed iterations per system; 0 skips the table")
 
 
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     coco = []
     for i, (image, det) in enumerate(zip(images, detections)):
         with atomic_path(overlays / f"image_{i:02d}.png") as tmp:
-            Image.fromarray(det.draw(image)).save(tmp, format="PNG")
+            Image.fromarray(det.draw(image, min_score=args.draw_min_score)).save(tmp, format="PNG")
         coco.extend(det.to_coco(image_id=i))
     with atomic_path(out / "detections.json") as tmp:
         tmp.write_text(json.dumps(coco))
