@@ -15,7 +15,7 @@ __all__ = ["add_checkpoint_arguments", "load_checkpoint_from_args"]
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--arch``, ``--num-classes``, ``--class-names``, ``--min-size`` and ``--max-size``."""
-    group = parser.add_argument_group("checkpoint options (ignored for exported models)")
+    group = parser.add_argument_group("checkpoint options (used only when the model is a checkpoint)")
     group.add_argument(
         "--arch",
         default=None,

@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from conversion.checkpoint_options import add_checkpoint_arguments
 from deploy_sdk.errors import DeploySdkError
 
 __all__ = ["add_arguments", "run", "reference_detections"]
@@ -38,12 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box-iou", type=float, default=0.98, help="required box IoU of matched pairs (0.98)")
     parser.add_argument("--score-diff", type=float, default=0.01, help="allowed |score difference| (0.01)")
     parser.add_argument("--mask-iou", type=float, default=0.95, help="required pasted-mask IoU (0.95)")
-    parser.add_argument("--arch", default=None, help="architecture, when the checkpoint does not say")
-    parser.add_argument("--num-classes", type=int, default=None, help="classes incl. background, if not stored")
+    add_checkpoint_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from conversion.checkpoint import load_checkpoint
+    from conversion.checkpoint_options import load_checkpoint_from_args
     from conversion.parity import ParityThresholds, compare_detections, summarize
     from deploy_sdk.predictor import Predictor
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     thresholds = ParityThresholds(
         min_score=args.min_score, box_iou=args.box_iou, score_diff=args.score_diff, mask_iou=args.mask_iou
     )
-    loaded = load_checkpoint(args.checkpoint, arch=args.arch, num_classes=args.num_classes)
+    loaded = load_checkpoint_from_args(args.checkpoint, args)
     predictor = Predictor(str(args.model), backend="onnxruntime", batch_size=args.batch_size)
     if predictor.metadata.class_names != loaded.class_names:
         raise DeploySdkError(

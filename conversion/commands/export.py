@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from conversion.checkpoint_options import add_checkpoint_arguments
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -13,8 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("checkpoint", help="checkpoint file (.pth, .pt or .safetensors)")
     parser.add_argument("-o", "--output", required=True, type=Path, help="ONNX file to write")
-    parser.add_argument("--arch", default=None, help="architecture, when the checkpoint does not say")
-    parser.add_argument("--num-classes", type=int, default=None, help="classes incl. background, if not stored")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--height", type=int, default=None, help="fixed input height (multiple of 32)")
     parser.add_argument("--width", type=int, default=None, help="fixed input width (multiple of 32)")
     parser.add_argument("--max-detections", type=int, default=100, help="K, detections per image (default 100)")
@@ -25,14 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from conversion.checkpoint import load_checkpoint
+    from conversion.checkpoint_options import load_checkpoint_from_args
     from conversion.export import export_onnx
     from deploy_sdk.errors import DeploySdkError
 
     if args.max_detections < 1:
         raise DeploySdkError(f"--max-detections must be at least 1, got {args.max_detections}")
     print(f"loading {args.checkpoint} ...", flush=True)
-    loaded = load_checkpoint(args.checkpoint, arch=args.arch, num_classes=args.num_classes)
+    loaded = load_checkpoint_from_args(args.checkpoint, args)
     print(f"  {loaded.arch}, {loaded.num_classes} classes (incl. background)", flush=True)
     export_onnx(
         loaded,
