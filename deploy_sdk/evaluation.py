@@ -21,10 +21,13 @@ from deploy_sdk.errors import DeploySdkError, require
 from deploy_sdk.preprocessing import load_image
 from deploy_sdk.progress import ProgressBar
 
-__all__ = ["evaluate", "detections_to_coco", "coco_metrics", "METRIC_KEYS"]
+__all__ = ["evaluate", "detections_to_coco", "coco_metrics", "METRIC_KEYS", "SIZE_METRIC_KEYS"]
 
 # What evaluate() returns, all fractions 0-1 (COCOeval's stats[0], [1], [2] of each kind).
 METRIC_KEYS = ("box_ap", "box_ap50", "box_ap75", "mask_ap", "mask_ap50", "mask_ap75")
+# AP by object area (COCO's ranges: small < 32², medium < 96², large above); None where the ground truth has no
+# object of that size.
+SIZE_METRIC_KEYS = tuple(f"{kind}_ap_{size}" for kind in ("box", "mask") for size in ("small", "medium", "large"))
 
 PredictFn = Union[Callable[[List[np.ndarray]], List[Detections]], Any]
 
@@ -62,10 +65,14 @@ def detections_to_coco(det: Detections, image_id: int) -> List[Dict[str, Any]]:
     return results
 
 
-def coco_metrics(coco_gt, results: Sequence[Dict[str, Any]], image_ids: Sequence[int]) -> Dict[str, float]:
-    """Run COCOeval for boxes and (when every result has a segmentation) masks over ``image_ids``."""
+def coco_metrics(coco_gt, results: Sequence[Dict[str, Any]], image_ids: Sequence[int]) -> Dict[str, Any]:
+    """Run COCOeval for boxes and (when every result has a segmentation) masks over ``image_ids``.
+
+    Returns the :data:`METRIC_KEYS` (0 when nothing was detected) and the :data:`SIZE_METRIC_KEYS` (None where
+    no ground-truth object has that size; with no detections at all they stay None too)."""
     _, COCOeval, _ = _pycocotools("COCO evaluation")
-    metrics = {k: 0.0 for k in METRIC_KEYS}
+    metrics: Dict[str, Any] = {k: 0.0 for k in METRIC_KEYS}
+    metrics.update({k: None for k in SIZE_METRIC_KEYS})
     if not results:  # COCO.loadRes refuses an empty list; nothing detected is AP 0
         return metrics
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and tables
@@ -83,6 +90,8 @@ def coco_metrics(coco_gt, results: Sequence[Dict[str, Any]], image_ids: Sequence
             metrics[f"{name}_ap"] = max(float(ev.stats[0]), 0.0)
             metrics[f"{name}_ap50"] = max(float(ev.stats[1]), 0.0)
             metrics[f"{name}_ap75"] = max(float(ev.stats[2]), 0.0)
+            for size, value in zip(("small", "medium", "large"), ev.stats[3:6]):
+                metrics[f"{name}_ap_{size}"] = float(value) if value >= 0 else None
     return metrics
 
 

@@ -34,11 +34,18 @@ __all__ = ["Predictor", "BACKENDS", "MASK_FORMATS"]
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 MASK_FORMATS = ("full", "box", "rle", "none")
+PREPROCESS_MODES = ("auto", "numpy", "torch")
 _ONNX_SUFFIXES = (".onnx",)
 _ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
 
 ImageInput = Any  # numpy array, path, or PIL image
+
+
+def _torch_synchronize(device: Any) -> None:
+    import torch
+
+    torch.cuda.synchronize(device)
 
 
 def _backend_for(model: Any, backend: str) -> str:
@@ -101,6 +108,10 @@ class Predictor:
       :mod:`deploy_sdk.detections`.
     - ``channel_order``: "rgb" or "bgr", for numpy array inputs (files and PIL images carry their own).
     - ``threads``: intra-op threads of the backend. ``preprocess_workers``: threads of :meth:`predict_iter`.
+    - ``preprocess``: where images are resized and padded. "numpy" (on the CPU); "torch" (with torch on the
+      backend's device: the GPU for the tensorrt backend and the torch backend on CUDA, so only uint8 images are
+      uploaded; needs a backend that takes device tensors); "auto" (default): "torch" when the backend runs on a
+      CUDA device and takes device tensors, else "numpy". Both give the same canvas up to float rounding.
     """
 
     def __init__(
@@ -114,6 +125,7 @@ class Predictor:
         channel_order: str = "rgb",
         threads: Optional[int] = None,
         preprocess_workers: int = 2,
+        preprocess: str = "auto",
     ):
         if int(batch_size) < 1:
             raise DeploySdkError(f"batch_size must be at least 1, got {batch_size}")
@@ -123,7 +135,20 @@ class Predictor:
             raise DeploySdkError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
         if score_threshold is not None and not 0.0 <= float(score_threshold) <= 1.0:
             raise DeploySdkError(f"score_threshold must be in 0..1, got {score_threshold}")
+        if preprocess not in PREPROCESS_MODES:
+            raise DeploySdkError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, got {preprocess!r}")
         self.backend: Backend = _open_backend(model, backend, device, threads)
+        if preprocess == "torch" and not self.backend.device_inputs:
+            name = self.backend.name
+            self.close()
+            raise DeploySdkError(
+                f"preprocess='torch' needs a backend that takes device tensors (tensorrt, torch); the {name} backend "
+                "takes numpy arrays: use preprocess='numpy' or 'auto'"
+            )
+        if preprocess == "auto":
+            on_gpu = str(self.backend.device).startswith("cuda")
+            preprocess = "torch" if on_gpu and self.backend.device_inputs else "numpy"
+        self.preprocess = preprocess
         self.backend_name = self.backend.name
         self.metadata: ModelMetadata = self.backend.metadata
         limit = self.backend.max_batch_size
@@ -151,6 +176,9 @@ class Predictor:
             chunk = loaded[start: start + self.batch_size]
             t0 = time.perf_counter()
             batch = self._prepare(chunk)
+            if self.preprocess == "torch" and str(self.backend.device).startswith("cuda"):
+                # GPU work is queued asynchronously: wait for it so that the stage times say where time went.
+                _torch_synchronize(batch.images.device)
             t1 = time.perf_counter()
             outputs = self._infer(batch)
             t2 = time.perf_counter()
@@ -223,6 +251,18 @@ class Predictor:
 
     def _prepare(self, images: List[np.ndarray]) -> PreparedBatch:
         meta = self.metadata
+        if self.preprocess == "torch":
+            from deploy_sdk.preprocessing_torch import prepare_batch_torch
+
+            return prepare_batch_torch(
+                images,
+                min_size=int(meta.min_size),
+                max_size=int(meta.max_size),
+                device=self.backend.device,
+                size_divisible=int(meta.size_divisible or 1),
+                fixed=self.backend.fixed_size,
+                dtype=self.backend.input_dtype,
+            )
         return prepare_batch(
             images,
             min_size=int(meta.min_size),
@@ -321,5 +361,6 @@ class Predictor:
     def __repr__(self) -> str:
         return (
             f"Predictor({self.backend.describe()}, batch_size={self.batch_size}, mask_format={self.mask_format!r}, "
+            f"preprocess={self.preprocess!r}, "
             f"classes={len(self.metadata.class_names)})"
         )

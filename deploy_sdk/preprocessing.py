@@ -41,6 +41,7 @@ __all__ = [
     "resized_size",
     "resize_bilinear",
     "canvas_size",
+    "batch_layout",
     "PreparedBatch",
     "prepare_batch",
     "boxes_to_original",
@@ -163,19 +164,29 @@ def resize_bilinear(image: np.ndarray, out_height: int, out_width: int) -> np.nd
 
     Matches ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` on the float image to about
     1e-4 (0–255 units). Only the source rows each output row needs are gathered before converting to float, so a
-    10000×10000 input costs about ``out_height × W`` work, not ``H × W``.
+    10000×10000 input costs about ``out_height × W`` work, not ``H × W``. When the output size equals the input
+    size every source coordinate is an exact pixel centre, so the result is the image itself (no arithmetic).
     """
     h, w = image.shape[:2]
+    if (out_height, out_width) == (h, w):
+        return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
     y0, y1, wy0, wy1 = _linear_taps(h, out_height)
     x0, x1, wx0, wx1 = _linear_taps(w, out_width)
-    # Width first, then height: the order of PyTorch's separable CPU kernel, so that rounding agrees too.
-    rows0 = image[y0]
-    rows1 = image[y1]
-    wx0c, wx1c = wx0[None, :, None], wx1[None, :, None]
-    top = rows0[:, x0].astype(np.float32) * wx0c + rows0[:, x1].astype(np.float32) * wx1c
-    bottom = rows1[:, x0].astype(np.float32) * wx0c + rows1[:, x1].astype(np.float32) * wx1c
-    out = top * wy0[:, None, None] + bottom * wy1[:, None, None]
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    # Height first, on the two gathered source rows of each output row, channels-first so that the column
+    # gathers below run along contiguous memory; then width. PyTorch's kernel sums in the other order; the
+    # results differ only by float32 rounding (~1e-5 in 0-255 units). In-place arithmetic keeps the number of
+    # full-size temporaries at two.
+    out = image[y0].transpose(2, 0, 1).astype(np.float32)
+    out *= wy0[:, None]
+    lower = image[y1].transpose(2, 0, 1).astype(np.float32)
+    lower *= wy1[:, None]
+    out += lower
+    left = np.take(out, x0, axis=2)
+    left *= wx0
+    right = np.take(out, x1, axis=2)
+    right *= wx1
+    left += right
+    return left
 
 
 def canvas_size(
@@ -193,16 +204,41 @@ def canvas_size(
     return int(math.ceil(hmax / d) * d), int(math.ceil(wmax / d) * d)
 
 
+def batch_layout(
+    shapes: Sequence[Tuple[int, int]],
+    min_size: int,
+    max_size: int,
+    size_divisible: int = 32,
+    fixed: Optional[Tuple[int, int]] = None,
+) -> Tuple[List[Tuple[int, int]], Tuple[int, int]]:
+    """Resized (height, width) of each image of ``shapes`` and the (H, W) of their common canvas.
+
+    With a ``fixed`` canvas, an image whose resized size does not fit is scaled down further to fit, keeping its
+    aspect ratio. Shared by the numpy and the torch (GPU) pre-processing, so both lay a batch out identically.
+    """
+    sizes = []
+    for h, w in shapes:
+        h, w = int(h), int(w)
+        rh, rw = resized_size(h, w, min_size, max_size)
+        if fixed is not None and (rh > fixed[0] or rw > fixed[1]):
+            scale = min(fixed[0] / h, fixed[1] / w)
+            rh = min(max(int(math.floor(h * scale)), 1), fixed[0])
+            rw = min(max(int(math.floor(w * scale)), 1), fixed[1])
+        sizes.append((rh, rw))
+    return sizes, canvas_size(sizes, size_divisible, fixed)
+
+
 @dataclass
 class PreparedBatch:
     """Backend input for one batch plus what post-processing needs to map results back.
 
-    - ``images``: [B, 3, H, W] float32 (0–255) or uint8, RGB, zero-padded canvas
+    - ``images``: [B, 3, H, W] float32 (0–255) or uint8, RGB, zero-padded canvas: a numpy array, or a torch
+      tensor on the backend's device when the batch was prepared there (:mod:`deploy_sdk.preprocessing_torch`)
     - ``image_sizes``: [B, 2] int64 (height, width) of the valid resized region of each canvas
     - ``original_sizes``: (height, width) of each input image, in pixels
     """
 
-    images: np.ndarray
+    images: Any
     image_sizes: np.ndarray
     original_sizes: List[Tuple[int, int]]
 
@@ -221,16 +257,7 @@ def prepare_batch(
     its aspect ratio (the graph cannot take anything larger). ``dtype`` is the graph's input type: float32 keeps the
     resize exact; uint8 rounds it.
     """
-    sizes = []
-    for img in images:
-        h, w = img.shape[:2]
-        rh, rw = resized_size(h, w, min_size, max_size)
-        if fixed is not None and (rh > fixed[0] or rw > fixed[1]):
-            scale = min(fixed[0] / h, fixed[1] / w)
-            rh = min(max(int(math.floor(h * scale)), 1), fixed[0])
-            rw = min(max(int(math.floor(w * scale)), 1), fixed[1])
-        sizes.append((rh, rw))
-    ch, cw = canvas_size(sizes, size_divisible, fixed)
+    sizes, (ch, cw) = batch_layout([img.shape[:2] for img in images], min_size, max_size, size_divisible, fixed)
     batch = np.zeros((len(images), 3, ch, cw), dtype=dtype)
     for i, (img, (rh, rw)) in enumerate(zip(images, sizes)):
         resized = resize_bilinear(img, rh, rw)

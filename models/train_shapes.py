@@ -78,6 +78,56 @@ def save(model: nn.Module, out_dir: Path, meta: dict) -> None:
     tmp.replace(out_dir / "model.safetensors")
 
 
+def load_init(model: nn.Module, path: Path) -> tuple[int, int, float]:
+    """Load weights saved by :func:`save` into the training model; return (iterations, images seen, minutes)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    result = model.load_state_dict(state, strict=False)
+    # save() drops num_batches_tracked (FrozenBatchNorm2d has no such buffer); nothing else may be missing.
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise SystemExit(f"{path}: does not match the training model; missing {missing[:5]}, "
+                         f"unexpected {result.unexpected_keys[:5]}")
+    return int(meta.get("iterations", 0)), int(meta.get("images_seen", 0)), float(meta.get("minutes", 0.0))
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, seed: int, first_index: int, batches: int, batch_size: int) -> int:
+    """Re-estimate every batch-norm layer's statistics as a plain average over ``batches`` training batches.
+
+    During training the running statistics are an exponential average over batches taken while the weights
+    were still moving (at a high learning rate), so they lag the final weights; the frozen model then
+    normalizes with statistics that do not match its own activations. Averaging fresh statistics with the
+    final weights removes that mismatch. Only the backbone has batch norm, so only it runs. Returns the next
+    unused image index.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    index = first_index
+    for b in range(batches):
+        images = []
+        while len(images) < batch_size:
+            s = generate_sample(seed, index, **IMAGE_SIZES)
+            index += 1
+            images.append(torch.from_numpy(s.image).permute(2, 0, 1).float() / 255.0)
+        image_list, _ = model.transform(images)
+        model.backbone(image_list.tensors)
+        if b % 10 == 0:
+            print(f"batch-norm recalibration: batch {b + 1}/{batches}", flush=True)
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+    model.eval()
+    return index
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "models" / "shapes_r18")
@@ -88,11 +138,30 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-iters", type=int, default=0, help="stop after this many iterations (0: time only)")
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="continue from these weights (a model.safetensors written by this script); the new schedule starts "
+        "again with warm-up, and the iteration and image counts carry on from the file's metadata",
+    )
+    p.add_argument(
+        "--precise-bn",
+        type=int,
+        default=50,
+        metavar="BATCHES",
+        help="after training, re-estimate the batch-norm statistics over this many batches (0: keep the "
+        "running averages; default 50). With --minutes 0 and --init, only this step runs.",
+    )
     args = p.parse_args()
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     model = build_resnet_fpn_maskrcnn(CONFIG, norm_layer=nn.BatchNorm2d, **TRAIN_KWARGS)
+    start_iter, image_index, previous_minutes = 0, 0, 0.0
+    if args.init is not None:
+        start_iter, image_index, previous_minutes = load_init(model, args.init)
+        print(f"continuing from {args.init}: {start_iter} iterations, {image_index} images so far", flush=True)
     model.train()
     params = [q for q in model.parameters() if q.requires_grad]
     decay = [q for q in params if q.ndim > 1]
@@ -106,7 +175,6 @@ def main() -> int:
     t0 = time.monotonic()
     last_save = t0
     it = 0
-    image_index = 0
     log = []
     smoothed = None
     meta = {
@@ -121,9 +189,17 @@ def main() -> int:
         "train_seed": args.seed,
         "train_image_sizes": [IMAGE_SIZES["min_size"], IMAGE_SIZES["max_size"]],
     }
+
+    def totals(elapsed_s: float) -> dict:
+        return {
+            "iterations": start_iter + it,
+            "images_seen": image_index,
+            "minutes": round(previous_minutes + elapsed_s / 60, 1),
+        }
+
     while True:
         elapsed = time.monotonic() - t0
-        progress = elapsed / budget
+        progress = elapsed / budget if budget > 0 else 1.0
         if progress >= 1.0 or (args.max_iters and it >= args.max_iters):
             break
         lr = lr_at(progress, it, args.lr, args.warmup_iters)
@@ -153,21 +229,29 @@ def main() -> int:
         if it % 20 == 0:
             parts = " ".join(f"{k.replace('loss_', '')}={float(v):.3f}" for k, v in losses.items())
             print(
-                f"iter {it:6d}  {elapsed / 60:6.1f} min  lr {lr:.4f}  loss {lv:.3f} (avg {smoothed:.3f})  {parts}",
+                f"iter {start_iter + it:6d}  {elapsed / 60:6.1f} min  lr {lr:.4f}  loss {lv:.3f} (avg {smoothed:.3f})  {parts}",
                 flush=True,
             )
-            log.append({"iter": it, "minutes": elapsed / 60, "lr": lr, "loss": lv, "avg": smoothed})
+            log.append({"iter": start_iter + it, "minutes": elapsed / 60, "lr": lr, "loss": lv, "avg": smoothed})
         it += 1
         if time.monotonic() - last_save > 600:
             model.eval()
-            save(model, args.out, {**meta, "iterations": it, "images_seen": image_index, "minutes": elapsed / 60})
+            save(model, args.out, {**meta, **totals(time.monotonic() - t0)})
             model.train()
             last_save = time.monotonic()
     model.eval()
     elapsed = time.monotonic() - t0
-    final_meta = {**meta, "iterations": it, "images_seen": image_index, "minutes": round(elapsed / 60, 1)}
+    if args.precise_bn > 0:
+        image_index = recalibrate_batch_norm(model, args.seed, image_index, args.precise_bn, args.batch_size)
+    final_meta = {**meta, **totals(elapsed), "precise_bn_batches": args.precise_bn}
     save(model, args.out, final_meta)
-    (args.out / "training_log.json").write_text(json.dumps({"meta": final_meta, "log": log}, indent=1))
+    runs = []
+    if args.init is not None and (args.init.parent / "training_log.json").is_file():
+        previous = json.loads((args.init.parent / "training_log.json").read_text())
+        runs = previous.get("runs", [{"meta": previous.get("meta"), "log": previous.get("log", [])}])
+    runs.append({"meta": {**final_meta, "init": str(args.init) if args.init else None, "lr": args.lr,
+                          "command": " ".join(sys.argv)}, "log": log})
+    (args.out / "training_log.json").write_text(json.dumps({"meta": final_meta, "runs": runs}, indent=1))
     print(f"done: {it} iterations, {image_index} images, {elapsed / 60:.1f} min -> {args.out}", flush=True)
     return 0
 

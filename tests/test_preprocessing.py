@@ -33,6 +33,16 @@ def test_resize_matches_torchvision_transform(hw):
     assert_close(resize_bilinear(img, rh, rw), expected, atol=255 * 1e-6, rtol=0, what=f"resize of {hw}")
 
 
+def test_resize_at_scale_one_is_the_image_as_in_torchvision():
+    # 800x1216 under R50's 800/1333 is scale 1: torchvision still interpolates, and gets the pixels back exactly.
+    img = np.random.default_rng(3).integers(0, 256, (800, 1216, 3), dtype=np.uint8)
+    expected, _ = _resize_image_and_masks(torch.from_numpy(img).permute(2, 0, 1).float(), 800, 1333)
+    assert resized_size(800, 1216, 800, 1333) == (800, 1216)
+    out = resize_bilinear(img, 800, 1216)
+    assert out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, expected.numpy())
+
+
 def test_resize_matches_interpolate_on_odd_scales():
     rng = np.random.default_rng(1)
     for _ in range(10):

@@ -32,6 +32,11 @@ def parse_device(device: str) -> Tuple[str, int]:
     raise DeploySdkError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
+def _is_torch_tensor(obj: Any) -> bool:
+    # By module name, so that numpy-only installs never import torch here.
+    return type(obj).__module__.startswith("torch") and hasattr(obj, "data_ptr")
+
+
 class Backend:
     """Base class of the runtime backends.
 
@@ -47,12 +52,15 @@ class Backend:
     ``run``; a TensorRT execution context or a CUDA stream does not).
 
     Outputs are numpy arrays, except that GPU backends may return torch tensors on their device (the predictor
-    then pastes masks on the GPU); ``returns_torch`` says which.
+    then pastes masks on the GPU); ``returns_torch`` says which. ``device_inputs`` says that :meth:`infer` also
+    takes ``images`` as a torch tensor already on the backend's device (the predictor then pre-processes there,
+    see :mod:`deploy_sdk.preprocessing_torch`).
     """
 
     name = "base"
     thread_safe = False
     returns_torch = False
+    device_inputs = False
 
     metadata: ModelMetadata
     input_dtype: Any = np.float32
@@ -63,7 +71,8 @@ class Backend:
     def infer(self, images: np.ndarray, image_sizes: np.ndarray) -> Dict[str, Any]:
         """Run the graph on one batch.
 
-        - ``images``: [B, 3, H, W] ``input_dtype`` 0–255 RGB canvas (resized images top-left, zero padding)
+        - ``images``: [B, 3, H, W] ``input_dtype`` 0–255 RGB canvas (resized images top-left, zero padding); a
+          numpy array, or (``device_inputs`` backends) a torch tensor on the backend's device
         - ``image_sizes``: [B, 2] int64 (height, width) of each valid resized region
         - returns ``{"num_detections": [B] int32, "boxes": [B, K, 4] float32 x1 y1 x2 y2 canvas pixels,
           "scores": [B, K] float32, "labels": [B, K] int32, "masks": [B, K, M, M] float32 probabilities}``
@@ -84,16 +93,22 @@ class Backend:
 
     def check_inputs(self, images: np.ndarray, image_sizes: np.ndarray) -> None:
         """Raise :class:`DeploySdkError` naming the problem if the batch does not fit this model."""
-        if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[1] != 3:
+        on_device = self.device_inputs and _is_torch_tensor(images)
+        if not (isinstance(images, np.ndarray) or on_device) or images.ndim != 4 or images.shape[1] != 3:
             raise DeploySdkError(
                 f"{self.name} backend: images must be a [B, 3, H, W] array, got "
                 f"{getattr(images, 'shape', type(images).__name__)}"
             )
-        if images.dtype != np.dtype(self.input_dtype):
+        dtype = str(images.dtype).replace("torch.", "") if on_device else images.dtype
+        if np.dtype(dtype) != np.dtype(self.input_dtype):
             raise DeploySdkError(
-                f"{self.name} backend: images are {images.dtype} but the model takes {np.dtype(self.input_dtype)}"
+                f"{self.name} backend: images are {dtype} but the model takes {np.dtype(self.input_dtype)}"
             )
-        b, _, h, w = images.shape
+        if on_device and str(images.device) != self.device:
+            raise DeploySdkError(
+                f"{self.name} backend: images are a tensor on {images.device} but the backend runs on {self.device}"
+            )
+        b, _, h, w = (int(d) for d in images.shape)
         if b < 1:
             raise DeploySdkError(f"{self.name} backend: empty batch")
         if not isinstance(image_sizes, np.ndarray) or image_sizes.shape != (b, 2) or image_sizes.dtype != np.int64:

@@ -11,7 +11,9 @@ GPU mask pasting; outputs are returned as torch CUDA tensors so masks are pasted
 - One execution context per stream: this backend owns one context and one stream. For concurrent inference on
   one GPU, create one backend (one ``Predictor``) per stream; a single backend serializes calls.
 - Device buffers are allocated for the largest shape seen so far and reused; the host side uses a pinned staging
-  buffer so the upload is an asynchronous DMA.
+  buffer so the upload is an asynchronous DMA. Images the predictor pre-processed on this GPU
+  (``deploy_sdk.preprocessing_torch``, the default for this backend) arrive as CUDA tensors and are copied device to
+  device instead, ordered after the pre-processing stream.
 - ``cuda_graphs=True`` captures one CUDA graph per (batch, height, width) and replays it. TensorRT refuses capture
   for engines with data-dependent shapes inside (NMS, NonZero); then the backend warns once and runs normally.
 """
@@ -106,6 +108,7 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
     returns_torch = True
+    device_inputs = True
 
     def __init__(
         self,
@@ -204,11 +207,19 @@ class TensorRTBackend(Backend):
         ctx = self._context
         with torch.cuda.device(self._device), torch.cuda.stream(self._stream):
             inputs = {"images": images, "image_sizes": image_sizes}
-            for name, host in inputs.items():
-                dev = self._buffer(name, host.shape)
-                self._upload(dev, host.astype(self._dtypes[name], copy=False))
-                if not ctx.set_input_shape(name, tuple(host.shape)):
-                    raise EngineError(f"tensorrt backend: the engine rejected input shape {host.shape} for '{name}'")
+            for name, value in inputs.items():
+                shape = tuple(int(d) for d in value.shape)
+                dev = self._buffer(name, shape)
+                if isinstance(value, torch.Tensor):
+                    # Pre-processed on this GPU (deploy_sdk.preprocessing_torch), on the caller's stream: order the
+                    # device-to-device copy after that work. The copy keeps the engine's input address fixed, which
+                    # captured CUDA graphs rely on.
+                    self._stream.wait_stream(torch.cuda.current_stream(self._device))
+                    dev.copy_(value, non_blocking=True)
+                else:
+                    self._upload(dev, value.astype(self._dtypes[name], copy=False))
+                if not ctx.set_input_shape(name, shape):
+                    raise EngineError(f"tensorrt backend: the engine rejected input shape {shape} for '{name}'")
                 ctx.set_tensor_address(name, dev.data_ptr())
             outputs = {}
             for name in OUTPUT_NAMES:

@@ -27,6 +27,7 @@ class TorchBackend(Backend):
     """
 
     name = "torch"
+    device_inputs = True
 
     def __init__(
         self,
@@ -62,7 +63,7 @@ class TorchBackend(Backend):
     def _infer(self, images: np.ndarray, image_sizes: np.ndarray) -> Dict[str, Any]:
         torch = self._torch
         with torch.inference_mode():
-            x = torch.from_numpy(images).to(self._device, non_blocking=True)
+            x = images if isinstance(images, torch.Tensor) else torch.from_numpy(images).to(self._device)
             sizes = torch.from_numpy(image_sizes).to(self._device)
             values = self.module(x, sizes)
         if self.returns_torch:

@@ -55,6 +55,10 @@ def format_table(metrics: Dict[str, Any]) -> str:
     rows = [("AP", "ap"), ("AP50", "ap50"), ("AP75", "ap75")]
     lines = [f"{'metric':<8}{'box':>8}{'mask':>8}"]
     lines += [f"{label:<8}{metrics[f'box_{k}']:>8.3f}{metrics[f'mask_{k}']:>8.3f}" for label, k in rows]
+    for label, size in (("APs", "small"), ("APm", "medium"), ("APl", "large")):
+        box, mask = metrics.get(f"box_ap_{size}"), metrics.get(f"mask_ap_{size}")
+        if box is not None and mask is not None:
+            lines.append(f"{label:<8}{box:>8.3f}{mask:>8.3f}")
     lines.append(
         f"{metrics['num_images']} images, {metrics['num_detections']} detections, "
         f"{metrics['images_per_second']:.2f} images/s (prediction only)"
