@@ -185,6 +185,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "accuracy" in results:
         acc = results["accuracy"]  # type: ignore[assignment]
         for name in [n for n in models if n != "fp32"]:
+            if acc[name].get("num_images") != acc["fp32"].get("num_images"):
+                # AP over different image sets is not a difference of precision: say so instead of subtracting.
+                print(
+                    f"{name} - fp32: not compared ({acc[name].get('num_images')} vs {acc['fp32'].get('num_images')} "
+                    "images; evaluate both on the same images)"
+                )
+                continue
             print(
                 f"{name} - fp32: box AP {100 * (acc[name]['box_ap'] - acc['fp32']['box_ap']):+.2f} points, "
                 f"mask AP {100 * (acc[name]['mask_ap'] - acc['fp32']['mask_ap']):+.2f} points"
