@@ -145,10 +145,11 @@ class Predictor:
                 f"preprocess='torch' needs a backend that takes device tensors (tensorrt, torch); the {name} backend "
                 "takes numpy arrays: use preprocess='numpy' or 'auto'"
             )
+        on_gpu = str(self.backend.device).startswith("cuda")
         if preprocess == "auto":
-            on_gpu = str(self.backend.device).startswith("cuda")
             preprocess = "torch" if on_gpu and self.backend.device_inputs else "numpy"
         self.preprocess = preprocess
+        self._sync_after_preprocess = preprocess == "torch" and on_gpu
         self.backend_name = self.backend.name
         self.metadata: ModelMetadata = self.backend.metadata
         limit = self.backend.max_batch_size
@@ -176,7 +177,7 @@ class Predictor:
             chunk = loaded[start: start + self.batch_size]
             t0 = time.perf_counter()
             batch = self._prepare(chunk)
-            if self.preprocess == "torch" and str(self.backend.device).startswith("cuda"):
+            if self._sync_after_preprocess:
                 # GPU work is queued asynchronously: wait for it so that the stage times say where time went.
                 _torch_synchronize(batch.images.device)
             t1 = time.perf_counter()

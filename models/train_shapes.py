@@ -59,6 +59,20 @@ def to_target(sample) -> dict:
     }
 
 
+def next_batch(seed: int, index: int, batch_size: int) -> tuple[list, list, int]:
+    """``batch_size`` training images (0-1 float CHW) and targets from the synthetic stream ``seed``, starting at
+    image ``index`` and skipping images without objects; returns them with the next unused index."""
+    images, targets = [], []
+    while len(images) < batch_size:
+        s = generate_sample(seed, index, **IMAGE_SIZES)
+        index += 1
+        if len(s.labels) == 0:
+            continue
+        images.append(torch.from_numpy(s.image).permute(2, 0, 1).float() / 255.0)
+        targets.append(to_target(s))
+    return images, targets, index
+
+
 def lr_at(progress: float, it: int, base: float, warmup_iters: int) -> float:
     warm = min(1.0, (it + 1) / warmup_iters)
     return base * (0.001 + 0.999 * warm) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
@@ -113,11 +127,7 @@ def recalibrate_batch_norm(model: nn.Module, seed: int, first_index: int, batche
     model.train()
     index = first_index
     for b in range(batches):
-        images = []
-        while len(images) < batch_size:
-            s = generate_sample(seed, index, **IMAGE_SIZES)
-            index += 1
-            images.append(torch.from_numpy(s.image).permute(2, 0, 1).float() / 255.0)
+        images, _, index = next_batch(seed, index, batch_size)
         image_list, _ = model.transform(images)
         model.backbone(image_list.tensors)
         if b % 10 == 0:
@@ -205,14 +215,7 @@ def main() -> int:
         lr = lr_at(progress, it, args.lr, args.warmup_iters)
         for g in opt.param_groups:
             g["lr"] = lr
-        images, targets = [], []
-        while len(images) < args.batch_size:
-            s = generate_sample(args.seed, image_index, **IMAGE_SIZES)
-            image_index += 1
-            if len(s.labels) == 0:
-                continue
-            images.append(torch.from_numpy(s.image).permute(2, 0, 1).float() / 255.0)
-            targets.append(to_target(s))
+        images, targets, image_index = next_batch(args.seed, image_index, args.batch_size)
         losses = model(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
