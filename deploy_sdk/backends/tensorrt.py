@@ -205,6 +205,8 @@ class TensorRTBackend(Backend):
     def _infer(self, images: np.ndarray, image_sizes: np.ndarray) -> Dict[str, Any]:
         torch = self._torch
         ctx = self._context
+        # The stream the caller queued its work on (GPU pre-processing), read before switching to ours.
+        caller_stream = torch.cuda.current_stream(self._device)
         with torch.cuda.device(self._device), torch.cuda.stream(self._stream):
             inputs = {"images": images, "image_sizes": image_sizes}
             for name, value in inputs.items():
@@ -214,7 +216,7 @@ class TensorRTBackend(Backend):
                     # Pre-processed on this GPU (deploy_sdk.preprocessing_torch), on the caller's stream: order the
                     # device-to-device copy after that work. The copy keeps the engine's input address fixed, which
                     # captured CUDA graphs rely on.
-                    self._stream.wait_stream(torch.cuda.current_stream(self._device))
+                    self._stream.wait_stream(caller_stream)
                     dev.copy_(value, non_blocking=True)
                 else:
                     self._upload(dev, value.astype(self._dtypes[name], copy=False))
