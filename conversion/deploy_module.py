@@ -59,7 +59,7 @@ class _BatchedNMS(torch.autograd.Function):
                 rows.append(
                     torch.stack([torch.full_like(keep, b), torch.full_like(keep, c), keep], dim=1)
                 )
-        return torch.cat(rows, 0) if rows else torch.zeros((0, 3), dtype=torch.int64)
+        return torch.cat(rows, 0) if rows else torch.zeros((0, 3), dtype=torch.int64, device=scores.device)
 
     @staticmethod
     def symbolic(g, boxes, scores, max_per_class, iou, score_threshold):
@@ -84,7 +84,7 @@ def _min_k(x: Tensor, k: int, dim: int):
     if not torch.jit.is_tracing():
         return min(k, x.shape[dim])
     size = torch._shape_as_tensor(x)[dim].unsqueeze(0)
-    return torch.min(torch.cat([torch.tensor([k], dtype=size.dtype), size]))
+    return torch.min(torch.cat([torch.tensor([k], dtype=size.dtype, device=size.device), size]))
 
 
 def _decode(deltas: Tensor, ref: Tensor, weights: Sequence[float], clip: float) -> Tensor:
@@ -110,7 +110,7 @@ def _clip_to_sizes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
     shape = (boxes.shape[0],) + (1,) * (boxes.dim() - 2)
     h = image_sizes[:, 0].to(boxes.dtype).reshape(shape)
     w = image_sizes[:, 1].to(boxes.dtype).reshape(shape)
-    zero = torch.zeros((), dtype=boxes.dtype)
+    zero = torch.zeros((), dtype=boxes.dtype, device=boxes.device)
     x1 = torch.min(torch.max(boxes[..., 0], zero), w)
     y1 = torch.min(torch.max(boxes[..., 1], zero), h)
     x2 = torch.min(torch.max(boxes[..., 2], zero), w)
@@ -217,7 +217,8 @@ class DeploymentModule(nn.Module):
 
         size = 128
         with torch.no_grad():
-            feats = self.backbone(torch.zeros(1, 3, size, size))
+            device = next(self.backbone.parameters()).device
+            feats = self.backbone(torch.zeros(1, 3, size, size, device=device))
         names = list(feats.keys())
         missing = [n for n in pool.featmap_names if n not in names]
         if missing:
@@ -247,7 +248,7 @@ class DeploymentModule(nn.Module):
         rows = torch.arange(x.shape[2], device=x.device).reshape(1, -1, 1)
         cols = torch.arange(x.shape[3], device=x.device).reshape(1, 1, -1)
         inside = (rows < image_sizes[:, 0].reshape(-1, 1, 1)) & (cols < image_sizes[:, 1].reshape(-1, 1, 1))
-        return torch.where(inside.unsqueeze(1), x, torch.zeros((), dtype=x.dtype))
+        return torch.where(inside.unsqueeze(1), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
     def _anchors(self, x: Tensor, feat: Tensor, cell: Tensor) -> Tensor:
         """Anchors [h*w*A, 4] of one level, from the canvas and feature-map shapes (torchvision AnchorGenerator:
@@ -289,7 +290,7 @@ class DeploymentModule(nn.Module):
         num_levels = len(boxes_l)
         lvl_ids = torch.arange(num_levels, device=x.device).reshape(1, -1, 1)
         per_level = torch.where(
-            (levels.unsqueeze(1) == lvl_ids) & keep.unsqueeze(1), prob.unsqueeze(1), torch.tensor(_DROPPED)
+            (levels.unsqueeze(1) == lvl_ids) & keep.unsqueeze(1), prob.unsqueeze(1), torch.tensor(_DROPPED, device=x.device)
         )
         sel = batched_nms_indices(boxes, per_level, self.rpn_post_nms_top_n, self.rpn_nms_thresh, _DROPPED / 2)
         # Survivors of all levels together, best first, top post_nms_top_n (torchvision: keep[:post_nms_top_n]
@@ -298,7 +299,9 @@ class DeploymentModule(nn.Module):
         kept = kept.index_put((sel[:, 0], sel[:, 2]), prob[sel[:, 0], sel[:, 2]])
         top_score, top_idx = kept.topk(_min_k(kept, self.rpn_post_nms_top_n, 1), dim=1)
         valid = top_score > _DROPPED / 2
-        proposals = torch.where(valid.unsqueeze(-1), _take(boxes, top_idx), torch.zeros((), dtype=boxes.dtype))
+        proposals = torch.where(
+            valid.unsqueeze(-1), _take(boxes, top_idx), torch.zeros((), dtype=boxes.dtype, device=boxes.device)
+        )
         return proposals, valid
 
     def _detect(self, proposals: Tensor, proposal_valid: Tensor, feats: List[Tensor], image_sizes: Tensor):
@@ -314,7 +317,7 @@ class DeploymentModule(nn.Module):
         scores = F.softmax(class_logits, -1).reshape(batch, num_rois, -1)
         boxes, scores = boxes[:, :, 1:], scores[:, :, 1:]  # drop the background class
         keep = (scores > self.box_score_thresh) & _not_small(boxes, 1e-2) & proposal_valid.unsqueeze(-1)
-        scores = torch.where(keep, scores, torch.tensor(_DROPPED))
+        scores = torch.where(keep, scores, torch.tensor(_DROPPED, device=scores.device))
 
         # Class-wise NMS with the class folded into the NMS batch: [B*(C-1), R, 4] boxes, one score row each.
         # Exact (classes never suppress each other) and linear in C, unlike a [B, C, B*R*C] score tensor.
@@ -329,15 +332,15 @@ class DeploymentModule(nn.Module):
         kept = kept.index_put((rows, cols), flat_scores[rows, cols])
         # K padding slots so top-K always has K candidates, whatever (C-1)*R is.
         k = self.max_detections
-        kept = torch.cat([kept, torch.full((batch, k), _DROPPED, dtype=kept.dtype)], 1)
+        kept = torch.cat([kept, torch.full((batch, k), _DROPPED, dtype=kept.dtype, device=kept.device)], 1)
         top_score, top_idx = kept.topk(k, dim=1)
         valid = top_score > 0
         if self.detections_per_img < k:  # torchvision keeps detections_per_img; the rest is padding
-            valid = valid & (torch.arange(k).reshape(1, -1) < self.detections_per_img)
+            valid = valid & (torch.arange(k, device=valid.device).reshape(1, -1) < self.detections_per_img)
         top_idx = torch.where(valid, top_idx, torch.zeros_like(top_idx))
         det_boxes = _take(boxes.permute(0, 2, 1, 3).reshape(batch, -1, 4), top_idx)
         det_labels = top_idx // num_rois + 1
-        zero = torch.zeros((), dtype=det_boxes.dtype)
+        zero = torch.zeros((), dtype=det_boxes.dtype, device=det_boxes.device)
         det_boxes = torch.where(valid.unsqueeze(-1), det_boxes, zero)
         det_scores = torch.where(valid, top_score, zero)
         det_labels = torch.where(valid, det_labels, torch.zeros_like(det_labels))

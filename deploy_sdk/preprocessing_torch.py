@@ -47,7 +47,8 @@ def prepare_batch_torch(
     batch = torch.zeros((len(images), 3, ch, cw), dtype=out_dtype, device=device)
     pinned = device.type == "cuda"
     for i, (img, (rh, rw)) in enumerate(zip(images, sizes)):
-        host = torch.from_numpy(np.ascontiguousarray(img))
+        img = np.ascontiguousarray(img)
+        host = torch.from_numpy(img if img.flags.writeable else img.copy())  # torch warns on read-only arrays
         if pinned:
             host = host.pin_memory()  # lets the copy below run asynchronously
         chw = host.to(device, non_blocking=pinned).permute(2, 0, 1)

@@ -1,6 +1,7 @@
-"""Train the shipped model: a small ResNet-18-FPN Mask R-CNN on the synthetic shapes, on CPU, from scratch.
+"""Train the shipped model: a small ResNet-18-FPN Mask R-CNN on the synthetic shapes, from scratch.
 
-    python models/train_shapes.py --out models/shapes_r18 --minutes 90
+    python models/train_shapes.py --out models/shapes_r18 --minutes 90                  # CPU
+    python models/train_shapes.py --out run --device cuda --batch-size 16 --workers 10  # GPU
 
 The model is a plain torchvision ``MaskRCNN`` (FPN backbone, default anchors and RoI poolers) with narrower
 FPN and heads. It trains with ``BatchNorm2d`` (no pretrained weights can be downloaded here) and is saved with
@@ -9,14 +10,17 @@ builders load it unchanged.
 
 The schedule is fixed in wall-clock time rather than iterations (warm-up, then cosine decay over
 ``--minutes``), so that a run on a shared 2-core machine ends when planned. Training images are generated on
-the fly from ``--seed`` (default 1); evaluation sets must use another seed.
+the fly from ``--seed`` (default 1); evaluation sets must use another seed. ``--workers`` generates them in
+worker processes (needed to keep a GPU busy); the stream of images is the same with or without workers.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -59,18 +63,51 @@ def to_target(sample) -> dict:
     }
 
 
-def next_batch(seed: int, index: int, batch_size: int) -> tuple[list, list, int]:
-    """``batch_size`` training images (0-1 float CHW) and targets from the synthetic stream ``seed``, starting at
-    image ``index`` and skipping images without objects; returns them with the next unused index."""
-    images, targets = [], []
-    while len(images) < batch_size:
-        s = generate_sample(seed, index, **IMAGE_SIZES)
-        index += 1
-        if len(s.labels) == 0:
-            continue
-        images.append(torch.from_numpy(s.image).permute(2, 0, 1).float() / 255.0)
-        targets.append(to_target(s))
-    return images, targets, index
+def _sample(seed: int, index: int):
+    return generate_sample(seed, index, **IMAGE_SIZES)
+
+
+class SampleStream:
+    """The synthetic training stream ``seed`` from image ``index`` on, skipping images without objects.
+
+    With ``workers`` > 0 the images are generated ahead in a process pool (a bounded look-ahead, in index
+    order), so the batches are the same as without workers. ``index`` is always the next unused image.
+    """
+
+    def __init__(self, seed: int, index: int, workers: int = 0, lookahead: int = 64):
+        self.seed, self.index = seed, index
+        self._pool = multiprocessing.get_context("fork").Pool(workers) if workers > 0 else None
+        self._pending: collections.deque = collections.deque()
+        self._next_submit = index
+        self._lookahead = lookahead
+
+    def _next_sample(self):
+        if self._pool is None:
+            sample = _sample(self.seed, self.index)
+        else:
+            while len(self._pending) < self._lookahead:
+                self._pending.append(self._pool.apply_async(_sample, (self.seed, self._next_submit)))
+                self._next_submit += 1
+            sample = self._pending.popleft().get()
+        self.index += 1
+        return sample
+
+    def next_batch(self, batch_size: int, device: torch.device | str = "cpu") -> tuple[list, list]:
+        """``batch_size`` training images (0-1 float CHW) and targets, on ``device``."""
+        images, targets = [], []
+        while len(images) < batch_size:
+            s = self._next_sample()
+            if len(s.labels) == 0:
+                continue
+            image = torch.from_numpy(s.image).to(device).permute(2, 0, 1).float() / 255.0
+            images.append(image)
+            targets.append({k: v.to(device) for k, v in to_target(s).items()})
+        return images, targets
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
 
 
 def lr_at(progress: float, it: int, base: float, warmup_iters: int) -> float:
@@ -82,7 +119,7 @@ def save(model: nn.Module, out_dir: Path, meta: dict) -> None:
     from safetensors.torch import save_file
 
     state = {
-        k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+        k: v.detach().cpu().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
         for k, v in model.state_dict().items()
         if not k.endswith("num_batches_tracked")
     }
@@ -110,14 +147,16 @@ def load_init(model: nn.Module, path: Path) -> tuple[int, int, float]:
 
 
 @torch.no_grad()
-def recalibrate_batch_norm(model: nn.Module, seed: int, first_index: int, batches: int, batch_size: int) -> int:
+def recalibrate_batch_norm(
+    model: nn.Module, stream: SampleStream, batches: int, batch_size: int, device: torch.device | str = "cpu"
+) -> None:
     """Re-estimate every batch-norm layer's statistics as a plain average over ``batches`` training batches.
 
     During training the running statistics are an exponential average over batches taken while the weights
     were still moving (at a high learning rate), so they lag the final weights; the frozen model then
     normalizes with statistics that do not match its own activations. Averaging fresh statistics with the
-    final weights removes that mismatch. Only the backbone has batch norm, so only it runs. Returns the next
-    unused image index.
+    final weights removes that mismatch. Only the backbone has batch norm, so only it runs. The images come
+    from ``stream``, after those used for training.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     saved = [m.momentum for m in bns]
@@ -125,9 +164,8 @@ def recalibrate_batch_norm(model: nn.Module, seed: int, first_index: int, batche
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
     model.train()
-    index = first_index
     for b in range(batches):
-        images, _, index = next_batch(seed, index, batch_size)
+        images, _ = stream.next_batch(batch_size, device)
         image_list, _ = model.transform(images)
         model.backbone(image_list.tensors)
         if b % 10 == 0:
@@ -135,7 +173,6 @@ def recalibrate_batch_norm(model: nn.Module, seed: int, first_index: int, batche
     for m, momentum in zip(bns, saved):
         m.momentum = momentum
     model.eval()
-    return index
 
 
 def main() -> int:
@@ -147,6 +184,16 @@ def main() -> int:
     p.add_argument("--warmup-iters", type=int, default=300)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--workers", type=int, default=0, help="processes generating training images (default 0: inline)")
+    p.add_argument(
+        "--sampling",
+        choices=["light", "torchvision"],
+        default="light",
+        help="training-time proposal and RoI sampling: 'light' (1000/500 proposals, 128 RoIs per image; several "
+        "times cheaper on a CPU) or torchvision's defaults (2000/2000, 512); inference settings are not affected",
+    )
+    p.add_argument("--save-every", type=float, default=600.0, help="seconds between intermediate saves")
     p.add_argument("--max-iters", type=int, default=0, help="stop after this many iterations (0: time only)")
     p.add_argument(
         "--init",
@@ -167,11 +214,22 @@ def main() -> int:
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    model = build_resnet_fpn_maskrcnn(CONFIG, norm_layer=nn.BatchNorm2d, **TRAIN_KWARGS)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: torch sees no CUDA GPU; use --device cpu")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = build_resnet_fpn_maskrcnn(
+        CONFIG, norm_layer=nn.BatchNorm2d, **(TRAIN_KWARGS if args.sampling == "light" else {})
+    )
     start_iter, image_index, previous_minutes = 0, 0, 0.0
     if args.init is not None:
         start_iter, image_index, previous_minutes = load_init(model, args.init)
         print(f"continuing from {args.init}: {start_iter} iterations, {image_index} images so far", flush=True)
+    # The workers are forked before CUDA is initialized in this process.
+    stream = SampleStream(args.seed, image_index, workers=args.workers)
+    model.to(device)
     model.train()
     params = [q for q in model.parameters() if q.requires_grad]
     decay = [q for q in params if q.ndim > 1]
@@ -203,7 +261,7 @@ def main() -> int:
     def totals(elapsed_s: float) -> dict:
         return {
             "iterations": start_iter + it,
-            "images_seen": image_index,
+            "images_seen": stream.index,
             "minutes": round(previous_minutes + elapsed_s / 60, 1),
         }
 
@@ -215,7 +273,7 @@ def main() -> int:
         lr = lr_at(progress, it, args.lr, args.warmup_iters)
         for g in opt.param_groups:
             g["lr"] = lr
-        images, targets, image_index = next_batch(args.seed, image_index, args.batch_size)
+        images, targets = stream.next_batch(args.batch_size, device)
         losses = model(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
@@ -230,14 +288,14 @@ def main() -> int:
         lv = float(loss.detach())
         smoothed = lv if smoothed is None else 0.95 * smoothed + 0.05 * lv
         if it % 20 == 0:
-            parts = " ".join(f"{k.replace('loss_', '')}={float(v):.3f}" for k, v in losses.items())
+            parts = " ".join(f"{k.replace('loss_', '')}={float(v.detach()):.3f}" for k, v in losses.items())
             print(
                 f"iter {start_iter + it:6d}  {elapsed / 60:6.1f} min  lr {lr:.4f}  loss {lv:.3f} (avg {smoothed:.3f})  {parts}",
                 flush=True,
             )
             log.append({"iter": start_iter + it, "minutes": elapsed / 60, "lr": lr, "loss": lv, "avg": smoothed})
         it += 1
-        if time.monotonic() - last_save > 600:
+        if time.monotonic() - last_save > args.save_every:
             model.eval()
             save(model, args.out, {**meta, **totals(time.monotonic() - t0)})
             model.train()
@@ -245,7 +303,8 @@ def main() -> int:
     model.eval()
     elapsed = time.monotonic() - t0
     if args.precise_bn > 0:
-        image_index = recalibrate_batch_norm(model, args.seed, image_index, args.precise_bn, args.batch_size)
+        recalibrate_batch_norm(model, stream, args.precise_bn, args.batch_size, device)
+    stream.close()
     final_meta = {**meta, **totals(elapsed), "precise_bn_batches": args.precise_bn}
     save(model, args.out, final_meta)
     runs = []
@@ -253,9 +312,10 @@ def main() -> int:
         previous = json.loads((args.init.parent / "training_log.json").read_text())
         runs = previous.get("runs", [{"meta": previous.get("meta"), "log": previous.get("log", [])}])
     runs.append({"meta": {**final_meta, "init": str(args.init) if args.init else None, "lr": args.lr,
+                          "batch_size": args.batch_size, "device": str(device), "sampling": args.sampling,
                           "command": " ".join(sys.argv)}, "log": log})
     (args.out / "training_log.json").write_text(json.dumps({"meta": final_meta, "runs": runs}, indent=1))
-    print(f"done: {it} iterations, {image_index} images, {elapsed / 60:.1f} min -> {args.out}", flush=True)
+    print(f"done: {it} iterations, {stream.index} images, {elapsed / 60:.1f} min -> {args.out}", flush=True)
     return 0
 
 

@@ -141,6 +141,33 @@ def test_import_deploy_sdk_needs_no_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_torch_backend_makes_every_tensor_on_its_device():
+    """The CPU stand-in for the GPU run below: with the default device set to ``meta``, a tensor made without
+    ``device=`` anywhere on the torch backend's path (GPU pre-processing, the deployment module, torch mask
+    pasting) becomes a meta tensor and fails the run or changes its results. On CUDA, such a tensor is a CPU
+    tensor, which broke the torch backend there."""
+    torch = pytest.importorskip("torch")
+    from tiny_maskrcnn import build_tiny_maskrcnn
+
+    from conversion.checkpoint import load_torchvision_model
+    from deploy_sdk.backends.torch import TorchBackend
+    from fixtures_models import parity_failures
+
+    loaded = load_torchvision_model(build_tiny_maskrcnn())
+    images = [np.random.default_rng(i).integers(0, 256, (120 + 10 * i, 90, 3), dtype=np.uint8) for i in range(3)]
+    for mask_format in ("full", "rle"):
+        predictor = Predictor(TorchBackend(loaded, device="cpu"), batch_size=2, preprocess="torch",
+                              mask_format=mask_format)
+        expected = predictor.predict(images)
+        torch.set_default_device("meta")
+        try:
+            got = predictor.predict(images)
+        finally:
+            torch.set_default_device(None)
+        assert sum(len(d.scores) for d in expected) > 0
+        assert not parity_failures(expected, got, min_score=0.0, score_diff=0.0)
+
+
 @pytest.mark.needs_cuda
 def test_torch_backend_cuda_matches_cpu(tmp_path):
     """GPU check of the torch backend (deployment module + GPU mask pasting) against its own CPU run."""

@@ -95,3 +95,20 @@ def test_refuses_models_that_are_not_mask_rcnn():
     model = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=3)
     with pytest.raises(UnsupportedModelError, match="MaskRCNN"):
         DeploymentModule(model)
+
+
+def test_every_tensor_is_made_on_the_input_device(tiny):
+    """A tensor made without ``device=`` lands on the default device (the CPU) and breaks the module on a GPU: the
+    torch backend on CUDA failed that way. With the default device set to ``meta``, any such tensor is a meta
+    tensor here, which either fails the forward pass or reaches the outputs; the outputs must equal the CPU run."""
+    model, images, image_sizes, _, out = tiny
+    module = DeploymentModule(model, debug=True)
+    torch.set_default_device("meta")
+    try:
+        with torch.no_grad():
+            again = module(images, image_sizes)
+    finally:
+        torch.set_default_device(None)
+    for a, b in zip(again, out):
+        assert a.device == b.device == torch.device("cpu")
+        assert torch.equal(a, b)
