@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything a lent GPU machine is for, in one run (the device's time is short and every start costs minutes):
-#   1. training of the shipped model on the GPU, continuing from models/shapes_r18 (in the background);
+#   1. with TRAIN_MINUTES > 0, training of the shipped model on the GPU, continuing from models/shapes_r18 (in
+#      the background; the shipped weights came from TRAIN_MINUTES=6.5 on 2026-11-30, see its MODEL_CARD.md);
 #   2. meanwhile, every needs_cuda test (the plugin's CUDA kernels against the CPU implementation and
 #      torchvision, CUDA pre-processing, CUDA mask pasting, the torch backend on CUDA, the CUDA clock);
 #   3. after training, on a quiet GPU: the RoIAlign timing test and `maskrcnn-deploy bench` on CUDA for the
@@ -9,7 +10,8 @@
 # the trained model.safetensors in <16 MB parts (join with `cat model.safetensors.part-* > model.safetensors`),
 # checks.log (environment + tests), bench_shapes.json, bench_r50.json.
 #
-#   OUT=out/device bash scripts/device_session.sh                                         # on the GPU machine
+#   OUT=$OUT bash scripts/device_session.sh                        # on the GPU machine: checks only (~3 min)
+#   OUT=$OUT TRAIN_MINUTES=6.5 bash scripts/device_session.sh      # with training (~9 min)
 #   OUT=out/dry TRAIN_DEVICE=cpu TRAIN_MINUTES=0.3 BENCH_DEVICE=cpu bash scripts/device_session.sh   # dry run
 #
 # Runs from the repository root with the machine's own python3 (torch, torchvision, onnxruntime, safetensors,
@@ -18,7 +20,7 @@ set -u
 OUT=${OUT:?set OUT to the folder for the results}
 PY=${PY:-python3}
 TRAIN_DEVICE=${TRAIN_DEVICE:-cuda}
-TRAIN_MINUTES=${TRAIN_MINUTES:-6.5}
+TRAIN_MINUTES=${TRAIN_MINUTES:-0}
 TRAIN_ARGS=${TRAIN_ARGS:---batch-size 16 --lr 0.04 --warmup-iters 100 --workers 10 --threads 2 --sampling torchvision}
 BENCH_DEVICE=${BENCH_DEVICE:-cuda}
 BENCH_ITERS=${BENCH_ITERS:-20}
@@ -38,11 +40,15 @@ log() { echo "[$(date +%T)] $*" | tee -a "$OUT/checks.log"; }
   nvcc --version 2>&1 | tail -2; cmake --version 2>&1 | head -1
 } >>"$OUT/checks.log" 2>&1
 
-log "training: $TRAIN_MINUTES min on $TRAIN_DEVICE ($TRAIN_ARGS)"
-# shellcheck disable=SC2086
-$PY models/train_shapes.py --out "$WORK/train" --init models/shapes_r18/model.safetensors --device "$TRAIN_DEVICE" \
-  --minutes "$TRAIN_MINUTES" --precise-bn 50 --save-every 120 $TRAIN_ARGS >"$OUT/train.log" 2>&1 &
-TRAIN_PID=$!
+TRAIN_PID=
+if [ "$TRAIN_MINUTES" != 0 ]; then
+  log "training: $TRAIN_MINUTES min on $TRAIN_DEVICE ($TRAIN_ARGS)"
+  # shellcheck disable=SC2086
+  $PY models/train_shapes.py --out "$WORK/train" --init models/shapes_r18/model.safetensors \
+    --device "$TRAIN_DEVICE" --minutes "$TRAIN_MINUTES" --precise-bn 50 --save-every 120 $TRAIN_ARGS \
+    >"$OUT/train.log" 2>&1 &
+  TRAIN_PID=$!
+fi
 
 log "needs_cuda tests (the RoIAlign timing test waits for a quiet GPU)"
 $PY -m pytest -q -ra -p no:cacheprovider --continue-on-collection-errors -m needs_cuda -k "not timing" tests/test_plugin_cuda.py \
@@ -50,9 +56,11 @@ $PY -m pytest -q -ra -p no:cacheprovider --continue-on-collection-errors -m need
   >>"$OUT/checks.log" 2>&1
 log "needs_cuda tests: exit $?"
 
-wait "$TRAIN_PID"
-log "training: exit $?"
-if [ -f "$WORK/train/model.safetensors" ]; then
+if [ -n "$TRAIN_PID" ]; then
+  wait "$TRAIN_PID"
+  log "training: exit $?"
+fi
+if [ -n "$TRAIN_PID" ] && [ -f "$WORK/train/model.safetensors" ]; then
   cp "$WORK/train/training_log.json" "$OUT/" 2>/dev/null
   split -b 15m -d "$WORK/train/model.safetensors" "$OUT/model.safetensors.part-"
   sha256sum "$WORK/train/model.safetensors" >>"$OUT/checks.log"
