@@ -345,12 +345,22 @@ class DeploymentModule(nn.Module):
         det_scores = torch.where(valid, top_score, zero)
         det_labels = torch.where(valid, det_labels, torch.zeros_like(det_labels))
 
-        mask_pooled = multi_level_roi_align(det_boxes, feats, self.mask_pool_cfg)
+        # The mask head runs on the first n slots only, n = the most detections of any image in the batch (at
+        # least 1): top-K is sorted and padding scores are 0, so valid detections come first. With a few dozen
+        # detections out of K = 100 this skips most of the mask head, which is what torchvision computes too.
+        # n stays a tensor so that the exported graph keeps it dynamic; slots past n repeat row n - 1's mask and
+        # are zeroed below.
+        n = torch.clamp(valid.sum(1).max(), min=1)
+        first = torch.arange(n, device=det_boxes.device)
+        mask_boxes = det_boxes.index_select(1, first)
+        mask_pooled = multi_level_roi_align(mask_boxes, feats, self.mask_pool_cfg)
         mask_pooled = mask_pooled.reshape((-1,) + tuple(mask_pooled.shape[2:]))
-        mask_logits = self.mask_predictor(self.mask_head(mask_pooled))  # [B*K, C, M, M]
+        mask_logits = self.mask_predictor(self.mask_head(mask_pooled))  # [B*n, C, M, M]
         m = mask_logits.shape[-1]
-        index = det_labels.reshape(-1, 1, 1, 1).expand(-1, 1, m, m)
-        masks = torch.gather(mask_logits, 1, index).sigmoid().reshape(batch, k, m, m)
+        index = det_labels.index_select(1, first).reshape(-1, 1, 1, 1).expand(-1, 1, m, m)
+        masks = torch.gather(mask_logits, 1, index).sigmoid().reshape(batch, -1, m, m)  # [B, n, M, M]
+        slot = torch.minimum(torch.arange(k, device=det_boxes.device), n - 1)
+        masks = masks.index_select(1, slot)  # [B, K, M, M]
         masks = torch.where(valid.reshape(batch, k, 1, 1), masks, zero)
         num = valid.sum(1).to(torch.int32)
         return num, det_boxes, det_scores, det_labels.to(torch.int32), masks

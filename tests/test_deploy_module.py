@@ -73,6 +73,37 @@ def test_outputs_are_padded_to_k_with_zeros():
     assert not boxes[0, n:].any() and not scores[0, n:].any() and not labels[0, n:].any() and not masks[0, n:].any()
 
 
+def test_mask_head_on_the_first_slots_only(tiny):
+    """The mask head runs on the first n slots (n = the batch's most detections). With a score threshold that
+    leaves each image a different number of detections, the batched outputs must still be torchvision's, image by
+    image; with no detection at all they are all zero, with the contract's shapes."""
+    import copy
+
+    model, images, image_sizes, _, out = tiny
+    thresholded = copy.deepcopy(model)
+    thresholded.roi_heads.score_thresh = float(out[2][0, 20])  # image 0 keeps about 20 of its 100
+    crops = [images[b, :, :h, :w] for b, (h, w) in enumerate(image_sizes.tolist())]
+    ref = torchvision_pipeline(thresholded, crops, CANVAS)
+    with torch.no_grad():
+        num, boxes, scores, labels, masks = DeploymentModule(thresholded)(images, image_sizes)
+    counts = [int(c) for c in num]
+    assert len(set(counts)) > 1 and min(counts) > 0, f"the images should differ in detection count: {counts}"
+    for b, det in enumerate(ref["detections"]):
+        n = counts[b]
+        assert n == len(det["scores"])
+        assert_close(boxes[b, :n], det["boxes"], what="boxes")
+        assert torch.equal(labels[b, :n].long(), det["labels"])
+        assert_close(masks[b, :n], det["masks"][:, 0], what=f"image {b} masks")
+        assert not masks[b, n:].any()
+
+    nothing = copy.deepcopy(model)
+    nothing.roi_heads.score_thresh = 1.0
+    with torch.no_grad():
+        num, boxes, scores, labels, masks = DeploymentModule(nothing, max_detections=40)(images, image_sizes)
+    assert not num.any() and not boxes.any() and not scores.any() and not labels.any() and not masks.any()
+    assert masks.shape == (images.shape[0], 40, 28, 28)
+
+
 def test_batched_nms_matches_torchvision_nms_per_image_and_class():
     from torchvision.ops import nms
 

@@ -1,7 +1,7 @@
 """`maskrcnn-deploy demo`: the shipped model end to end.
 
 1. generate a few held-out synthetic images of different sizes (seed 2026, never used in training);
-2. export the shipped checkpoint to one ONNX graph (reused when the checkpoint has not changed);
+2. export the shipped checkpoint to one ONNX graph (reused when neither the checkpoint nor the exporter changed);
 3. run it with ``Predictor`` on ONNX Runtime, batched; write overlay PNGs and a COCO-results JSON;
 4. compare every image with the PyTorch reference (the unmodified torchvision model, run on the same batches)
    by the export criteria;
@@ -63,11 +63,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"[2/5] {len(images)} held-out images (seed {HELD_OUT_SEED}) in {inputs}: {sizes}")
 
     onnx_path = out / "model.onnx"
-    if _export_is_current(onnx_path, loaded.sha256):
-        print(f"[3/5] {onnx_path} is up to date with the checkpoint; reusing it")
+    key = export_key(loaded.sha256)
+    if _export_is_current(onnx_path, key):
+        print(f"[3/5] {onnx_path} is up to date with the checkpoint and the exporter; reusing it")
     else:
         print(f"[3/5] exporting to {onnx_path}")
         export_onnx(loaded, onnx_path, log=lambda m: print("      " + m))
+        with atomic_path(_key_path(onnx_path)) as tmp:
+            Path(tmp).write_text(key + "\n")
 
     predictor = Predictor(onnx_path, backend="onnxruntime", batch_size=args.batch_size)
     t0 = time.perf_counter()
@@ -114,18 +117,32 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _export_is_current(path: Path, sha256: str) -> bool:
-    if not path.exists():
+def export_key(checkpoint_sha256: str) -> str:
+    """What a reusable export must have been made from: the checkpoint (its sha256) and the exporter, as a sha256
+    of the SDK version and the source of ``conversion`` and the metadata writer. A change to either re-exports."""
+    import hashlib
+
+    import conversion
+    from deploy_sdk import model_metadata
+    from deploy_sdk.version import __version__
+
+    h = hashlib.sha256(__version__.encode())
+    root = Path(conversion.__file__).parent
+    for path in sorted(root.rglob("*.py")) + [Path(model_metadata.__file__)]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return f"checkpoint {checkpoint_sha256} exporter {h.hexdigest()}"
+
+
+def _key_path(onnx_path: Path) -> Path:
+    return onnx_path.with_name(onnx_path.name + ".key")
+
+
+def _export_is_current(path: Path, key: str) -> bool:
+    """True when ``path`` exists and its key file (written after a successful export) holds ``key``."""
+    if not path.is_file() or key.startswith("checkpoint  "):  # no checkpoint hash: never reuse
         return False
     try:
-        import onnxruntime as ort
-
-        from deploy_sdk.model_metadata import ModelMetadata
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        meta = ModelMetadata.from_props(sess.get_modelmeta().custom_metadata_map, source=str(path))
-        return bool(sha256) and meta.checkpoint_sha256 == sha256
-    except Exception:  # an unreadable or foreign file is simply re-exported
+        return _key_path(path).read_text().strip() == key
+    except OSError:
         return False
