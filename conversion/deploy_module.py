@@ -289,9 +289,8 @@ class DeploymentModule(nn.Module):
         # NMS independently per level: classes = levels, a box scores only in its own level's row.
         num_levels = len(boxes_l)
         lvl_ids = torch.arange(num_levels, device=x.device).reshape(1, -1, 1)
-        per_level = torch.where(
-            (levels.unsqueeze(1) == lvl_ids) & keep.unsqueeze(1), prob.unsqueeze(1), torch.tensor(_DROPPED, device=x.device)
-        )
+        dropped = torch.tensor(_DROPPED, device=x.device)
+        per_level = torch.where((levels.unsqueeze(1) == lvl_ids) & keep.unsqueeze(1), prob.unsqueeze(1), dropped)
         sel = batched_nms_indices(boxes, per_level, self.rpn_post_nms_top_n, self.rpn_nms_thresh, _DROPPED / 2)
         # Survivors of all levels together, best first, top post_nms_top_n (torchvision: keep[:post_nms_top_n]
         # after batched_nms, which returns indices sorted by score over all levels).

@@ -123,7 +123,8 @@ def level_of_box(boxes: torch.Tensor, cfg: RoIAlignConfig) -> torch.Tensor:
     """
     area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
     s = torch.sqrt(area)
-    lvl = torch.floor(cfg.canonical_level + torch.log2(s / cfg.canonical_scale) + torch.tensor(_EPS, dtype=s.dtype, device=s.device))
+    eps = torch.tensor(_EPS, dtype=s.dtype, device=s.device)
+    lvl = torch.floor(cfg.canonical_level + torch.log2(s / cfg.canonical_scale) + eps)
     k_min = cfg.min_level
     lvl = torch.clamp(lvl, min=k_min, max=k_min + len(cfg.spatial_scales) - 1)
     return lvl.to(torch.int64) - k_min
