@@ -349,7 +349,8 @@ class DeploymentModule(nn.Module):
         # detections out of K = 100 this skips most of the mask head, which is what torchvision computes too.
         # n stays a tensor so that the exported graph keeps it dynamic; slots past n repeat row n - 1's mask and
         # are zeroed below.
-        n = torch.clamp(valid.sum(1).max(), min=1)
+        num = valid.sum(1)
+        n = torch.clamp(num.max(), min=1)
         first = torch.arange(n, device=det_boxes.device)
         mask_boxes = det_boxes.index_select(1, first)
         mask_pooled = multi_level_roi_align(mask_boxes, feats, self.mask_pool_cfg)
@@ -361,5 +362,4 @@ class DeploymentModule(nn.Module):
         slot = torch.minimum(torch.arange(k, device=det_boxes.device), n - 1)
         masks = masks.index_select(1, slot)  # [B, K, M, M]
         masks = torch.where(valid.reshape(batch, k, 1, 1), masks, zero)
-        num = valid.sum(1).to(torch.int32)
-        return num, det_boxes, det_scores, det_labels.to(torch.int32), masks
+        return num.to(torch.int32), det_boxes, det_scores, det_labels.to(torch.int32), masks

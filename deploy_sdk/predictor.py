@@ -252,26 +252,18 @@ class Predictor:
 
     def _prepare(self, images: List[np.ndarray]) -> PreparedBatch:
         meta = self.metadata
-        if self.preprocess == "torch":
-            from deploy_sdk.preprocessing_torch import prepare_batch_torch
-
-            return prepare_batch_torch(
-                images,
-                min_size=int(meta.min_size),
-                max_size=int(meta.max_size),
-                device=self.backend.device,
-                size_divisible=int(meta.size_divisible or 1),
-                fixed=self.backend.fixed_size,
-                dtype=self.backend.input_dtype,
-            )
-        return prepare_batch(
-            images,
+        layout = dict(
             min_size=int(meta.min_size),
             max_size=int(meta.max_size),
             size_divisible=int(meta.size_divisible or 1),
             fixed=self.backend.fixed_size,
             dtype=self.backend.input_dtype,
         )
+        if self.preprocess == "torch":
+            from deploy_sdk.preprocessing_torch import prepare_batch_torch
+
+            return prepare_batch_torch(images, device=self.backend.device, **layout)
+        return prepare_batch(images, **layout)
 
     def _infer(self, batch: PreparedBatch) -> Dict[str, Any]:
         if self.backend.thread_safe:

@@ -47,10 +47,13 @@ def prepare_batch_torch(
     batch = torch.zeros((len(images), 3, ch, cw), dtype=out_dtype, device=device)
     pinned = device.type == "cuda"
     for i, (img, (rh, rw)) in enumerate(zip(images, sizes)):
-        img = np.ascontiguousarray(img)
-        host = torch.from_numpy(img if img.flags.writeable else img.copy())  # torch warns on read-only arrays
         if pinned:
-            host = host.pin_memory()  # lets the copy below run asynchronously
+            # One host copy, straight into page-locked memory, so that the upload below runs asynchronously.
+            host = torch.empty(img.shape, dtype=torch.uint8, pin_memory=True)
+            host.numpy()[...] = img
+        else:
+            img = np.ascontiguousarray(img)
+            host = torch.from_numpy(img if img.flags.writeable else img.copy())  # torch warns on read-only arrays
         chw = host.to(device, non_blocking=pinned).permute(2, 0, 1)
         if (rh, rw) == tuple(chw.shape[1:]):
             resized = chw.float()  # scale 1: every sample sits on a pixel centre

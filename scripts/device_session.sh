@@ -24,7 +24,7 @@ TRAIN_MINUTES=${TRAIN_MINUTES:-0}
 TRAIN_ARGS=${TRAIN_ARGS:---batch-size 16 --lr 0.04 --warmup-iters 100 --workers 10 --threads 2 --sampling torchvision}
 BENCH_DEVICE=${BENCH_DEVICE:-cuda}
 BENCH_ITERS=${BENCH_ITERS:-20}
-WORK=${WORK:-/tmp/device_session}
+WORK=${WORK:-out/device_session}  # scratch, inside the repository's ignored out/
 # The later stages are cut to end by DEADLINE_S seconds after the start (keep it under the device call's limit).
 END=$(($(date +%s) + ${DEADLINE_S:-570}))
 left() { local l=$((END - $(date +%s))); if [ "$l" -lt "$1" ]; then echo "$l"; else echo "$1"; fi; }
