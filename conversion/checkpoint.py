@@ -4,9 +4,21 @@ Three input forms are read:
 
 - a state dict (``.pth``/``.pt``), possibly nested under ``"model"``, ``"state_dict"`` or
   ``"model_state_dict"``, possibly with the ``"module."`` prefix of ``DataParallel``;
-- a whole pickled ``MaskRCNN`` module (``torch.save(model)``);
+- a whole pickled ``MaskRCNN`` module (``torch.save(model)``), only when the caller trusts the file
+  (``trust_checkpoint=True``, ``--trust-checkpoint``);
 - ``.safetensors``, whose string metadata may carry ``arch``, ``num_classes``, ``class_names``, ``min_size``
   and ``max_size`` as JSON values (the shipped model's does).
+
+Loading never runs code from the file unless asked to: ``.pth``/``.pt`` files are read with
+``torch.load(weights_only=True)``, which rebuilds tensors and plain containers (and here also
+``argparse.Namespace``, which torchvision's reference training script stores) and refuses any other Python
+object. A file it refuses (a whole pickled module, or anything naming a function or class) is refused with a
+``CheckpointError`` that names the globals the pickle references (read from the pickle's opcodes, not by
+running it), unless ``trust_checkpoint=True``: only then is it unpickled with ``weights_only=False``, which runs
+whatever code the file names, and a warning says so.
+
+Weights holding NaN or Inf are refused: every floating-point tensor of the state dict (or of the trusted
+module) is checked with ``torch.isfinite``, and the error names the offending tensors and how many values.
 
 The architecture (backbone, head style, widths) and the number of classes are read from key names and tensor
 shapes, a model of that architecture is built with torchvision's own builders, and the weights are loaded
@@ -20,12 +32,14 @@ uses.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import hashlib
 import json
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +69,6 @@ SHIPPED_MODEL = Path("models") / "shapes_r18" / "model.safetensors"
 
 # Nesting keys that training scripts commonly wrap a state dict in.
 _NESTING_KEYS = ("model", "state_dict", "model_state_dict", "model_state", "net")
-# Only these top-level modules may be referenced by a pickled whole-module checkpoint (see _torch_load).
-_TRUSTED_PICKLE_MODULES = ("torch", "torchvision", "collections", "builtins", "_codecs", "numpy", "functools")
 _MAX_LISTED = 5
 
 
@@ -181,6 +193,7 @@ def load_checkpoint(
     *,
     min_size: Optional[int] = None,
     max_size: Optional[int] = None,
+    trust_checkpoint: bool = False,
 ) -> LoadedModel:
     """Load a Mask R-CNN checkpoint file.
 
@@ -190,13 +203,16 @@ def load_checkpoint(
     ``<checkpoint>.classes.json``, then from the checkpoint, else ``class_<id>``. ``min_size``/``max_size``
     override the resize sizes recorded in the checkpoint (torchvision's 800/1333 when none are).
 
-    Trust: a state dict and a safetensors file are read without executing code. A whole pickled module can
-    only be read by unpickling, which can run arbitrary code; it is unpickled only when every global the
-    pickle names comes from torch, torchvision or the standard containers, which narrows but does not remove
-    the risk. Load pickled modules only from sources you trust, or re-save them as a state dict.
+    Trust: by default nothing in the file is executed: ``.pth``/``.pt`` files are read with
+    ``torch.load(weights_only=True)`` (tensors and plain containers only) and safetensors files hold tensors
+    only. A file the safe loader refuses, such as a whole pickled module (``torch.save(model)``), is refused
+    with a ``CheckpointError`` naming ``--trust-checkpoint`` and how to re-save the weights. With
+    ``trust_checkpoint=True`` such a file is unpickled with ``weights_only=False``, which runs any code the file
+    contains (a ``UserWarning`` says so): pass it only for files you trust, e.g. ones you saved yourself.
 
-    Raises ``CheckpointError`` (missing/unreadable file, not a checkpoint, keys or shapes that do not fit,
-    class-count mismatch) or ``UnsupportedModelError`` (another model family or an unsupported backbone).
+    Raises ``CheckpointError`` (missing/unreadable file, not a checkpoint, a pickle refused as untrusted, NaN or
+    Inf in a floating-point tensor, keys or shapes that do not fit, class-count mismatch) or
+    ``UnsupportedModelError`` (another model family or an unsupported backbone).
     """
     path = Path(path)
     if not path.exists():
@@ -211,7 +227,7 @@ def load_checkpoint(
         if value is not None and value < 1:
             raise CheckpointError(f"{name}={value} must be a positive number of pixels")
     sha256 = _sha256(path)
-    obj, info = _read_file(path)
+    obj, info = _read_file(path, trust_checkpoint)
 
     # A whole module, possibly nested in a training checkpoint dict (whose other entries may name the classes).
     if isinstance(obj, Mapping):
@@ -221,6 +237,7 @@ def load_checkpoint(
                 obj = obj[key]
                 break
     if isinstance(obj, nn.Module):
+        _check_finite(obj.state_dict(), path)
         lm = _wrap_module(obj, str(path), arch, num_classes)
         lm.form = "pickled module"
         if min_size is not None or max_size is not None:
@@ -264,13 +281,13 @@ def _is_safetensors(path: Path) -> bool:
     return 0 < n <= path.stat().st_size - 8
 
 
-def _read_file(path: Path) -> Tuple[Any, Dict[str, Any]]:
+def _read_file(path: Path, trust_checkpoint: bool = False) -> Tuple[Any, Dict[str, Any]]:
     """(object, info): the tensors/object in the file and the settings recorded with them."""
     if _is_safetensors(path):
         return _read_safetensors(path)
     if path.suffix == ".safetensors":
         raise CheckpointError(f"{path} is not a valid safetensors file (bad header); is the file complete?")
-    return _torch_load(path), {}
+    return _torch_load(path, trust_checkpoint), {}
 
 
 def _read_safetensors(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
@@ -291,39 +308,115 @@ def _read_safetensors(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, An
     return tensors, info
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(path: Path, trust_checkpoint: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True``; ``weights_only=False`` only when the caller trusts the file."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with _extra_safe_globals():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if not zipfile.is_zipfile(path):
-            raise CheckpointError(
-                f"{path} is not a PyTorch checkpoint or safetensors file ({_first_line(exc)})"
-            ) from exc
-        first_error = exc
+        safe_error: BaseException = exc
     except Exception as exc:
         # On arbitrary bytes the (safe) unpickler fails with whatever it trips on: IndexError, EOFError,
         # RuntimeError, ... All of them mean the same thing here.
         raise CheckpointError(f"{path} is not a PyTorch checkpoint or safetensors file ({_first_line(exc)})") from exc
 
-    # The safe loader refused some class: a pickled module (or some other object). Only unpickle when every
-    # global it references is from torch/torchvision/standard containers, so that a file which names, say,
-    # os.system is never executed.
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception as exc:  # pragma: no cover - a zip that torch.load already half-read
-        raise CheckpointError(f"cannot inspect {path}: {_first_line(exc)}") from exc
-    foreign = [n for n in names if n.split(".")[0] not in _TRUSTED_PICKLE_MODULES]
-    if foreign:
+    # The safe loader refused the file. Find out what it names, from the pickle's opcodes (nothing is run).
+    names = _pickled_globals(path, safe_error)
+    if not names:  # not refused for naming code: the bytes are not a pickle torch can read
         raise CheckpointError(
-            f"{path} is a pickle that references code outside torch/torchvision ({', '.join(foreign[:_MAX_LISTED])}); "
-            "refusing to unpickle it. Save the model's state_dict() instead (torch.save(model.state_dict(), ...))"
-        )
+            f"{path} is not a PyTorch checkpoint or safetensors file ({_safe_loader_reason(safe_error)})"
+        ) from safe_error
+    if not trust_checkpoint:
+        family = _other_detector_in(names)
+        if family:
+            raise UnsupportedModelError(f"{path} is a pickled torchvision {family[0]} module: this checkpoint is "
+                                        f"{family[1]}, not a Mask R-CNN")
+        listed = sorted(names, key=_global_rank)
+        more = f" and {len(listed) - _MAX_LISTED} more" if len(listed) > _MAX_LISTED else ""
+        raise CheckpointError(
+            f"{path} holds pickled Python objects, not only tensors (it references "
+            f"{', '.join(listed[:_MAX_LISTED])}{more}); refusing to unpickle it, because unpickling runs code named "
+            "by the file. If you trust the file (e.g. a whole model saved with torch.save(model)), pass "
+            "--trust-checkpoint (trust_checkpoint=True); better, re-save the weights as a state dict "
+            "(torch.save(model.state_dict(), path)) or as safetensors (safetensors.torch.save_file(model.state_dict(), "
+            "path))"
+        ) from None
+
+    warnings.warn(
+        f"trust_checkpoint (--trust-checkpoint): unpickling {path} with torch.load(weights_only=False), which runs "
+        "any code the file contains; do this only for files you trust",
+        UserWarning,
+        stacklevel=4,  # the caller of load_checkpoint
+    )
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise CheckpointError(
-            f"cannot unpickle {path} ({_first_line(exc)}; safe loader said: {_first_line(first_error)})"
+            f"cannot unpickle {path} ({_first_line(exc)}; safe loader said: {_safe_loader_reason(safe_error)})"
         ) from exc
+
+
+def _extra_safe_globals() -> contextlib.AbstractContextManager:
+    """Let the safe loader also build ``argparse.Namespace``: torchvision's reference training script saves its
+    arguments as ``{"model": ..., "optimizer": ..., "args": Namespace(...)}``. The safe loader only sets data
+    attributes on it (no ``__setstate__``, no code), so allowing it does not let the file run anything."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    return safe_globals([argparse.Namespace]) if safe_globals else contextlib.nullcontext()
+
+
+def _pickled_globals(path: Path, safe_error: BaseException) -> List[str]:
+    """The globals (classes, functions) a pickle refused by the safe loader references; [] when unknown.
+
+    For a zip checkpoint, torch lists them by scanning the pickle's opcodes; for a legacy (non-zip) file, the
+    safe loader's own message names the one it stopped at."""
+    if zipfile.is_zipfile(path):
+        try:
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        except Exception:  # a zip that is not a torch checkpoint, or a damaged one: fall back to the message
+            pass
+    return re.findall(r"\b(?:GLOBAL|Unsupported class) ([\w.]+)", str(safe_error))[:1]
+
+
+# torchvision detection classes that are not Mask R-CNN, and what they are (see _family_problem).
+_OTHER_DETECTORS = {
+    "FasterRCNN": "a Faster R-CNN (boxes only, no mask head)",
+    "KeypointRCNN": "a Keypoint R-CNN (keypoint head instead of a mask head)",
+    "RetinaNet": "a RetinaNet detector (one-stage, no mask head)",
+    "FCOS": "an FCOS detector (one-stage, no mask head)",
+    "SSD": "an SSD / SSDlite detector (no RoI heads, no masks)",
+}
+
+
+def _other_detector_in(names: Sequence[str]) -> Optional[Tuple[str, str]]:
+    """(class, description) when a pickle's globals name a torchvision detector other than Mask R-CNN."""
+    classes = {n.rsplit(".", 1)[-1] for n in names if n.startswith("torchvision.models.detection.")}
+    if "MaskRCNN" in classes:
+        return None
+    for cls, what in _OTHER_DETECTORS.items():
+        if cls in classes:
+            return cls, what
+    return None
+
+
+def _global_rank(name: str) -> Tuple[int, str]:
+    """Order in which refused globals are listed: code from outside torch/torchvision first (the suspicious
+    part), then the model class, then the rest."""
+    if name.split(".")[0] not in ("torch", "torchvision"):
+        return 0, name
+    if name.startswith("torchvision.models.detection.") and name.rsplit(".", 1)[-1] in ("MaskRCNN", *_OTHER_DETECTORS):
+        return 1, name
+    return 2, name
+
+
+def _safe_loader_reason(exc: BaseException) -> str:
+    """The useful line of torch's weights-only error (it starts with paragraphs on how to bypass the check)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if m:
+        return m.group(1).strip()[:200]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Weights only load failed", "(1)", "(2)", "Check the "))]
+    return (useful or lines or [type(exc).__name__])[0][:200]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -351,9 +444,30 @@ def _unwrap_state_dict(obj: Any, path: Path) -> Tuple[Dict[str, torch.Tensor], D
             f"{path} holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:_MAX_LISTED]))}); "
             "it is not a model checkpoint"
         )
+    _check_finite(tensors, path)
     if all(k.startswith("module.") for k in tensors):  # saved from DataParallel/DistributedDataParallel
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
     return _rename_legacy_keys(tensors), info
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse NaN/Inf in any floating-point tensor, naming the first offending tensors and their counts."""
+    bad: List[Tuple[str, int]] = []
+    for key, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad.append((key, int(t.numel() - torch.isfinite(t).sum())))
+    if not bad:
+        return
+    total = sum(n for _, n in bad)
+    if len(bad) == 1:
+        where = f"'{bad[0][0]}'"
+    else:
+        more = f" and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
+        where = f"{len(bad)} tensors: " + ", ".join(f"'{k}' ({n})" for k, n in bad[:_MAX_LISTED]) + more
+    raise CheckpointError(
+        f"{path}: {total} non-finite value{'s' if total != 1 else ''} (NaN/Inf) in {where}; "
+        "the weights are corrupt or training diverged"
+    )
 
 
 def _rename_legacy_keys(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -10,11 +10,12 @@ import argparse
 from pathlib import Path
 from typing import Union
 
-__all__ = ["add_checkpoint_arguments", "load_checkpoint_from_args"]
+__all__ = ["add_checkpoint_arguments", "add_trust_checkpoint_argument", "load_checkpoint_from_args"]
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--arch``, ``--num-classes``, ``--class-names``, ``--min-size`` and ``--max-size``."""
+    """Add ``--arch``, ``--num-classes``, ``--class-names``, ``--min-size``, ``--max-size`` and
+    ``--trust-checkpoint``."""
     group = parser.add_argument_group("checkpoint options (used only when the model is a checkpoint)")
     group.add_argument(
         "--arch",
@@ -34,6 +35,19 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--min-size", type=int, default=None, help="override the model's resize min size (pixels)")
     group.add_argument("--max-size", type=int, default=None, help="override the model's resize max size (pixels)")
+    add_trust_checkpoint_argument(group)
+
+
+TRUST_CHECKPOINT_HELP = (
+    "allow a checkpoint that is more than tensors (e.g. a whole model saved with torch.save(model)) to be "
+    "unpickled with torch.load(weights_only=False). Unpickling runs arbitrary code from the file: use this only "
+    "for files you trust. Without it such files are refused; a state dict or a .safetensors file never needs it"
+)
+
+
+def add_trust_checkpoint_argument(parser) -> None:
+    """Add ``--trust-checkpoint`` (to a parser or an argument group); see :data:`TRUST_CHECKPOINT_HELP`."""
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
 
 
 def load_checkpoint_from_args(path: Union[str, Path], args: argparse.Namespace):
@@ -51,4 +65,5 @@ def load_checkpoint_from_args(path: Union[str, Path], args: argparse.Namespace):
         class_names=args.class_names,
         min_size=args.min_size,
         max_size=args.max_size,
+        trust_checkpoint=bool(getattr(args, "trust_checkpoint", False)),
     )

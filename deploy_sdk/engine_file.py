@@ -100,12 +100,33 @@ class EngineHeader:
 
     @classmethod
     def from_json_dict(cls, data: Dict[str, Any], source: str) -> "EngineHeader":
+        """Parse a decoded header; :class:`EngineError` naming the field for a missing or malformed one. The model
+        metadata is validated by :meth:`ModelMetadata.from_props` (the same check as for ONNX files)."""
+        if not isinstance(data, dict):
+            raise EngineError(f"{source}: engine header must be a JSON object, got a {type(data).__name__}; {_REBUILD}")
+        if "metadata_props" in data and not isinstance(data["metadata_props"], dict):
+            raise EngineError(
+                f"{source}: engine header field 'metadata_props' must be a JSON object of metadata fields, got a "
+                f"{type(data['metadata_props']).__name__}; the file is corrupt or was modified; {_REBUILD}"
+            )
+        profile = data.get("profile") or {}
+        if not isinstance(profile, dict) or not all(isinstance(v, dict) for v in profile.values()):
+            raise EngineError(
+                f"{source}: engine header field 'profile' must map input names to {{min, opt, max}} shapes, got "
+                f"{profile!r:.80}; {_REBUILD}"
+            )
+        size = data.get("engine_size", 0)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise EngineError(
+                f"{source}: engine header field 'engine_size' must be a non-negative integer, got {size!r:.80}; "
+                f"{_REBUILD}"
+            )
         try:
             return cls(
                 metadata=ModelMetadata.from_props(data["metadata_props"], source=source),
                 tensorrt_version=str(data["tensorrt_version"]),
                 gpu=GpuIdentity(str(data["gpu_name"]), str(data["compute_capability"])),
-                profile=dict(data.get("profile") or {}),
+                profile=dict(profile),
                 sdk_version=str(data.get("sdk_version", "")),
                 created_utc=str(data.get("created_utc", "")),
                 engine_size=int(data["engine_size"]),

@@ -5,7 +5,9 @@ The C++/CUDA sources live in ``plugins/`` (see plugins/README.md). This module
 * names the ONNX op and its attributes in one place (:data:`PLUGIN_DOMAIN`, :data:`MULTILEVEL_OP`, ...), so the
   exporter writes exactly what the TensorRT plugin reads;
 * finds or builds the shared library on first use (:func:`library_path`), cached by a hash of the sources under
-  ``~/.cache/maskrcnn-deploy/`` and guarded by a file lock so concurrent processes build it once;
+  ``~/.cache/maskrcnn-deploy/`` and guarded by a file lock so concurrent processes build it once; a cached library
+  is only handed out (and loaded) after its sha256 matches the one recorded at build time and its folder is
+  private to the current user;
 * calls the library's CPU implementation on numpy arrays (:func:`roi_align`, :func:`multilevel_roi_align`) and its
   CUDA launchers on torch CUDA tensors (:func:`roi_align_cuda`, :func:`multilevel_roi_align_cuda`) through the
   library's C ABI, so Python runs the very code TensorRT runs.
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -55,6 +59,7 @@ __all__ = [
     "roi_align_cuda",
     "multilevel_roi_align_cuda",
     "has_cuda_kernels",
+    "MAX_SAMPLING_RATIO",
 ]
 
 # ----------------------------------------------------------------------------------------------- op contract
@@ -105,6 +110,13 @@ _INDEX_CODES = {np.dtype(np.int32): 32, np.dtype(np.int64): 64}
 _STATUS_INVALID_ARGUMENT = 100000
 _ABI_VERSION = 1
 _LIBRARY_NAME = "libmaskrcnn_roi_align.so"
+#: Suffix of the file beside a cached library that records its sha256 (``sha256sum`` format).
+_HASH_SUFFIX = ".sha256"
+_INT32_MAX = 2**31 - 1
+
+#: Most samples per bin and axis (``sampling_ratio``); the adaptive count is capped there too. The same number as
+#: ``kMaxSamplingRatio`` in plugins/roi_align/roiAlignMath.h (tests/test_plugin_roi_align.py keeps them equal).
+MAX_SAMPLING_RATIO = 1024
 
 # ---------------------------------------------------------------------------------------- finding / building
 
@@ -165,17 +177,122 @@ def library_path(cuda: Optional[bool] = None, tensorrt_include_dir: Optional[str
     # The TensorRT plugin needs the CUDA launcher. The header directory is resolved here, not by CMake, so that it
     # is part of the cache key: installing TensorRT later gives a new build instead of the stale CUDA-only one.
     trt_include = _tensorrt_include_dir(tensorrt_include_dir) if cuda else ""
-    out_dir = _cache_root() / _build_key(cuda, trt_include)
+    root = _cache_root()
+    out_dir = root / _build_key(cuda, trt_include)
     target = out_dir / _LIBRARY_NAME
-    if target.is_file():
-        return target
     with _build_lock:  # threads of this process
-        out_dir.mkdir(parents=True, exist_ok=True)
+        # Whatever sits in these folders ends up loaded into this process (ctypes, TensorRT): they must be ours and
+        # writable by nobody else before anything in them is trusted, the lock file included.
+        _private_folder(root)
+        _private_folder(out_dir)
+        if _cached_library_problem(target) is None:
+            return target
         with open(out_dir / ".lock", "w") as lock_file:
             _lock_file(lock_file)  # other processes (parallel test workers, CI jobs)
-            if not target.is_file():
-                _build(out_dir, target, cuda, trt_include)
+            problem = _cached_library_problem(target)  # another process may have built it meanwhile
+            if problem is not None:
+                if target.exists():
+                    print(f"maskrcnn-deploy: {problem}; rebuilding it", file=sys.stderr)
+                _install(_build(out_dir, cuda, trt_include), target)
     return target
+
+
+def _private_folder(path: Path) -> None:
+    """Create ``path`` readable and writable by the current user only, or check that an existing one is ours."""
+    if not path.exists():
+        # Mode 0o700 whatever the umask (which can only remove bits): a umask of 002 would otherwise make the
+        # folder group-writable and the check below would refuse the SDK's own cache. Parents are created with
+        # the default mode; they are not ours to police.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass  # created by a concurrent process: checked below like any existing folder
+    if not path.is_dir():
+        raise PluginError(
+            f"the plugin library cache folder {path} is not a folder; delete it or set MASKRCNN_DEPLOY_CACHE"
+        )
+    _check_private(path, "folder")
+
+
+def _check_private(path: Path, what: str) -> None:
+    """Raise PluginError unless ``path`` is owned by the current user and not writable by group or others."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise PluginError(f"cannot inspect the plugin library cache {what} {path}: {exc}") from exc
+    problem = ""
+    getuid = getattr(os, "getuid", None)  # absent on Windows, where POSIX owners and modes do not apply
+    if getuid is not None and st.st_uid != getuid():
+        problem = f"is owned by uid {st.st_uid}, not by the current user (uid {getuid()})"
+    elif getuid is not None and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    if problem:
+        folder = path if what == "folder" else path.parent
+        raise PluginError(
+            f"the plugin library cache {what} {path} {problem}: someone else could replace the library this process "
+            f"would load, so it is not used. Fix: delete {folder} (the library is rebuilt on next use), or "
+            f"'chmod go-w {path}' if you trust its contents, or set MASKRCNN_DEPLOY_CACHE to a folder only you "
+            "can write"
+        )
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _recorded_sha256(target: Path) -> Optional[str]:
+    """The sha256 written beside ``target`` when it was built (first field of a ``sha256sum`` line), or None."""
+    try:
+        fields = (target.parent / (target.name + _HASH_SUFFIX)).read_text().split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    digest = fields[0].lower() if fields else ""
+    if len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
+        return None
+    return digest
+
+
+def _cached_library_problem(target: Path) -> Optional[str]:
+    """None when ``target`` is a library this SDK built and nobody changed since; else why it must be rebuilt.
+
+    Raises PluginError when the file itself is not private (not ours, or group/world-writable): that is not
+    something to paper over with a rebuild.
+    """
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return f"{target} is not built yet"
+    if not stat.S_ISREG(mode):
+        return f"{target} is not a regular file"
+    _check_private(target, "library")
+    recorded = _recorded_sha256(target)
+    if recorded is None:
+        return f"{target} has no recorded sha256 ({target.name}{_HASH_SUFFIX} is missing or unreadable)"
+    try:
+        actual = _file_sha256(target)
+    except OSError as exc:
+        return f"{target} cannot be read ({exc})"
+    if actual != recorded:
+        return f"{target} does not match the sha256 recorded when it was built ({actual} != {recorded})"
+    return None
+
+
+def _install(built: Path, target: Path) -> None:
+    """Copy the freshly built library to ``target`` and record its sha256 beside it (both written atomically)."""
+    # Explicit modes: the temporary files get 0666 minus the umask, and a umask of 002 would leave a group-writable
+    # library that _check_private() then refuses.
+    with atomic_path(target) as tmp:
+        shutil.copyfile(built, tmp)
+        os.chmod(tmp, 0o644)
+        digest = _file_sha256(tmp)  # of the very bytes installed
+    with atomic_path(target.parent / (target.name + _HASH_SUFFIX)) as tmp:
+        tmp.write_text(f"{digest}  {target.name}\n")
+        os.chmod(tmp, 0o644)
 
 
 _TENSORRT_HEADER_DIRS = ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu", "/usr/include",
@@ -216,7 +333,8 @@ def _lock_file(handle) -> None:
     fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file is closed
 
 
-def _build(out_dir: Path, target: Path, cuda: bool, trt_include: str) -> None:
+def _build(out_dir: Path, cuda: bool, trt_include: str) -> Path:
+    """Compile the library in ``out_dir``; returns the built file (library_path installs it)."""
     what = "CPU + CUDA" + (" + TensorRT" if trt_include else "") if cuda else "CPU"
     print(f"maskrcnn-deploy: building the RoIAlign plugin library ({what}) into {out_dir} (first use)", file=sys.stderr)
     log_path = out_dir / "build.log"
@@ -260,8 +378,7 @@ def _build(out_dir: Path, target: Path, cuda: bool, trt_include: str) -> None:
     if result.returncode != 0 or not built.is_file():
         tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-15:])
         raise PluginError(f"building the RoIAlign plugin library failed; full log: {log_path}\n{tail}")
-    with atomic_path(target) as tmp:
-        shutil.copyfile(built, tmp)
+    return built
 
 
 # ----------------------------------------------------------------------------------------------- the C ABI
@@ -286,20 +403,45 @@ def _library(cuda: bool = False) -> ctypes.CDLL:
         lib = ctypes.CDLL(path)
     except OSError as exc:
         raise PluginError(f"cannot load the RoIAlign plugin library {path}: {exc}") from exc
+    _bind_symbols(lib, path)
     if lib.mrd_abi_version() != _ABI_VERSION:
         raise PluginError(f"{path} has C ABI version {lib.mrd_abi_version()}, this SDK needs {_ABI_VERSION}")
-    lib.mrd_last_error.restype = ctypes.c_char_p
-    lib.mrd_roi_align_cpu.argtypes = _ARGS_ROI_ALIGN + [ctypes.c_int32]
-    lib.mrd_roi_align_cpu.restype = ctypes.c_int32
-    lib.mrd_roi_align_cuda.argtypes = _ARGS_ROI_ALIGN + [ctypes.c_void_p]
-    lib.mrd_roi_align_cuda.restype = ctypes.c_int32
-    lib.mrd_level_indices.argtypes = [
-        ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.c_int32, ctypes.c_float,
-        ctypes.c_int32, ctypes.c_void_p,
-    ]
-    lib.mrd_level_indices.restype = ctypes.c_int32
     _loaded[cuda] = lib
     return lib
+
+
+#: Every C ABI symbol this module calls, with (argtypes, restype); None = no argtypes (no arguments).
+_SYMBOLS: Dict[str, Tuple[Optional[list], type]] = {
+    "mrd_abi_version": (None, ctypes.c_int32),
+    "mrd_has_cuda": (None, ctypes.c_int32),
+    "mrd_has_tensorrt": (None, ctypes.c_int32),
+    "mrd_last_error": (None, ctypes.c_char_p),
+    "mrd_roi_align_cpu": (_ARGS_ROI_ALIGN + [ctypes.c_int32], ctypes.c_int32),
+    "mrd_roi_align_cuda": (_ARGS_ROI_ALIGN + [ctypes.c_void_p], ctypes.c_int32),
+    "mrd_level_indices": (
+        [ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.c_int32, ctypes.c_float,
+         ctypes.c_int32, ctypes.c_void_p],
+        ctypes.c_int32,
+    ),
+}  # fmt: skip
+
+
+def _bind_symbols(lib: ctypes.CDLL, path: str) -> None:
+    """Resolve every symbol up front, so a wrong library fails here with PluginError, not later with AttributeError."""
+    for name, (argtypes, restype) in _SYMBOLS.items():
+        try:
+            fn = getattr(lib, name)
+        except AttributeError as exc:
+            if os.environ.get("MASKRCNN_DEPLOY_PLUGIN_LIBRARY"):
+                fix = "point MASKRCNN_DEPLOY_PLUGIN_LIBRARY at a library built from this SDK's plugins/, or unset it"
+            else:
+                fix = f"delete {Path(path).parent} so that it is rebuilt"
+            raise PluginError(
+                f"{path} is not the RoIAlign plugin library this SDK needs: it has no symbol {name} ({exc}); {fix}"
+            ) from exc
+        if argtypes is not None:
+            fn.argtypes = argtypes
+        fn.restype = restype
 
 
 def _check_status(lib: ctypes.CDLL, status: int, what: str) -> None:
@@ -311,13 +453,73 @@ def _check_status(lib: ctypes.CDLL, status: int, what: str) -> None:
     raise PluginError(f"{what}: {message or f'CUDA error {status}'}")
 
 
+def _int_argument(value, name: str, minimum: int, maximum: int, meaning: str) -> int:
+    """``value`` as an int in [minimum, maximum], else a DeploySdkError naming ``name``.
+
+    Checked here and not left to ctypes, which silently wraps an int beyond int32 (2**32 + 2 would become 2).
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise DeploySdkError(f"{name} must be an integer ({meaning}), got {value!r}")
+    if not minimum <= int(value) <= maximum:
+        raise DeploySdkError(f"{name} must be {meaning}, got {int(value)}")
+    return int(value)
+
+
 def _output_hw(output_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    if isinstance(output_size, (int, np.integer)):
-        return int(output_size), int(output_size)
-    out = tuple(int(v) for v in output_size)
-    if len(out) != 2:
-        raise DeploySdkError(f"output_size must be an int or (height, width), got {output_size!r}")
-    return out  # type: ignore[return-value]
+    if isinstance(output_size, (int, np.integer)) and not isinstance(output_size, (bool, np.bool_)):
+        sizes: Tuple = (output_size, output_size)
+    else:
+        try:
+            sizes = tuple(output_size)  # type: ignore[arg-type]
+        except TypeError:
+            sizes = ()
+        if len(sizes) != 2:
+            raise DeploySdkError(f"output_size must be an int or (height, width), got {output_size!r}")
+    for v in sizes:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or not 1 <= int(v) <= _INT32_MAX:
+            raise DeploySdkError(
+                "output_size must be a positive integer or a pair of them (height, width): output_height and "
+                f"output_width must be positive integers below 2^31, got {output_size!r}"
+            )
+    return int(sizes[0]), int(sizes[1])
+
+
+def _sampling_ratio(value) -> int:
+    return _int_argument(
+        value, "sampling_ratio", 0, MAX_SAMPLING_RATIO, f"0 (adaptive) to {MAX_SAMPLING_RATIO} samples per bin and axis"
+    )
+
+
+def _positive_scale(value, name: str, what: str = "spatial scale of the feature map") -> float:
+    """A scale as the library sees it (fp32): positive and finite, else a DeploySdkError naming ``name``."""
+    message = f"{name} ({what}) must be a positive finite number in float32, got {value!r}"
+    try:
+        with np.errstate(over="ignore"):
+            as_f32 = float(np.float32(value))
+    except (TypeError, ValueError):
+        raise DeploySdkError(message) from None
+    # Judged after the fp32 conversion: 1e-50 becomes 0 and 1e39 becomes inf there.
+    if not (math.isfinite(as_f32) and as_f32 > 0.0):
+        raise DeploySdkError(message)
+    return as_f32
+
+
+def _canonical_args(canonical_scale, canonical_level) -> Tuple[float, int]:
+    return (
+        _positive_scale(canonical_scale, "canonical_scale", "box size of the canonical level"),
+        _int_argument(canonical_level, "canonical_level", -_INT32_MAX, _INT32_MAX, "a 32-bit level number"),
+    )
+
+
+def _check_finite_rois(boxes: np.ndarray, what: str) -> None:
+    finite = np.isfinite(boxes).all(axis=-1)
+    if not finite.all():
+        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise DeploySdkError(
+            f"{what} has a non-finite coordinate (NaN or inf): box {first[0] if len(first) == 1 else first} is "
+            f"{boxes[first].tolist()} ({int((~finite).sum())} such boxes); pass finite boxes, or check_finite=False "
+            "to pool them to zeros as the TensorRT plugin and the CUDA kernel do"
+        )
 
 
 def _mode_code(mode: str) -> int:
@@ -379,6 +581,7 @@ def roi_align(
     mode: str = "avg",
     num_threads: Optional[int] = None,
     implementation: str = "fast",
+    check_finite: bool = True,
 ) -> np.ndarray:
     """Single-level RoIAlign on CPU (the library's compiled implementation), ONNX RoiAlign-16 semantics.
 
@@ -387,11 +590,16 @@ def roi_align(
     half-pixel offset (ONNX "half_pixel"), False = legacy RoI size >= 1 ("output_half_pixel"). ``mode`` "avg" or
     "max" (max of the interpolated samples). ``num_threads`` None/0 = all cores. ``implementation`` "fast" (the
     CPU fast path) or "kernel" (one output element at a time through the very function each CUDA thread runs:
-    slow, single-threaded, for testing the kernel's code without a GPU).
+    slow, single-threaded, for testing the kernel's code without a GPU). ``check_finite`` True refuses rois with a
+    NaN or infinite coordinate (DeploySdkError, as ONNX Runtime refuses them); False pools such a box to zeros, the
+    library's defined result (what the CUDA kernel and the TensorRT plugin give). ``sampling_ratio`` is at most
+    :data:`MAX_SAMPLING_RATIO`; the adaptive count (0) is capped there too.
     Returns [R, C, out_h, out_w] of the features' dtype.
     """
     feats = _features_array(features, "features")
     boxes = _rois_array(rois, 2, "rois")
+    if check_finite:
+        _check_finite_rois(boxes, "rois")
     idx = np.ascontiguousarray(np.asarray(batch_indices))
     if idx.dtype not in _INDEX_CODES:
         if not np.issubdtype(idx.dtype, np.integer):
@@ -405,15 +613,17 @@ def roi_align(
             f"got values {int(idx.min())}..{int(idx.max())}"
         )
     out_h, out_w = _output_hw(output_size)
+    scale = _positive_scale(spatial_scale, "spatial_scale")
+    ratio = _sampling_ratio(sampling_ratio)
     n, c, h, w = feats.shape
     out = np.empty((boxes.shape[0], c, out_h, out_w), dtype=feats.dtype)
     lib = _library(cuda=False)
-    heights, widths, scales = _levels_args([(h, w)], [spatial_scale])
+    heights, widths, scales = _levels_args([(h, w)], [scale])
     pointers = (ctypes.c_void_p * 1)(feats.ctypes.data)
     status = lib.mrd_roi_align_cpu(
         _DTYPE_CODES[feats.dtype], pointers, heights, widths, scales, 1, n, c,
         boxes.ctypes.data, _DTYPE_CODES[boxes.dtype], idx.ctypes.data, _INDEX_CODES[idx.dtype], 0, boxes.shape[0],
-        out_h, out_w, int(sampling_ratio), int(bool(aligned)), _mode_code(mode), 224.0, 4,
+        out_h, out_w, ratio, int(bool(aligned)), _mode_code(mode), 224.0, 4,
         out.ctypes.data, _num_threads(num_threads, implementation),
     )  # fmt: skip
     _check_status(lib, status, "roi_align")
@@ -432,13 +642,15 @@ def multilevel_roi_align(
     canonical_level: int = 4,
     num_threads: Optional[int] = None,
     implementation: str = "fast",
+    check_finite: bool = True,
 ) -> np.ndarray:
     """MultiLevelRoIAlign on CPU: each RoI is pooled from its FPN level, exactly as the TensorRT plugin does.
 
     features_list: P2..P5 (any run of consecutive levels), each [B, C, H_l, W_l], all float32 or all float16.
     rois: [B, R, 4] x1 y1 x2 y2 in input-image pixels, R RoIs per image. spatial_scales: one per level
     (1/4, 1/8, ...). Level of a box: floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6) clamped
-    to the given levels. ``num_threads`` and ``implementation`` as in :func:`roi_align`.
+    to the given levels. ``num_threads``, ``implementation``, ``check_finite`` and ``sampling_ratio`` as in
+    :func:`roi_align` (a non-finite box maps to the first level and pools to zeros when not refused).
     Returns [B, R, C, out_h, out_w] of the features' dtype.
     """
     feats = [_features_array(f, f"features_list[{i}]") for i, f in enumerate(features_list)]
@@ -446,7 +658,10 @@ def multilevel_roi_align(
         raise DeploySdkError(f"{len(feats)} feature levels but {len(spatial_scales)} spatial_scales")
     if not feats:
         raise DeploySdkError("features_list is empty; pass the FPN levels P2..P5")
+    level_scales = [_positive_scale(v, f"spatial_scales[{i}]") for i, v in enumerate(spatial_scales)]
     boxes = _rois_array(rois, 3, "rois")
+    if check_finite:
+        _check_finite_rois(boxes, "rois")
     b, c = feats[0].shape[:2]
     for i, f in enumerate(feats):
         if f.dtype != feats[0].dtype or f.shape[:2] != (b, c):
@@ -456,16 +671,18 @@ def multilevel_roi_align(
     if boxes.shape[0] != b:
         raise DeploySdkError(f"rois has batch {boxes.shape[0]} but the feature maps have batch {b}")
     out_h, out_w = _output_hw(output_size)
+    ratio = _sampling_ratio(sampling_ratio)
+    canonical = _canonical_args(canonical_scale, canonical_level)
     r = boxes.shape[1]
     out = np.empty((b, r, c, out_h, out_w), dtype=feats[0].dtype)
     lib = _library(cuda=False)
-    heights, widths, scales = _levels_args([f.shape[2:] for f in feats], spatial_scales)
+    heights, widths, scales = _levels_args([f.shape[2:] for f in feats], level_scales)
     pointers = (ctypes.c_void_p * len(feats))(*[f.ctypes.data for f in feats])
     status = lib.mrd_roi_align_cpu(
         _DTYPE_CODES[feats[0].dtype], pointers, heights, widths, scales, len(feats), b, c,
         boxes.ctypes.data, _DTYPE_CODES[boxes.dtype], None, 0, r, b * r,
-        out_h, out_w, int(sampling_ratio), int(bool(aligned)), _mode_code(mode), float(canonical_scale),
-        int(canonical_level), out.ctypes.data, _num_threads(num_threads, implementation),
+        out_h, out_w, ratio, int(bool(aligned)), _mode_code(mode), *canonical,
+        out.ctypes.data, _num_threads(num_threads, implementation),
     )  # fmt: skip
     _check_status(lib, status, "multilevel_roi_align")
     return out
@@ -474,14 +691,18 @@ def multilevel_roi_align(
 def level_indices(
     rois: np.ndarray, spatial_scales: Sequence[float], canonical_scale: float = 224.0, canonical_level: int = 4
 ) -> np.ndarray:
-    """0-based index into ``spatial_scales`` of the level each box [R, 4] (x1 y1 x2 y2, input pixels) pools from."""
+    """0-based index into ``spatial_scales`` of the level each box [R, 4] (x1 y1 x2 y2, input pixels) pools from.
+
+    A box with a NaN or infinite coordinate maps to the first level (0).
+    """
     boxes = np.ascontiguousarray(np.asarray(rois, dtype=np.float32).reshape(-1, 4))
     out = np.empty(boxes.shape[0], dtype=np.int32)
-    scales = (ctypes.c_float * len(spatial_scales))(*[float(s) for s in spatial_scales])
+    level_scales = [_positive_scale(v, f"spatial_scales[{i}]") for i, v in enumerate(spatial_scales)]
+    scales = (ctypes.c_float * len(level_scales))(*level_scales)
     lib = _library(cuda=False)
+    canonical = _canonical_args(canonical_scale, canonical_level)
     status = lib.mrd_level_indices(
-        boxes.ctypes.data, boxes.shape[0], scales, len(spatial_scales), float(canonical_scale), int(canonical_level),
-        out.ctypes.data,
+        boxes.ctypes.data, boxes.shape[0], scales, len(level_scales), *canonical, out.ctypes.data
     )
     _check_status(lib, status, "level_indices")
     return out
@@ -511,6 +732,9 @@ def _cuda_call(feats, boxes, idx, r_per_image, num_rois, out_shape, scales, samp
                canonical_scale, canonical_level, stream, what):  # fmt: skip
     import torch
 
+    scales = [_positive_scale(v, f"spatial_scales[{i}]") for i, v in enumerate(scales)]
+    sampling_ratio = _sampling_ratio(sampling_ratio)
+    canonical_scale, canonical_level = _canonical_args(canonical_scale, canonical_level)
     for i, f in enumerate(feats):
         if not f.is_cuda or f.dim() != 4 or f.dtype != feats[0].dtype or f.shape[:2] != feats[0].shape[:2]:
             raise DeploySdkError(f"{what}: feature level {i} must be a CUDA [B, C, H, W] tensor like level 0")
@@ -550,13 +774,15 @@ def roi_align_cuda(
 ):  # fmt: skip
     """:func:`roi_align` on torch CUDA tensors with the library's CUDA kernel; returns a [R, C, oh, ow] tensor.
 
-    Runs asynchronously on ``stream`` (a cudaStream_t as int; default: torch's current stream).
+    Runs asynchronously on ``stream`` (a cudaStream_t as int; default: torch's current stream). The rois are not
+    scanned for NaN/inf (that would synchronize the stream): a non-finite box pools to zeros.
     """
     out_h, out_w = _output_hw(output_size)
     if rois.dim() != 2 or rois.shape[-1] != 4 or batch_indices.shape != (rois.shape[0],):
         raise DeploySdkError("roi_align_cuda: rois must be [R, 4] and batch_indices [R]")
     shape = (rois.shape[0], features.shape[1], out_h, out_w)
-    return _cuda_call([features], rois, batch_indices, 0, rois.shape[0], shape, [spatial_scale], sampling_ratio,
+    scale = _positive_scale(spatial_scale, "spatial_scale")
+    return _cuda_call([features], rois, batch_indices, 0, rois.shape[0], shape, [scale], sampling_ratio,
                       aligned, mode, 224.0, 4, stream, "roi_align_cuda")  # fmt: skip
 
 

@@ -14,6 +14,7 @@ recent call to finish, from whichever thread.
 from __future__ import annotations
 
 import collections
+import operator
 import os
 import threading
 import time
@@ -23,12 +24,12 @@ from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequenc
 
 import numpy as np
 
-from deploy_sdk.backends.base import Backend
+from deploy_sdk.backends.base import Backend, check_threads
 from deploy_sdk.detections import Detections, encode_rle
 from deploy_sdk.errors import DeploySdkError
 from deploy_sdk.mask_paste import MASK_THRESHOLD, paste_masks, paste_masks_cropped, paste_masks_torch
 from deploy_sdk.model_metadata import ModelMetadata
-from deploy_sdk.preprocessing import PreparedBatch, boxes_to_original, load_image, prepare_batch
+from deploy_sdk.preprocessing import PreparedBatch, boxes_to_original, check_resizable, load_image, prepare_batch
 
 __all__ = ["Predictor", "BACKENDS", "MASK_FORMATS"]
 
@@ -65,7 +66,21 @@ def _backend_for(model: Any, backend: str) -> str:
     )
 
 
-def _open_backend(model: Any, backend: str, device: str, threads: Optional[int]) -> Backend:
+def _positive_batch_size(batch_size: Any, default: int) -> int:
+    if batch_size is None:
+        return default
+    try:
+        size = operator.index(batch_size)
+    except TypeError:
+        size = None
+    if size is None or isinstance(batch_size, bool) or size < 1:
+        raise DeploySdkError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return size
+
+
+def _open_backend(
+    model: Any, backend: str, device: str, threads: Optional[int], trust_checkpoint: bool = False
+) -> Backend:
     if isinstance(model, Backend):
         return model
     if backend not in BACKENDS:
@@ -91,7 +106,7 @@ def _open_backend(model: Any, backend: str, device: str, threads: Optional[int])
         return TensorRTBackend(model, device=device)
     from deploy_sdk.backends.torch import TorchBackend
 
-    return TorchBackend(model, device=device, threads=threads)
+    return TorchBackend(model, device=device, threads=threads, trust_checkpoint=trust_checkpoint)
 
 
 class Predictor:
@@ -107,11 +122,15 @@ class Predictor:
     - ``mask_format``: "full" ([N, H, W] bool), "box" (box-cropped), "rle" (COCO RLE) or "none"; see
       :mod:`deploy_sdk.detections`.
     - ``channel_order``: "rgb" or "bgr", for numpy array inputs (files and PIL images carry their own).
-    - ``threads``: intra-op threads of the backend. ``preprocess_workers``: threads of :meth:`predict_iter`.
+    - ``threads``: intra-op threads of the backend, a positive integer; None or 0: the backend's default.
+      ``preprocess_workers``: threads of :meth:`predict_iter`.
     - ``preprocess``: where images are resized and padded. "numpy" (on the CPU); "torch" (with torch on the
       backend's device: the GPU for the tensorrt backend and the torch backend on CUDA, so only uint8 images are
       uploaded; needs a backend that takes device tensors); "auto" (default): "torch" when the backend runs on a
       CUDA device and takes device tensors, else "numpy". Both give the same canvas up to float rounding.
+    - ``trust_checkpoint``: for a checkpoint run by the torch backend, allow a file that is more than tensors (a
+      whole pickled module) to be unpickled, which runs code from the file; only for files you trust. Default
+      False: such files are refused. Ignored by the other backends.
     """
 
     def __init__(
@@ -126,6 +145,7 @@ class Predictor:
         threads: Optional[int] = None,
         preprocess_workers: int = 2,
         preprocess: str = "auto",
+        trust_checkpoint: bool = False,
     ):
         if int(batch_size) < 1:
             raise DeploySdkError(f"batch_size must be at least 1, got {batch_size}")
@@ -137,7 +157,9 @@ class Predictor:
             raise DeploySdkError(f"score_threshold must be in 0..1, got {score_threshold}")
         if preprocess not in PREPROCESS_MODES:
             raise DeploySdkError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, got {preprocess!r}")
-        self.backend: Backend = _open_backend(model, backend, device, threads)
+        threads = check_threads(threads)
+        self._closed = False
+        self.backend: Backend = _open_backend(model, backend, device, threads, bool(trust_checkpoint))
         if preprocess == "torch" and not self.backend.device_inputs:
             name = self.backend.name
             self.close()
@@ -166,17 +188,24 @@ class Predictor:
         """Detect instances in one image or a sequence of images.
 
         One image (a [H, W, 3] / [H, W] array, a path or a PIL image) gives one :class:`Detections`; a list/tuple
-        (or a [N, H, W, 3] array) gives a list, one per input, in order. Inputs may differ in size; they are split
-        into batches of ``batch_size``. Bad inputs raise :class:`~deploy_sdk.InputImageError` naming the image.
+        (or a [N, H, W, 3] array) gives a list, one per input, in order (an empty list gives an empty list). Inputs
+        may differ in size; they are split into batches of ``batch_size``. Bad inputs raise
+        :class:`~deploy_sdk.InputImageError` naming the image.
+
+        Memory: images are decoded batch by batch, just before their batch is inferred (the same path as
+        :meth:`predict_iter`, without its read-ahead threads), so at most ``batch_size`` decoded images are held at
+        a time, whatever the length of the list; a bad image is therefore reported when its batch is reached. The
+        returned list holds every result, though: with ``mask_format="full"`` each detection carries an [H, W]
+        mask of its image, so for large runs use ``mask_format="rle"`` or ``"box"`` (memory bounded by the
+        objects, not the images) or ``"none"``, or stream with :meth:`predict_iter`.
         """
+        self._check_open()
         single, items = self._as_list(images)
-        loaded = [load_image(img, self.channel_order, what=self._name(img, i)) for i, img in enumerate(items)]
         times = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
         results: List[Detections] = []
-        for start in range(0, len(loaded), self.batch_size):
-            chunk = loaded[start: start + self.batch_size]
+        for chunk in self._chunks(items, self.batch_size):
             t0 = time.perf_counter()
-            batch = self._prepare(chunk)
+            batch = self._load_and_prepare(chunk)
             if self._sync_after_preprocess:
                 # GPU work is queued asynchronously: wait for it so that the stage times say where time went.
                 _torch_synchronize(batch.images.device)
@@ -197,12 +226,16 @@ class Predictor:
         Decoding and resizing of upcoming batches run in ``preprocess_workers`` threads while the current batch is
         inferred, so for file inputs the backend rarely waits for the disk or the decoder. At most
         ``preprocess_workers + 1`` batches are in flight, so memory stays bounded for endless iterables.
+        Arguments are checked at the call (a bad ``batch_size`` or a closed predictor raises here, not at the
+        first ``next()``); images are decoded as the iteration reaches them.
         """
-        size = self.batch_size if batch_size is None else int(batch_size)
-        if size < 1:
-            raise DeploySdkError(f"batch_size must be at least 1, got {batch_size}")
+        self._check_open()
+        size = _positive_batch_size(batch_size, self.batch_size)
         if self.backend.max_batch_size:
             size = min(size, self.backend.max_batch_size)
+        return self._stream(images, size)
+
+    def _stream(self, images: Iterable[ImageInput], size: int) -> Iterator[Detections]:
         chunks = self._chunks(images, size)
         pending: Deque[Any] = collections.deque()
         with ThreadPoolExecutor(max_workers=self.preprocess_workers, thread_name_prefix="maskrcnn-pre") as pool:
@@ -218,6 +251,10 @@ class Predictor:
                     fut.cancel()
 
     # ------------------------------------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DeploySdkError("predictor is closed: create a new Predictor to run more images")
+
     @staticmethod
     def _as_list(images: Any) -> Tuple[bool, List[Any]]:
         if isinstance(images, np.ndarray):
@@ -244,10 +281,16 @@ class Predictor:
             yield chunk
 
     def _load_and_prepare(self, chunk: List[Tuple[int, Any]]) -> PreparedBatch:
-        loaded = [load_image(img, self.channel_order, what=self._name(img, i)) for i, img in chunk]
+        loaded = []
+        for i, img in chunk:
+            what = self._name(img, i)
+            arr = load_image(img, self.channel_order, what=what)
+            check_resizable(arr.shape[0], arr.shape[1], int(self.metadata.min_size), int(self.metadata.max_size), what)
+            loaded.append(arr)
         return self._prepare(loaded)
 
     def _finish(self, batch: PreparedBatch) -> List[Detections]:
+        self._check_open()  # a predict_iter still running when close() was called
         return self._postprocess(batch, self._infer(batch))
 
     def _prepare(self, images: List[np.ndarray]) -> PreparedBatch:
@@ -342,7 +385,11 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Release the backend."""
+        """Release the backend. Later calls to :meth:`predict` / :meth:`predict_iter` raise DeploySdkError;
+        closing twice is harmless."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self.backend.close()
 
     def __enter__(self) -> "Predictor":

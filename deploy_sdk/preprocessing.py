@@ -13,20 +13,41 @@ Input policy (what :func:`load_image` accepts):
 - ``numpy.ndarray`` uint8 ``[H, W, 3]`` (RGB, or BGR with ``channel_order="bgr"``): used as is.
 - uint8 ``[H, W]`` or ``[H, W, 1]`` (grayscale): replicated to three channels, as PIL's ``convert("RGB")`` does.
 - uint8 ``[H, W, 4]`` (RGBA / BGRA): the alpha channel is dropped (not composited), as PIL's ``convert("RGB")``.
-- any other dtype (float, uint16, bool, ...): :class:`InputImageError`. A float array is ambiguous (0–1 or
-  0–255?), so the caller must convert it; the message says how.
+- uint16 arrays of the same shapes: 16-bit data over the full 0–65535 range, reduced to 8 bits by keeping the high
+  byte (``value >> 8``), as image libraries do (Pillow reads 16-bit RGB PNGs that way). 16-bit files and PIL
+  images (modes ``I;16*``, and ``I`` holding 0–65535) take the same path, so a 16-bit PNG and
+  ``np.asarray(Image.open(png))`` give the same pixels. Data that uses fewer bits (e.g. 12-bit camera values
+  0–4095 in a uint16 array) must be scaled by the caller: ``(img >> 4).astype(np.uint8)``.
+- any other dtype (float, int32, bool, ...): :class:`InputImageError`. A float array is ambiguous (0–1 or
+  0–255?), so the caller must convert it; the message says how. Likewise 32-bit float image files (PIL mode
+  ``F``), and mode ``I`` images with values outside 0–65535.
 - an image with zero height or width: :class:`InputImageError`. An image with nothing in it (e.g. all black) is a
   valid image and gives an empty result.
-- images larger than :data:`MAX_IMAGE_PIXELS` (400 megapixels): :class:`InputImageError`. Anything below, e.g.
-  10000×10000, is handled correctly; the resize reads only the source rows and columns it needs.
-- ``str`` / ``os.PathLike``: decoded with Pillow (any format Pillow reads), converted to RGB.
-- ``PIL.Image.Image``: converted to RGB.
+- images of more than :data:`MAX_IMAGE_PIXELS` pixels (178,956,970, about 179 megapixels, e.g. 13000×13000):
+  :class:`InputImageError`, the same limit for arrays, PIL images and files. It is Pillow's own
+  decompression-bomb limit (Pillow refuses files over twice ``PIL.Image.MAX_IMAGE_PIXELS``, whose default is
+  89,478,485; between the two it only warns), so every file Pillow decodes is accepted and every image Pillow
+  refuses is refused here with the same message. A file is checked against the size in its header, before any
+  pixel is decoded, so a tiny file that declares a huge image costs nothing. To accept larger images set
+  ``deploy_sdk.preprocessing.MAX_IMAGE_PIXELS`` (read at each call) and, for files, ``PIL.Image.MAX_IMAGE_PIXELS``
+  (to at least half of it). Anything below the limit is handled: the resize gathers only the source rows and
+  columns it samples, so its memory is set by the output size, not the input size. The :class:`Predictor`
+  also refuses (:func:`check_resizable`) an image whose aspect ratio exceeds the model's ``max_size``:1, whose
+  short side the resize would shrink below one pixel (torchvision's transform fails on it too).
+- ``str`` / ``os.PathLike``: decoded with Pillow (any format Pillow reads), turned upright by its EXIF
+  orientation tag (``ImageOps.exif_transpose``, as cameras and viewers expect), converted to RGB. Results
+  (``Detections.image_size``, boxes, masks) are in the pixels of the upright image, and overlays
+  (``det.draw(load_image(path))``) use the same upright image.
+- ``PIL.Image.Image``: used as it is (no EXIF rotation: the caller holds the pixels; apply
+  ``ImageOps.exif_transpose`` first to get the file behaviour), converted to RGB. A closed image is an
+  :class:`InputImageError`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import struct
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -39,6 +60,7 @@ __all__ = [
     "load_image",
     "resize_scale",
     "resized_size",
+    "check_resizable",
     "resize_bilinear",
     "canvas_size",
     "batch_layout",
@@ -47,33 +69,41 @@ __all__ = [
     "boxes_to_original",
 ]
 
-# 400 MP (e.g. 20000×20000) of uint8 RGB is 1.2 GB; beyond that an input is far more likely a mistake than a photo.
-MAX_IMAGE_PIXELS = 400_000_000
+# Pillow's decompression-bomb limit: it refuses files over 2 * PIL.Image.MAX_IMAGE_PIXELS (default 89,478,485).
+# One limit for files, PIL images and arrays; 179 MP of uint8 RGB is 537 MB. Read at each call, so it can be raised.
+MAX_IMAGE_PIXELS = 178_956_970
+
+# PIL modes holding 16-bit samples: 16-bit grayscale PNG/TIFF open as "I;16*" (older Pillow: "I").
+_PIL_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_EXIF_ORIENTATION = 0x0112
 
 
 def load_image(image: Any, channel_order: str = "rgb", what: str = "image") -> np.ndarray:
     """Decode/validate one input image and return it as ``[H, W, 3]`` uint8 RGB (C-contiguous or a view).
 
     ``image`` may be a numpy array, a file path or a PIL image (see the module docstring for the policy on
-    grayscale, RGBA, float, empty and huge images). ``channel_order`` applies to numpy arrays only ("rgb" or
-    "bgr"); files and PIL images carry their own channel order. ``what`` names the image in error messages.
+    grayscale, RGBA, 16-bit, float, empty and huge images, and EXIF orientation). ``channel_order`` applies to numpy
+    arrays only ("rgb" or "bgr"); files and PIL images carry their own channel order. ``what`` names the image in
+    error messages. Images of more than :data:`MAX_IMAGE_PIXELS` pixels raise :class:`InputImageError`; files are
+    checked against the size in their header, before anything is decoded.
     """
     if channel_order not in ("rgb", "bgr"):
         raise InputImageError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
     if isinstance(image, (str, os.PathLike)):
-        return _check_size(_decode_file(os.fspath(image)), what)
+        return _decode_file(os.fspath(image), what)
     if _is_pil_image(image):
-        return _check_size(np.asarray(image.convert("RGB")), what)
+        return _pil_input(image, what)
     if not isinstance(image, np.ndarray):
         raise InputImageError(
             f"{what}: expected a numpy array [H, W, 3] uint8, a file path or a PIL image, got {type(image).__name__}"
         )
     arr = image
-    if arr.dtype != np.uint8:
+    sixteen_bit = arr.dtype.kind == "u" and arr.dtype.itemsize == 2  # uint16 in either byte order
+    if arr.dtype != np.uint8 and not sixteen_bit:
         hint = (
             " If it holds 0-1 values, pass (img * 255).round().astype(np.uint8); if 0-255, img.astype(np.uint8)."
             if np.issubdtype(arr.dtype, np.floating)
-            else " Convert it to 8-bit first."
+            else " Convert it to 8-bit first (uint16 arrays are read as 16-bit data and reduced with >> 8)."
         )
         raise InputImageError(f"{what}: dtype {arr.dtype} is not supported; images must be uint8 0-255.{hint}")
     if arr.ndim == 2:
@@ -84,12 +114,19 @@ def load_image(image: Any, channel_order: str = "rgb", what: str = "image") -> n
             "[H, W, 4] RGBA). Channels-first [3, H, W] arrays must be transposed to [H, W, 3]."
         )
     _check_size(arr, what)
+    arr = arr[:, :, :3]
+    if sixteen_bit:
+        arr = _sixteen_to_eight(arr)
     if arr.shape[2] == 1:
         return np.repeat(arr, 3, axis=2)
-    arr = arr[:, :, :3]
     if channel_order == "bgr":
         arr = arr[:, :, ::-1]
     return arr
+
+
+def _sixteen_to_eight(arr: np.ndarray) -> np.ndarray:
+    """16-bit samples (0-65535) to 8 bits by their high byte, ``value >> 8``: the one 16-to-8-bit rule of the SDK."""
+    return np.right_shift(arr, 8).astype(np.uint8)
 
 
 def _is_pil_image(obj: Any) -> bool:
@@ -97,34 +134,98 @@ def _is_pil_image(obj: Any) -> bool:
     return type(obj).__module__.startswith("PIL.") and hasattr(obj, "convert")
 
 
-def _decode_file(path: str) -> np.ndarray:
-    from PIL import Image
+def _too_large(what: str, width: int, height: int) -> InputImageError:
+    return InputImageError(
+        f"{what}: {width}x{height} = {width * height} pixels is more than this SDK accepts "
+        f"(deploy_sdk.preprocessing.MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS} pixels); downscale the image first, or "
+        "raise that limit (for files also PIL.Image.MAX_IMAGE_PIXELS, which Pillow enforces at twice its value)"
+    )
+
+
+def _pil_to_rgb(im: Any, what: str) -> np.ndarray:
+    """A PIL image as [H, W, 3] uint8 RGB; 16-bit modes by :func:`_sixteen_to_eight` (PIL's own conversion of
+    them to 8 bits clips every value above 255 to white)."""
+    mode = im.mode
+    if mode in _PIL_16BIT_MODES or mode == "I":
+        arr = np.asarray(im)
+        if mode == "I" and arr.size:
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < 0 or hi > 65535:
+                raise InputImageError(
+                    f"{what}: a 32-bit integer image (PIL mode 'I') with values {lo}..{hi}; only 16-bit data "
+                    "(0-65535) has a defined 8-bit form; convert it to 8-bit first"
+                )
+        gray = _sixteen_to_eight(arr)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "F":
+        raise InputImageError(
+            f"{what}: a 32-bit float image (PIL mode 'F') is ambiguous (0-1 or 0-255?); convert it to 8-bit first"
+        )
+    return np.asarray(im.convert("RGB"))
+
+
+def _pil_input(im: Any, what: str) -> np.ndarray:
+    width, height = im.size
+    _check_dims(height, width, what)
+    try:
+        return _pil_to_rgb(im, what)
+    except InputImageError:
+        raise
+    except (ValueError, OSError, AssertionError) as exc:
+        # Pillow: ValueError "Operation on closed image" for a closed in-memory image, a failed assertion on the
+        # file pointer for a closed file-backed image, OSError for a truncated file behind a lazy image.
+        raise InputImageError(
+            f"{what}: the PIL image cannot be read ({exc or type(exc).__name__}); was it closed? Pass an open "
+            "image (call image.load() or image.copy() before closing its file)"
+        ) from exc
+
+
+def _exif_orientation(im: Any) -> int:
+    """The EXIF orientation tag (1-8) of an opened image; 1 (upright) when absent or unreadable."""
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError, struct.error):
+        return 1  # a corrupt EXIF block: the pixels are still good, take them as stored
+    return value if isinstance(value, int) and 2 <= value <= 8 else 1
+
+
+def _decode_file(path: str, what: str = "image") -> np.ndarray:
+    from PIL import Image, ImageOps
 
     if not os.path.exists(path):
         raise InputImageError(f"image file not found: {path}")
+    name = what if path in what else f"{what} ({path})"
     try:
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_IMAGE_PIXELS:
-                raise InputImageError(
-                    f"{path}: {im.width}x{im.height} pixels is more than this SDK accepts "
-                    f"({MAX_IMAGE_PIXELS} pixels); downscale the image first"
-                )
-            return np.asarray(im.convert("RGB"))
+        with Image.open(path) as im:  # reads the header only
+            _check_dims(im.height, im.width, name)  # before any pixel is decoded
+            im.load()
+            if _exif_orientation(im) != 1:
+                ImageOps.exif_transpose(im, in_place=True)
+            return _pil_to_rgb(im, name)
     except InputImageError:
         raise
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own check in Image.open (the warning when a caller's filter turns it into an exception).
+        raise InputImageError(
+            f"{name}: {exc} This SDK accepts images up to deploy_sdk.preprocessing.MAX_IMAGE_PIXELS = "
+            f"{MAX_IMAGE_PIXELS} pixels; downscale the image first, or raise that limit and PIL.Image.MAX_IMAGE_PIXELS"
+        ) from exc
+    except MemoryError as exc:
+        raise InputImageError(f"{name}: not enough memory to decode {path}") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise InputImageError(f"cannot read image file {path}: {exc}") from exc
 
 
-def _check_size(arr: np.ndarray, what: str) -> np.ndarray:
-    h, w = int(arr.shape[0]), int(arr.shape[1])
+def _check_dims(height: int, width: int, what: str) -> None:
+    h, w = int(height), int(width)
     if h == 0 or w == 0:
         raise InputImageError(f"{what}: image is empty ({h}x{w} pixels); every image needs at least one pixel")
     if h * w > MAX_IMAGE_PIXELS:
-        raise InputImageError(
-            f"{what}: {w}x{h} pixels is more than this SDK accepts ({MAX_IMAGE_PIXELS} pixels); "
-            "downscale the image first"
-        )
+        raise _too_large(what, w, h)
+
+
+def _check_size(arr: np.ndarray, what: str) -> np.ndarray:
+    _check_dims(arr.shape[0], arr.shape[1], what)
     return arr
 
 
@@ -138,6 +239,23 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> Tuple
     scale = resize_scale(height, width, min_size, max_size)
     # torch computes the output size in double precision from the Python float scale, then floors.
     return max(int(math.floor(height * scale)), 1), max(int(math.floor(width * scale)), 1)
+
+
+def check_resizable(height: int, width: int, min_size: int, max_size: int, what: str = "image") -> None:
+    """:class:`InputImageError` when the resize would shrink the short side below one pixel.
+
+    That happens exactly when the aspect ratio exceeds ``max_size``:1 (e.g. a 1×60,000,000 strip at max_size 1333):
+    torchvision's transform fails on such an image, the model would see a distorted one-pixel line, and masks
+    pasted back onto it would need gigabytes. Such images must be cropped or tiled first.
+    """
+    h, w = int(height), int(width)
+    short, long = min(h, w), max(h, w)
+    if short * resize_scale(h, w, min_size, max_size) < 1.0:
+        raise InputImageError(
+            f"{what}: {w}x{h} pixels has an aspect ratio of {long / short:.0f}:1, more than this model's "
+            f"max_size:1 ({max_size}:1): resized to at most {max_size} pixels long, its short side would be under "
+            "one pixel. Crop or tile it first."
+        )
 
 
 def _linear_taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -159,26 +277,56 @@ def _linear_taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray, n
     return i0, i1, w0, w1
 
 
+# Whole source rows are gathered at most this many bytes at a time before their columns are picked.
+_GATHER_ROW_BYTES = 16 * 2**20
+
+
+def _gather(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``image[rows][:, cols]`` ([len(rows), len(cols), C], the image's dtype) without holding more than
+    ``_GATHER_ROW_BYTES`` of whole source rows at once (a row of a 1×60,000,000 strip alone is 180 MB)."""
+    row_bytes = image.shape[1] * image.shape[2] * image.itemsize
+    if row_bytes > _GATHER_ROW_BYTES:
+        return image[rows[:, None], cols]  # one row is over budget: pick the pixels directly
+    step = max(1, _GATHER_ROW_BYTES // row_bytes)
+    if step >= len(rows):
+        return image[rows].take(cols, axis=1)
+    out = np.empty((len(rows), len(cols), image.shape[2]), dtype=image.dtype)
+    for start in range(0, len(rows), step):
+        np.take(image[rows[start: start + step]], cols, axis=1, out=out[start: start + step])
+    return out
+
+
 def resize_bilinear(image: np.ndarray, out_height: int, out_width: int) -> np.ndarray:
     """Bilinear resize of ``[H, W, C]`` (any real dtype) to ``[C, out_height, out_width]`` float32.
 
     Matches ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` on the float image to about
-    1e-4 (0–255 units). Only the source rows each output row needs are gathered before converting to float, so a
-    10000×10000 input costs about ``out_height × W`` work, not ``H × W``. When the output size equals the input
-    size every source coordinate is an exact pixel centre, so the result is the image itself (no arithmetic).
+    1e-4 (0–255 units). Only the source rows each output row needs are gathered before converting to float, and
+    when the width shrinks only the source columns the output samples, so a 10000×10000 input costs about
+    ``out_height × out_width`` work, not ``H × W``, and a 1×60,000,000 strip needs kilobytes of temporaries, not
+    gigabytes. When the output size equals the input size every source coordinate is an exact pixel centre, so the
+    result is the image itself (no arithmetic).
     """
     h, w = image.shape[:2]
     if (out_height, out_width) == (h, w):
         return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
     y0, y1, wy0, wy1 = _linear_taps(h, out_height)
     x0, x1, wx0, wx1 = _linear_taps(w, out_width)
+    cols = np.union1d(x0, x1)  # the source columns the output reads: at most 2 per output column
+    if cols.size < w:
+        # Gather just those columns (still uint8) with the rows; the taps index into the gathered columns. The
+        # arithmetic below is then the same on the same values, so the result is identical to using whole rows.
+        upper_src = _gather(image, y0, cols)
+        lower_src = _gather(image, y1, cols)
+        x0, x1 = np.searchsorted(cols, x0), np.searchsorted(cols, x1)
+    else:
+        upper_src, lower_src = image[y0], image[y1]
     # Height first, on the two gathered source rows of each output row, channels-first so that the column
     # gathers below run along contiguous memory; then width. PyTorch's kernel sums in the other order; the
     # results differ only by float32 rounding (~1e-5 in 0-255 units). In-place arithmetic keeps the number of
     # full-size temporaries at two.
-    out = image[y0].transpose(2, 0, 1).astype(np.float32)
+    out = upper_src.transpose(2, 0, 1).astype(np.float32)
     out *= wy0[:, None]
-    lower = image[y1].transpose(2, 0, 1).astype(np.float32)
+    lower = lower_src.transpose(2, 0, 1).astype(np.float32)
     lower *= wy1[:, None]
     out += lower
     left = np.take(out, x0, axis=2)

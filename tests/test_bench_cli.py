@@ -24,6 +24,18 @@ def test_parse_image_size():
     for bad in ("800", "800x", "8x1216", "axb"):
         with pytest.raises(DeploySdkError, match="HEIGHTxWIDTH"):
             bench.parse_image_size(bad)
+    # The ceiling: sides up to 8192 (an 8192x8192 pool image is 200 MB); 100000x100000 would be OOM-killed.
+    assert bench.parse_image_size("8192x8192") == (8192, 8192)
+    for bad in ("8193x16", "16x8193", "100000x100000"):
+        with pytest.raises(DeploySdkError, match="16..8192"):
+            bench.parse_image_size(bad)
+
+
+def test_pool_size_ceiling():
+    bench.check_pool_size(8, (800, 1333))
+    bench.check_pool_size(21, (8192, 8192))  # 21 * 192 MiB = 4032 MiB, just under 4 GiB
+    with pytest.raises(DeploySdkError, match="would take 4.1 GiB"):
+        bench.check_pool_size(22, (8192, 8192))
 
 
 def test_parse_compare():

@@ -202,3 +202,52 @@ def test_eval_command_end_to_end(tmp_path, capsys):
     for key in METRIC_KEYS:
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["num_images"] == 2
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("bbox", "10 20 30 40", "annotation 0 (id 1): 'bbox' must be [x, y, width, height]"),
+        ("bbox", [1, 2, 3], "annotation 0 (id 1): 'bbox' must be"),
+        ("bbox", [1, 2, -3, 4], "annotation 0 (id 1): 'bbox' must be"),
+        ("area", "big", "annotation 0 (id 1): 'area' must be a number >= 0"),
+        ("image_id", 99, "annotation 0 (id 1): 'image_id' must be the id of an entry of 'images'"),
+        ("category_id", "1", "annotation 0 (id 1): 'category_id' must be an integer"),
+        ("segmentation", "mask", "annotation 0 (id 1): 'segmentation' must be polygons"),
+        ("segmentation", [[1, 2, 3]], "annotation 0 (id 1): 'segmentation' must be polygons"),
+        ("iscrowd", 2, "annotation 0 (id 1): 'iscrowd' must be 0 or 1"),
+    ],
+)
+def test_malformed_annotation_fields_are_named(tmp_path, field, value, expected):
+    images, ann = _write_coco(tmp_path, 20, 20, [_square_mask(20, 20, 2, 2, 10, 10)])
+    data = json.loads(ann.read_text())
+    data["annotations"][0][field] = value
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DeploySdkError) as info:
+        evaluate(lambda x: x, images, ann)
+    message = str(info.value)
+    assert message.startswith(f"{ann}: {expected}") and "\n" not in message
+
+
+def test_malformed_image_entries_are_named(tmp_path):
+    images, ann = _write_coco(tmp_path, 20, 20, [])
+    data = json.loads(ann.read_text())
+    data["images"][0]["height"] = "20"
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DeploySdkError, match=r"image 0 \(id 1\): 'height' must be a positive integer, got '20'"):
+        evaluate(lambda x: x, images, ann)
+
+
+def test_eval_command_malformed_annotation_is_one_line_before_the_model(tmp_path, capsys, monkeypatch):
+    import deploy_sdk.commands.evaluate as evaluate_cmd
+
+    monkeypatch.setattr(evaluate_cmd, "make_predictor", lambda args: pytest.fail("the model must not be loaded"))
+    images, ann = _write_coco(tmp_path, 20, 20, [_square_mask(20, 20, 2, 2, 10, 10)])
+    data = json.loads(ann.read_text())
+    data["annotations"][0]["bbox"] = "2,2,8,8"
+    ann.write_text(json.dumps(data))
+    rc = main(["eval", str(tmp_path / "model.onnx"), "--images", str(images), "--annotations", str(ann)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err == (f"maskrcnn-deploy eval: error: {ann}: annotation 0 (id 1): 'bbox' must be [x, y, width, height]: "
+                   "4 numbers, width and height >= 0, got '2,2,8,8'")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from compare import assert_close
-from deploy_sdk import plugins
+from deploy_sdk import DeploySdkError, plugins
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -127,3 +127,32 @@ def test_timing_against_multiscale_roi_align(num_rois, out, dtype, capsys):
             f"{t_tv:.3f} ms, ratio {t_tv / t_ours:.2f}x, effective {bw:.0f} GB/s"
             + (f" ({100 * bw / (peak / 1e9):.0f}% of peak)" if peak else "")
         )
+
+
+def test_cuda_kernel_pools_nonfinite_boxes_to_zeros():
+    # The CUDA entries do not scan the boxes (that would synchronize): the kernel itself, through the math header,
+    # must turn a NaN/inf box into zeros and leave its neighbours as the CPU computes them.
+    feats, boxes = _inputs(40, 8, batch=2)
+    bad = torch.tensor([[float("nan"), 20.0, 90.0, 90.0], [10.0, 20.0, float("inf"), 90.0],
+                        [float("-inf")] * 4, [-3e38, 0.0, 3e38, 50.0]])  # fmt: skip
+    boxes[:, 5:9] = bad
+    for aligned in (False, True):
+        gpu = plugins.multilevel_roi_align_cuda([f.cuda() for f in feats], boxes.cuda(), 7, SCALES, 0, aligned)
+        single = plugins.roi_align_cuda(feats[0].cuda(), boxes[0].cuda(), torch.zeros(40, dtype=torch.int32).cuda(),
+                                        7, SCALES[0], 2, aligned)  # fmt: skip
+        torch.cuda.synchronize()
+        assert torch.all(gpu[:, 5:9] == 0) and torch.all(single[5:9] == 0)
+        cpu = plugins.multilevel_roi_align([f.numpy() for f in feats], boxes.numpy(), 7, SCALES, 0, aligned,
+                                           check_finite=False)  # fmt: skip
+        assert_close(gpu, torch.from_numpy(cpu), "float32", what="cuda vs cpu next to non-finite boxes")
+
+
+def test_cuda_sampling_ratio_limit():
+    x = torch.full((1, 1, 1, 1), 2.0, device="cuda")
+    box = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device="cuda")
+    idx = torch.zeros(1, dtype=torch.int64, device="cuda")
+    out = plugins.roi_align_cuda(x, box, idx, 1, 1.0, plugins.MAX_SAMPLING_RATIO, False)
+    torch.cuda.synchronize()
+    assert out.item() == 2.0  # 2^20 samples of exactly 2.0 (see test_plugin_roi_align)
+    with pytest.raises(DeploySdkError, match="sampling_ratio"):
+        plugins.roi_align_cuda(x, box, idx, 1, 1.0, 65536, False)

@@ -143,3 +143,86 @@ def test_kernel_code_path_matches_fast_cpu_path(dtype, aligned, mode):
     )
     single_fast = plugins.roi_align(features[1], boxes[0], np.zeros(20, np.int32), 6, SCALES[1], 2, aligned, mode)
     assert_close(single, single_fast, "float32" if dtype == np.float32 else "float16", what="kernel path single")
+
+
+# ------------------------------------------------------------------ non-finite boxes, grid limits, argument checks
+
+IMPLEMENTATIONS = ["fast", "kernel"]  # the CPU fast path, and poolOutputElement() (one CUDA thread's code) on CPU
+
+NONFINITE_BOXES = [
+    [np.nan, 20.0, 90.0, 90.0],
+    [10.0, 20.0, np.nan, 90.0],  # legacy mode clamps the size with fmaxf, which would hide this NaN
+    [10.0, -np.inf, 90.0, 90.0],
+    [np.inf, np.inf, np.inf, np.inf],
+    [-3e38, 0.0, 3e38, 50.0],  # finite coordinates whose width overflows fp32
+]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_nonfinite_boxes_pool_to_zeros_in_the_library(implementation, aligned, mode):
+    # check_finite=False hands the boxes to the C library as they are; the old code crashed (SIGSEGV) on them.
+    rng = np.random.default_rng(23)
+    features = _features(rng, 2, 3)
+    finite = np.stack([_threshold_boxes(rng, 12), _threshold_boxes(rng, 12)])
+    bad = np.array(NONFINITE_BOXES, np.float32)
+    boxes = np.concatenate([finite[:, :6], np.stack([bad, bad[::-1]]), finite[:, 6:]], axis=1)
+    is_bad = np.zeros(boxes.shape[1], bool)
+    is_bad[6 : 6 + len(bad)] = True
+    out = plugins.multilevel_roi_align(
+        features, boxes, 5, SCALES, 2, aligned, mode, implementation=implementation, check_finite=False
+    )
+    assert np.all(out[:, is_bad] == 0), "a box with a non-finite coordinate must pool to exactly 0"
+    if not aligned and mode == "avg":
+        ref = _torchvision_pooler(features, np.ascontiguousarray(boxes[:, ~is_bad]), 5, 2)
+        assert_close(out[:, ~is_bad], ref, "float32", what="finite boxes next to non-finite ones")
+    # Boxes with a non-finite coordinate map to the first level (the last one above has finite coordinates).
+    np.testing.assert_array_equal(plugins.level_indices(bad[:4], SCALES), np.zeros(4, np.int32))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_nonfinite_boxes_are_refused_by_default(implementation):
+    rng = np.random.default_rng(1)
+    boxes = np.zeros((2, 3, 4), np.float32)
+    boxes[1, 2] = [np.nan, 0, 5, 5]
+    with pytest.raises(DeploySdkError, match=r"non-finite coordinate.*box \(1, 2\)"):
+        plugins.multilevel_roi_align(_features(rng, 2, 2), boxes, 7, SCALES, implementation=implementation)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_sampling_ratio_limit(implementation):
+    # Two 1x1 levels of 2.0; the box (0,0)-(2,2) maps to the first level (scale 1/4), where, with legacy
+    # coordinates, its samples all fall in (0, 1) and clamp onto the one pixel with weight exactly 1: each sample
+    # is exactly 2.0, and so is the average of the 2^20 samples at the limit.
+    features = [np.full((1, 1, 1, 1), 2.0, np.float32), np.full((1, 1, 1, 1), 2.0, np.float32)]
+    box = np.array([[[0.0, 0.0, 2.0, 2.0]]], np.float32)
+    limit = plugins.MAX_SAMPLING_RATIO
+    out = plugins.multilevel_roi_align(features, box, 1, [0.25, 0.125], limit, False, implementation=implementation)
+    assert out[0, 0, 0, 0, 0] == 2.0
+    for ratio in (limit + 1, 65536):
+        with pytest.raises(DeploySdkError, match=f"sampling_ratio must be 0 \\(adaptive\\) to {limit}"):
+            plugins.multilevel_roi_align(features, box, 1, [0.25, 0.125], ratio, False, implementation=implementation)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(output_size=(7, -1)), r"output_size must be a positive integer.*got \(7, -1\)"),
+        (dict(output_size=(0, 7)), "output_size"),
+        (dict(spatial_scales=[0.25, float("nan"), 0.0625, 0.03125]), r"spatial_scales\[1\]"),
+        (dict(spatial_scales=[0.25, 0.125, 0.0625, float("inf")]), r"spatial_scales\[3\]"),
+        (dict(spatial_scales=[-0.25, 0.125, 0.0625, 0.03125]), r"spatial_scales\[0\]"),
+        (dict(canonical_scale=float("inf")), "canonical_scale"),
+        (dict(canonical_scale=0.0), "canonical_scale"),
+        (dict(sampling_ratio=-2), "sampling_ratio"),
+        (dict(sampling_ratio=2**32 + 2), "sampling_ratio"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    rng = np.random.default_rng(2)
+    args = dict(features_list=_features(rng, 1, 2), rois=np.zeros((1, 3, 4), np.float32), output_size=7,
+                spatial_scales=SCALES)  # fmt: skip
+    args.update(kwargs)
+    with pytest.raises(DeploySdkError, match=message):
+        plugins.multilevel_roi_align(**args)

@@ -7,6 +7,7 @@ a hand-worked 3x3 example.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +257,342 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
     args.update(kwargs)
     with pytest.raises(DeploySdkError, match=message):
         plugins.roi_align(**args)
+
+
+# ------------------------------------------------------------------ non-finite boxes, grid limits, argument checks
+
+IMPLEMENTATIONS = ["fast", "kernel"]  # the CPU fast path, and poolOutputElement() (one CUDA thread's code) on CPU
+
+#: Boxes with a NaN or infinite coordinate in every position, mixed among finite boxes.
+NONFINITE_BOXES = [
+    [np.nan, 2.0, 9.0, 9.0],  # the issue's example
+    [1.0, np.nan, 9.0, 9.0],
+    [1.0, 2.0, np.nan, 9.0],  # legacy mode clamps the size with fmaxf, which would hide this NaN
+    [1.0, 2.0, 9.0, np.nan],
+    [-np.inf, 2.0, 9.0, 9.0],
+    [1.0, 2.0, np.inf, 9.0],
+    [np.inf, np.inf, np.inf, np.inf],
+    [np.nan, np.nan, np.nan, np.nan],
+    [-3e38, 0.0, 3e38, 5.0],  # finite coordinates whose width overflows fp32
+]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_nonfinite_boxes_pool_to_zeros_in_the_library(implementation, aligned, mode):
+    # check_finite=False hands the boxes to the C library as they are: the math header must make them zeros on its
+    # own (the old code cast a NaN sample coordinate to a pixel index and crashed with SIGSEGV).
+    rng = np.random.default_rng(31)
+    features = rng.uniform(0.5, 1.5, (2, 3, 16, 16)).astype(np.float32)
+    finite = _random_boxes(rng, 12, 16, 16, 1.0)
+    bad = np.array(NONFINITE_BOXES, np.float32)
+    boxes = np.concatenate([finite[:5], bad, finite[5:]])
+    is_bad = np.zeros(len(boxes), bool)
+    is_bad[5 : 5 + len(bad)] = True
+    batch = rng.integers(0, 2, len(boxes))
+    out = plugins.roi_align(
+        features, boxes, batch, (7, 5), 1.0, 2, aligned, mode, implementation=implementation, check_finite=False
+    )
+    assert np.all(out[is_bad] == 0), "a box with a non-finite coordinate must pool to exactly 0"
+    ref = _naive_roi_align(features, boxes[~is_bad], batch[~is_bad], 7, 5, 1.0, 2, aligned, mode)
+    assert_close(out[~is_bad], ref, "float32", what="finite boxes next to non-finite ones")
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_nonfinite_fp16_boxes_and_adaptive_sampling_pool_to_zeros(implementation):
+    features = np.ones((1, 2, 16, 16), np.float16)
+    boxes = np.array([[np.nan, 2, 9, 9], [1, 2, np.inf, 9], [1, 2, 9, 9]], np.float16)
+    out = plugins.roi_align(
+        features, boxes, [0, 0, 0], 7, 1.0, 0, False, implementation=implementation, check_finite=False
+    )
+    assert np.all(out[:2] == 0)
+    np.testing.assert_array_equal(out[2], np.ones((2, 7, 7), np.float16))  # a constant map pools to itself
+
+
+def test_nonfinite_boxes_are_refused_by_default():
+    features = np.zeros((1, 1, 16, 16), np.float32)
+    with pytest.raises(DeploySdkError, match=r"rois has a non-finite coordinate.*box 1 .*check_finite=False"):
+        plugins.roi_align(features, [[0, 0, 4, 4], [np.nan, 2, 9, 9]], [0, 0], 7, 1.0, 2, True)
+
+
+def _constant_map_box():
+    # A 1x1 map of 2.0 and the box (0,0)-(1,1), legacy coordinates: every sample lies in (0, 1), clamps onto the one
+    # pixel with weight exactly 1, so every sample is exactly 2.0 and so is their average, for any sample count up
+    # to 2^24 (sums of 2.0 stay exact in fp32 up to 2^25).
+    return np.full((1, 1, 1, 1), 2.0, np.float32), np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("ratio", [65536, plugins.MAX_SAMPLING_RATIO + 1, 2**32 + 2])
+def test_sampling_ratio_above_the_limit_is_refused(implementation, ratio):
+    # 65536^2 wrapped gridH * gridW to 0 in int32: SIGSEGV on the fast path, 0.0 instead of 2.0 on the kernel path.
+    # 2^32 + 2 would silently become 2 through ctypes' int32 argument.
+    features, box = _constant_map_box()
+    limit = plugins.MAX_SAMPLING_RATIO
+    with pytest.raises(DeploySdkError, match=f"sampling_ratio must be 0 \\(adaptive\\) to {limit}"):
+        plugins.roi_align(features, box, [0], 1, 1.0, ratio, False, implementation=implementation)
+
+
+@pytest.mark.parametrize("num_threads", [1, -1])  # -1: MRD_THREADS_ELEMENTWISE, the kernel's code path
+def test_sampling_ratio_above_the_limit_is_refused_by_the_c_abi(num_threads):
+    # The library checks on its own too (the TensorRT plugin shares this check): call the C entry directly.
+    import ctypes
+
+    features, box = _constant_map_box()
+    out = np.full((1, 1, 1, 1), -1.0, np.float32)
+    lib = plugins._library(cuda=False)
+    heights, widths = (ctypes.c_int32 * 1)(1), (ctypes.c_int32 * 1)(1)
+    scales = (ctypes.c_float * 1)(1.0)
+    pointers = (ctypes.c_void_p * 1)(features.ctypes.data)
+    index = np.zeros(1, np.int64)
+    status = lib.mrd_roi_align_cpu(
+        0, pointers, heights, widths, scales, 1, 1, 1, box.ctypes.data, 0, index.ctypes.data, 64, 0, 1,
+        1, 1, 65536, 0, 0, 224.0, 4, out.ctypes.data, num_threads,
+    )  # fmt: skip
+    assert status == 100000  # MRD_STATUS_INVALID_ARGUMENT
+    assert "sampling_ratio" in lib.mrd_last_error().decode()
+    assert out[0, 0, 0, 0] == -1.0, "nothing may be written on refusal"
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_sampling_ratio_at_the_limit_averages_a_constant_map_exactly(implementation):
+    features, box = _constant_map_box()
+    ratio = plugins.MAX_SAMPLING_RATIO  # 2^20 samples in the one bin
+    for mode in ("avg", "max"):
+        out = plugins.roi_align(features, box, [0], 1, 1.0, ratio, False, mode, implementation=implementation)
+        assert out[0, 0, 0, 0] == 2.0
+
+
+def test_max_sampling_ratio_is_the_math_headers_limit():
+    import re
+
+    header = (Path(__file__).resolve().parents[1] / "plugins" / "roi_align" / "roiAlignMath.h").read_text()
+    match = re.search(r"constexpr int32_t kMaxSamplingRatio = (\d+);", header)
+    assert match, "kMaxSamplingRatio not found in roiAlignMath.h"
+    assert int(match.group(1)) == plugins.MAX_SAMPLING_RATIO
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("aligned", [True, False])
+def test_adaptive_grid_is_capped_at_the_limit(implementation, aligned):
+    # Adaptive sampling asks for ceil(roi_size / out_size) samples per axis: 3000 across one 1-wide bin, 2e9 for the
+    # second box (whose 2e9 x 2 grid the old code sized its tap buffers from), 2e30 for the third (a float beyond
+    # int32: the old cast was undefined). The cap is MAX_SAMPLING_RATIO per axis; the naive reference applies the
+    # same cap to the same formula.
+    rng = np.random.default_rng(8)
+    features = rng.standard_normal((1, 2, 9, 12)).astype(np.float32)
+    boxes = np.array([[-1000.0, 2.0, 2000.0, 3.0], [-1e9, 1.0, 1e9, 3.0], [-1e30, -1e30, 1e30, 1e30]], np.float32)
+    out = plugins.roi_align(features, boxes, [0, 0, 0], (1, 1), 1.0, 0, aligned, implementation=implementation)
+    cap = plugins.MAX_SAMPLING_RATIO
+    ref = _naive_roi_align_capped(features, boxes[:2], np.zeros(2, int), 1, 1, 1.0, aligned, cap)
+    assert_close(out[:2], ref, "float32", what="adaptive grid capped at MAX_SAMPLING_RATIO")
+    # 1024 x 1024 samples spread over 2e30 pixels: none lands within [-1, 9] x [-1, 12], so the bin is 0.
+    assert np.all(out[2] == 0)
+    # The uncapped grid (3000 samples) gives a different average: the cap is what the library applied.
+    uncapped = _naive_roi_align(features, boxes[:1], np.zeros(1, int), 1, 1, 1.0, 0, aligned, "avg")
+    assert np.abs(uncapped - ref[:1]).max() > 1e-4
+
+
+def _naive_roi_align_capped(features, boxes, batch, out_h, out_w, scale, aligned, cap):
+    """Adaptive avg RoIAlign with the per-axis grid capped at ``cap``, vectorised over the samples (float64)."""
+    import math
+
+    c, h, w = features.shape[1:]
+    out = np.zeros((len(boxes), c, out_h, out_w))
+    offset = 0.5 if aligned else 0.0
+    for r, box in enumerate(boxes):
+        x1, y1, x2, y2 = (float(v) * scale - offset for v in box)
+        rw, rh = x2 - x1, y2 - y1
+        if not aligned:
+            rw, rh = max(rw, 1.0), max(rh, 1.0)
+        gh, gw = min(math.ceil(rh / out_h), cap), min(math.ceil(rw / out_w), cap)
+        fmap = features[batch[r]].astype(np.float64)
+        for ph in range(out_h):
+            for pw in range(out_w):
+                ys = y1 + ph * rh / out_h + (np.arange(gh) + 0.5) * (rh / out_h) / gh
+                xs = x1 + pw * rw / out_w + (np.arange(gw) + 0.5) * (rw / out_w) / gw
+                yy, xx = np.meshgrid(ys, xs, indexing="ij")
+                inside = (yy >= -1) & (yy <= h) & (xx >= -1) & (xx <= w)
+                yc, xc = np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)
+                y0, x0 = np.floor(yc).astype(int), np.floor(xc).astype(int)
+                y1_, x1_ = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+                ly, lx = yc - y0, xc - x0
+                vals = (
+                    (1 - ly) * (1 - lx) * fmap[:, y0, x0] + (1 - ly) * lx * fmap[:, y0, x1_]
+                    + ly * (1 - lx) * fmap[:, y1_, x0] + ly * lx * fmap[:, y1_, x1_]
+                )  # fmt: skip
+                out[r, :, ph, pw] = np.where(inside, vals, 0.0).sum(axis=(1, 2)) / (gh * gw)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_large_sampling_grids_take_the_separable_path_with_the_same_results(mode):
+    # 7x7 bins x 128x128 samples = 802816 samples per RoI: past the fast path's precomputed-tap budget (2^18), so it
+    # pools from the axis taps directly. Checked against torchvision (avg) and the kernel's code path (bit for bit:
+    # same weights, same order).
+    rng = np.random.default_rng(12)
+    features = rng.standard_normal((1, 5, 14, 13)).astype(np.float32)
+    boxes = _random_boxes(rng, 6, 14, 13, 1.0)
+    batch = np.zeros(6, np.int64)
+    fast = plugins.roi_align(features, boxes, batch, 7, 1.0, 128, True, mode, num_threads=2)
+    kernel = plugins.roi_align(features, boxes, batch, 7, 1.0, 128, True, mode, implementation="kernel")
+    np.testing.assert_array_equal(fast, kernel)
+    if mode == "avg":
+        assert_close(fast, _torchvision(features, boxes, batch, (7, 7), 1.0, 128, True), "float32")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(output_size=(7, -1)), r"output_size must be a positive integer.*got \(7, -1\)"),
+        (dict(output_size=(7,)), "output_size must be an int or"),
+        (dict(output_size=7.5), "output_size must be"),
+        (dict(output_size=(2**32 + 7, 1)), "output_size must be"),
+        (dict(spatial_scale=float("nan")), "spatial_scale"),
+        (dict(spatial_scale=float("inf")), "spatial_scale"),
+        (dict(spatial_scale=-0.25), "spatial_scale"),
+        (dict(spatial_scale=1e-50), "spatial_scale"),  # 0 in float32
+        (dict(spatial_scale=1e39), "spatial_scale"),  # inf in float32
+        (dict(sampling_ratio=-1), "sampling_ratio"),
+        (dict(sampling_ratio=2.5), "sampling_ratio must be an integer"),
+    ],
+)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_bad_arguments_are_named(kwargs, message, implementation):
+    args = dict(
+        features=np.zeros((1, 2, 8, 8), np.float32), rois=np.zeros((2, 4), np.float32),
+        batch_indices=np.zeros(2, np.int64), output_size=7, implementation=implementation,
+    )  # fmt: skip
+    args.update(kwargs)
+    with pytest.raises(DeploySdkError, match=message):
+        plugins.roi_align(**args)
+
+
+def test_math_header_alone_is_safe_on_nonfinite_and_huge_geometry(tmp_path):
+    """Compile a C++ check of roiAlignMath.h under AddressSanitizer and UndefinedBehaviorSanitizer (float-cast
+    overflow included, which catches a NaN or out-of-range float cast to an int): every implementation inherits
+    these guarantees from the header itself, whatever its callers check."""
+    import os
+    import shutil
+    import subprocess
+
+    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler on this machine")
+    source = tmp_path / "math_check.cpp"
+    source.write_text(_MATH_CHECK_SOURCE)
+    include = Path(__file__).resolve().parents[1] / "plugins" / "roi_align"
+    exe = tmp_path / "math_check"
+    base = [cxx, "-std=c++17", "-O1", "-g", "-I", str(include), str(source), "-o", str(exe)]
+    sanitizers = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all"]
+    build = subprocess.run(base + sanitizers, capture_output=True, text=True)
+    if build.returncode != 0:  # a toolchain without the sanitizer runtimes: the checks still run
+        build = subprocess.run(base, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    # LeakSanitizer cannot run under ptrace (some CI sandboxes); leaks are not what this checks.
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
+    result = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0 and "ALL PASSED" in result.stdout, result.stdout + result.stderr
+
+
+_MATH_CHECK_SOURCE = r"""
+#include "roiAlignMath.h"
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <vector>
+
+using namespace mrd;
+
+static int failures = 0;
+#define CHECK(cond)                                                                                                \
+    do                                                                                                             \
+    {                                                                                                              \
+        if (!(cond))                                                                                               \
+        {                                                                                                          \
+            std::printf("FAIL line %d: %s\n", __LINE__, #cond);                                                     \
+            ++failures;                                                                                            \
+        }                                                                                                          \
+    } while (0)
+
+int main()
+{
+    float const nan = std::numeric_limits<float>::quiet_NaN();
+    float const inf = std::numeric_limits<float>::infinity();
+
+    // Bilinear taps of a non-finite coordinate: outside (zero weights), indices inside the axis.
+    for (float v : {nan, inf, -inf, -nan})
+    {
+        AxisTaps const t = axisTaps(v, 16);
+        CHECK(t.wLow == 0.0f && t.wHigh == 0.0f);
+        CHECK(t.low >= 0 && t.low < 16 && t.high >= 0 && t.high < 16);
+    }
+
+    // A non-finite box (any coordinate), or one whose size overflows fp32: empty geometry, finite fields.
+    float const coords[4] = {1.0f, 2.0f, 9.0f, 9.0f};
+    for (int k = 0; k < 4; ++k)
+    {
+        for (float bad : {nan, inf, -inf})
+        {
+            float c[4] = {coords[0], coords[1], coords[2], coords[3]};
+            c[k] = bad;
+            Box const box{c[0], c[1], c[2], c[3]};
+            for (bool aligned : {false, true})
+            {
+                for (int32_t sr : {0, 2})
+                {
+                    RoiGeometry const g = roiGeometry(box, 1.0f, aligned, 7, 7, sr);
+                    CHECK(samplesPerBin(g) == 0);
+                    CHECK(std::isfinite(g.startX) && std::isfinite(g.startY));
+                    CHECK(std::isfinite(g.binH) && std::isfinite(g.binW));
+                }
+            }
+            CHECK(levelIndexOfBox(box, 224.0f, 4, 2, 4) == 0);
+        }
+    }
+    CHECK(samplesPerBin(roiGeometry(Box{-3e38f, 0.0f, 3e38f, 5.0f}, 1.0f, false, 7, 7, 2)) == 0);
+    CHECK(samplesPerBin(roiGeometry(Box{0.0f, 0.0f, 3e38f, 5.0f}, 4.0f, false, 7, 7, 2)) == 0); // inf once scaled
+
+    // Grid sizes: the explicit ratio and the adaptive count are capped at kMaxSamplingRatio.
+    RoiGeometry g = roiGeometry(Box{0.0f, 0.0f, 4.0f, 4.0f}, 1.0f, false, 1, 1, 65536);
+    CHECK(g.gridH == kMaxSamplingRatio && g.gridW == kMaxSamplingRatio);
+    g = roiGeometry(Box{-1e30f, 0.0f, 1e30f, 3.0f}, 1.0f, true, 1, 1, 0);
+    CHECK(g.gridW == kMaxSamplingRatio && g.gridH == 3);
+    g = roiGeometry(Box{0.0f, 0.0f, 3000.0f, 2.0f}, 1.0f, false, 1, 1, 0);
+    CHECK(g.gridW == kMaxSamplingRatio && g.gridH == 2);
+    g = roiGeometry(Box{0.0f, 0.0f, 700.0f, 14.0f}, 1.0f, false, 7, 7, 0);
+    CHECK(g.gridW == 100 && g.gridH == 2); // below the cap: ceil(roi / out) as before
+
+    // A bin whose geometry is not finite (built by hand, past roiGeometry): zero, no out-of-bounds read.
+    std::vector<float> plane(16, 1.0f); // 4x4; ASan flags any read outside
+    RoiGeometry const bad{nan, 0.0f, 1.0f, 1.0f, 2, 2};
+    CHECK(poolBin(plane.data(), 4, 4, bad, 0, 0, PoolMode::kAvg) == 0.0f);
+    RoiGeometry const bad2{0.0f, inf, 1.0f, nan, 2, 2};
+    CHECK(poolBin(plane.data(), 4, 4, bad2, 1, 1, PoolMode::kMax) == 0.0f);
+
+    // One CUDA thread's whole computation on a non-finite box, both levels of a two-level op: 0.
+    std::vector<float> p2(2 * 8 * 8, 1.0f), p3(2 * 4 * 4, 1.0f); // [B=1, C=2, H, W]
+    FeatureLevels<float> levels{};
+    levels.data[0] = p2.data();
+    levels.data[1] = p3.data();
+    levels.height[0] = levels.width[0] = 8;
+    levels.height[1] = levels.width[1] = 4;
+    levels.scale[0] = 0.25f;
+    levels.scale[1] = 0.125f;
+    levels.numLevels = 2;
+    levels.firstLevel = 2;
+    float const rois[12] = {nan, 2.0f, 9.0f, 9.0f, 1.0f, 2.0f, inf, 9.0f, 4.0f, 4.0f, 20.0f, 20.0f};
+    RoiSource const src{rois, false, nullptr, false, 3, 3};
+    PoolParams const params{2, 1, 3, 3, 0, false, PoolMode::kAvg, 224.0f, 4};
+    for (int64_t i = 0; i < 3 * 2 * 3 * 3; ++i)
+    {
+        float const v = poolOutputElement(levels, src, params, i);
+        CHECK(i < 2 * 2 * 3 * 3 ? v == 0.0f : std::fabs(v - 1.0f) < 1e-6f);
+    }
+
+    std::printf(failures == 0 ? "ALL PASSED\n" : "%d FAILED\n", failures);
+    return failures == 0 ? 0 : 1;
+}
+"""

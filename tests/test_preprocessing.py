@@ -115,7 +115,9 @@ def test_load_image_policy(tmp_path):
     "bad, message",
     [
         (np.zeros((10, 10, 3), np.float32), "float32 is not supported"),
-        (np.zeros((10, 10, 3), np.uint16), "uint16 is not supported"),
+        (np.zeros((10, 10, 3), np.int32), "int32 is not supported.*uint16 arrays are read as 16-bit"),
+        (np.zeros((10, 10, 3), bool), "bool is not supported"),
+        (np.full((10, 10, 3), np.nan, np.float64), "float64 is not supported.*\\* 255"),
         (np.zeros((0, 10, 3), np.uint8), "empty"),
         (np.zeros((3, 10, 10), np.uint8), "not an image"),
         (np.zeros((10, 10, 2), np.uint8), "not an image"),

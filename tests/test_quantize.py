@@ -84,11 +84,31 @@ def test_int8_graph_runs_and_keeps_coordinates_exact(quantized):
     feeds = toy_inputs(batch=2, height=64, width=96, seed=3)
     ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feeds)
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)
+    # The Q/DQ graph's meaning, evaluated in float: with graph optimizations off, ONNX Runtime runs every
+    # QuantizeLinear/DequantizeLinear as its own op and the convolutions in fp32 (no integer kernels).
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    fake = ort.InferenceSession(str(out), plain, providers=["CPUExecutionProvider"]).run(None, feeds)
     # centers come from image_sizes only: untouched detection math, bit-identical.
     np.testing.assert_array_equal(got[2], ref[2])
-    # scores through 4 int8 layers: close, not equal.
-    assert np.abs(got[0] - ref[0]).max() < 0.08
+    np.testing.assert_array_equal(fake[2], ref[2])
+    # scores through 4 int8 layers: close, not equal. The quantization error itself (float semantics, the same
+    # on every CPU up to fp32 rounding) is bounded by what this graph tolerates.
+    quantization_error = float(np.abs(fake[0] - ref[0]).max())
+    assert quantization_error < 0.08
     assert not np.array_equal(got[0], ref[0])
+    # The integer kernels differ from the float semantics by kernel-level rounding, which depends on the CPU: a
+    # requantization that rounds to the other neighbouring step, and, on x86 CPUs without VNNI (e.g. AMD Zen 2),
+    # multiply-add pairs that saturate at 16 bits. Allow that in the graph's own units: 16 quantization steps
+    # of the logits (a sigmoid moves at most 1/4 per unit), on top of the quantization error.
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
+    (logits_step,) = [float(inits[n.input[1]]) for n in onnx.load(str(out)).graph.node
+                      if n.op_type == "QuantizeLinear" and n.input[0] == "logits"]
+    kernel_slack = 0.25 * 16 * logits_step
+    assert np.abs(got[0] - ref[0]).max() <= quantization_error + kernel_slack, (
+        f"int8 scores off by {np.abs(got[0] - ref[0]).max():.4f}: quantization error {quantization_error:.4f} "
+        f"+ 16 logit steps ({kernel_slack:.4f})"
+    )
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +112,36 @@ def test_data_command_leaves_nothing_on_failure(tmp_path, monkeypatch):
     rc = main(["data", "shapes", "--out", str(tmp_path / "set"), "--num", "3", "--min-size", "64", "--max-size", "80"])
     assert rc == 130
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_keeps_the_old_set_when_the_swap_fails(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "set"
+    args = ["data", "shapes", "--out", str(out), "--num", "2", "--seed", "4", "--min-size", "48", "--max-size", "48",
+            "--quiet"]
+    assert main(args) == 0
+    old = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    real_rename = Path.rename
+
+    def rename(self, target):
+        # The finished new set (a .partial folder) cannot be moved into place, e.g. the disk was removed.
+        if self.name.endswith(".partial") and Path(target) == out:
+            raise OSError(5, "Input/output error", str(self), str(target))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    rc = main([a if a != "2" else "3" for a in args] + ["--overwrite"])  # a different set: 3 images
+    err = capsys.readouterr().err
+    assert rc == 1 and f"cannot write {out}: Input/output error" in err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == old
+    assert [p.name for p in tmp_path.iterdir()] == ["set"], "no temporary folders left behind"
+
+
+def test_data_sizes_above_the_ceiling_are_refused(tmp_path, capsys):
+    # Before the ceiling this was a MemoryError traceback (one image of 100000x100000 is 120 GB as float32).
+    assert main(["data", "shapes", "--out", str(tmp_path / "d"), "--num", "1", "--min-size", "100000",
+                 "--max-size", "100000"]) == 1
+    assert "<= 4096" in capsys.readouterr().err
+    assert main(["data", "shapes", "--out", str(tmp_path / "d"), "--min-size", "4096", "--max-size", "4097"]) == 1
+    assert "<= 4096" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -57,11 +57,41 @@ def torchvision_pipeline(model, crops: List[torch.Tensor], canvas: Tuple[int, in
     images = ImageList(batched, sizes)
     features = model.backbone(images.tensors)
     proposals, _ = model.rpn(images, features)
+    ranked = rpn_ranked_proposals(model.rpn, images, features, beyond_cut=32)
     pooled = model.roi_heads.box_roi_pool(features, proposals, sizes)  # what roi_heads pools, all images at once
     box_features = list(pooled.split([len(p) for p in proposals]))
     # roi_heads' postprocess stops before pasting: masks are [N, 1, 28, 28] probabilities in the box frame.
     detections, _ = model.roi_heads(features, proposals, sizes)
-    return {"features": features, "proposals": proposals, "box_features": box_features, "detections": detections}
+    return {
+        "features": features,
+        "proposals": proposals,
+        "box_features": box_features,
+        "detections": detections,
+        "ranked_proposals": ranked,
+    }
+
+
+@torch.no_grad()
+def rpn_ranked_proposals(rpn, images: ImageList, features, beyond_cut: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """Per image, the RPN's proposals and objectness scores in rank order (best first), continued
+    ``beyond_cut`` rows past the post-NMS top-k cut: the rows ``rpn`` keeps come first, then the candidates it
+    dropped at the cut. Runs torchvision's own ``RegionProposalNetwork`` steps (head, anchors, decode,
+    ``filter_proposals``) with the cut moved, so a test can tell a near-tie at the cut from a real difference."""
+    from torchvision.models.detection.rpn import concat_box_prediction_layers
+
+    levels = list(features.values())
+    objectness, deltas = rpn.head(levels)
+    anchors = rpn.anchor_generator(images, levels)
+    per_level = [int(o[0].numel()) for o in objectness]
+    objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+    decoded = rpn.box_coder.decode(deltas, anchors).view(len(anchors), -1, 4)
+    saved = dict(rpn._post_nms_top_n)
+    try:
+        rpn._post_nms_top_n["testing"] = saved["testing"] + beyond_cut
+        boxes, scores = rpn.filter_proposals(decoded, objectness, images.image_sizes, per_level)
+    finally:
+        rpn._post_nms_top_n = saved
+    return list(zip(boxes, scores))
 
 
 def match_rows(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:

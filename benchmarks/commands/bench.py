@@ -7,18 +7,16 @@ Every system runs in this one process on the same synthetic images, alternating 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
-import signal
 import sys
-import threading
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from deploy_sdk.cli import Terminated, positive_int, sigterm_unwinds
 from deploy_sdk.errors import CheckpointError, DeploySdkError, EngineError
 
 __all__ = ["add_arguments", "run", "BASELINES"]
@@ -35,6 +33,10 @@ BASELINES = {
 _ALIASES = {"torch": "torch-eager", "eager": "torch-eager", "torchvision": "torchvision-onnx", "tv-onnx":
             "torchvision-onnx", "int8": "sdk-onnxruntime-int8", "fp16": "sdk-onnxruntime-fp16"}
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
+# Ceilings on the synthetic image pool, which is held in memory as uint8 RGB: a side of at most 8192 pixels
+# (an 8192x8192 image is 200 MB; a detector resizes far below that anyway) and 4 GiB for the whole pool.
+MAX_IMAGE_SIDE = 8192
+MAX_POOL_BYTES = 4 * 2**30
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,15 +51,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default: 1)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per system and batch size")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations per system and batch size")
-    parser.add_argument("--image-size", help="HxW of the benchmark images (default: the model's native size, "
-                                             "min_size x max_size, so that the resize is the identity)")
-    parser.add_argument("--num-images", type=int, default=8, help="size of the pool of synthetic images (default 8)")
+    parser.add_argument("--image-size", help="HxW of the benchmark images, sides 16..%d (default: the model's native "
+                                             "size, min_size x max_size, so that the resize is the identity)"
+                                             % MAX_IMAGE_SIDE)
+    parser.add_argument("--num-images", type=int, default=8, help="size of the pool of synthetic images (default 8; "
+                                                                  "the pool may take at most %d GiB)"
+                                                                  % (MAX_POOL_BYTES // 2**30))
     parser.add_argument("--seed", type=int, default=2024, help="seed of the synthetic images")
     parser.add_argument("--compare", default="", help="comma-separated systems to run side by side (see below)")
-    parser.add_argument("--threads", type=int, help="CPU threads for every system (default: the usable cores)")
+    parser.add_argument("--threads", type=positive_int,
+                        help="CPU threads for every system (default: the usable cores)")
     parser.add_argument("--json", help="write the results as JSON to this file")
-    parser.add_argument("--plot", help="write a PNG plot of latency and throughput against batch size")
+    parser.add_argument("--plot", help="write a PNG plot (.png) of latency and throughput against batch size")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    from conversion.checkpoint_options import TRUST_CHECKPOINT_HELP
+
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help=TRUST_CHECKPOINT_HELP + " (applies to --checkpoint, which the PyTorch baselines load)")
 
 
 # ------------------------------------------------------------------------------------------------- parsing
@@ -76,10 +86,19 @@ def parse_batch_sizes(text: str) -> List[int]:
 
 def parse_image_size(text: str) -> Tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text or "")
-    if not m or int(m.group(1)) < 16 or int(m.group(2)) < 16:
-        raise DeploySdkError(f"--image-size {text!r} is not HEIGHTxWIDTH with both sides at least 16, "
+    if not m or not all(16 <= int(side) <= MAX_IMAGE_SIDE for side in m.groups()):
+        raise DeploySdkError(f"--image-size {text!r} is not HEIGHTxWIDTH with both sides in 16..{MAX_IMAGE_SIDE}, "
                              "e.g. --image-size 800x1216")
     return int(m.group(1)), int(m.group(2))
+
+
+def check_pool_size(num_images: int, size: Tuple[int, int]) -> None:
+    """Refuse an image pool larger than :data:`MAX_POOL_BYTES` before generating it (it would be OOM-killed)."""
+    nbytes = num_images * size[0] * size[1] * 3
+    if nbytes > MAX_POOL_BYTES:
+        raise DeploySdkError(f"--num-images {num_images} images of {size[0]}x{size[1]} would take "
+                             f"{nbytes / 2**30:.1f} GiB; the pool may take at most {MAX_POOL_BYTES // 2**30} GiB: "
+                             "use fewer or smaller images")
 
 
 def parse_compare(text: str) -> List[Tuple[str, Optional[str]]]:
@@ -190,7 +209,7 @@ def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workd
         from conversion.checkpoint import load_checkpoint
 
         print(f"loading checkpoint {checkpoint} ...", file=sys.stderr)
-        loaded = load_checkpoint(checkpoint)
+        loaded = load_checkpoint(checkpoint, trust_checkpoint=args.trust_checkpoint)
         sdk_sha = getattr(main.metadata, "checkpoint_sha256", "") if main.metadata is not None else ""
         if sdk_sha and loaded.sha256 and sdk_sha != loaded.sha256:
             print(f"warning: {args.model} was exported from a checkpoint with sha256 {sdk_sha[:12]}…, but "
@@ -236,6 +255,15 @@ def run(args: argparse.Namespace) -> int:
     if args.iters < 1 or args.warmup < 0 or args.num_images < 1:
         raise DeploySdkError(f"--iters must be >= 1, --warmup >= 0 and --num-images >= 1 (got {args.iters}, "
                              f"{args.warmup}, {args.num_images})")
+    if args._image_size is not None:
+        check_pool_size(args.num_images, args._image_size)
+    # The outputs are written after a run that may take an hour: refuse a path that cannot be written now.
+    from deploy_sdk.atomic_file import check_output_file
+
+    if args.json:
+        check_output_file(args.json, what="--json")
+    if args.plot:
+        check_output_file(args.plot, suffixes=(".png",), what="--plot")
     _check_file(args.model, "model file")
     compare, checkpoint = resolve_compare(args, compare)
     if args.device.startswith("cuda"):
@@ -256,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
     if threads < 1:
         raise DeploySdkError(f"--threads must be >= 1, got {threads}")
 
-    with _sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="maskrcnn-bench-") as workdir:
+    with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="maskrcnn-bench-") as workdir:
         # torch's thread count is global: set it before any torch module runs, and again after imports.
         if "torch" in sys.modules or any(n in ("torch-eager", "torchvision-onnx") for n, _ in compare):
             import torch
@@ -265,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
         if args._image_size is None:
             # The torchvision export traces at the benchmark size, so the size must be known before building.
             args._image_size = _probe_native_size(args, checkpoint)
+            check_pool_size(args.num_images, args._image_size)
         systems = _build_systems(args, compare, checkpoint, threads, Path(workdir), max(batch_sizes))
         _set_torch_threads(threads)
         size = args._image_size
@@ -278,11 +307,12 @@ def run(args: argparse.Namespace) -> int:
             run_side_by_side(systems, images, batch_sizes, args.warmup, args.iters, progress=not args.quiet,
                              results=results)
             interrupted = False
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if not results:
                 raise
             # Keep what is finished: on a slow machine the small batch sizes may take most of an hour.
             interrupted = True
+            interrupt_code = 143 if isinstance(exc, Terminated) else 130
             done = sorted({r.batch_size for r in results})
             print(f"\ninterrupted: reporting the finished batch sizes {done} only", file=sys.stderr)
         # With the load at the start, this says how busy the machine was while the numbers were taken.
@@ -306,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         write_plot(args.plot, rows, title=f"{Path(args.model).name}, {size[0]}x{size[1]}, {machine['cpu_model']}")
         print(f"wrote {args.plot}", file=sys.stderr)
-    return 130 if interrupted else 0
+    return interrupt_code if interrupted else 0
 
 
 def _probe_native_size(args, checkpoint: Optional[str]) -> Tuple[int, int]:
@@ -328,7 +358,7 @@ def _probe_native_size(args, checkpoint: Optional[str]) -> Tuple[int, int]:
     if checkpoint:
         from conversion.checkpoint import load_checkpoint
 
-        s = load_checkpoint(checkpoint).settings
+        s = load_checkpoint(checkpoint, trust_checkpoint=args.trust_checkpoint).settings
         return int(s.min_size), int(s.max_size)
     raise DeploySdkError("cannot tell the model's native image size; pass --image-size HxW")
 
@@ -348,19 +378,3 @@ def _command_line(args, batch_sizes, size) -> List[str]:
 
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """Treat SIGTERM like Ctrl-C while benchmarking, so that a killed run still deletes its temporary exports
-    (hundreds of MB for R50) and writes no partial output."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -26,7 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from conversion.tensorrt_build import BuildOptions, ProfileSpec, build_engine, parse_hw
+    from deploy_sdk.atomic_file import check_output_file
 
+    check_output_file(args.output, what="-o/--output")  # before the (minutes long) build
+    if args.timing_cache is not None:
+        check_output_file(args.timing_cache, what="--timing-cache")
     spec = ProfileSpec(
         min_batch=args.min_batch,
         opt_batch=args.opt_batch,

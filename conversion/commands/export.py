@@ -28,10 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from conversion.checkpoint_options import load_checkpoint_from_args
     from conversion.export import export_onnx
+    from deploy_sdk.atomic_file import check_output_file
     from deploy_sdk.errors import DeploySdkError
 
     if args.max_detections < 1:
         raise DeploySdkError(f"--max-detections must be at least 1, got {args.max_detections}")
+    # Refuse an output path that cannot be written before the slow part (loading, tracing), not after it.
+    check_output_file(args.output, suffixes=(".onnx",), what="-o/--output")
     print(f"loading {args.checkpoint} ...", flush=True)
     loaded = load_checkpoint_from_args(args.checkpoint, args)
     print(f"  {loaded.arch}, {loaded.num_classes} classes (incl. background)", flush=True)

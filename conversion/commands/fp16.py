@@ -16,7 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from conversion.fp16 import convert_file_to_fp16
+    from deploy_sdk.atomic_file import check_output_file
 
+    check_output_file(args.output, suffixes=(".onnx",), what="-o/--output")
     report = convert_file_to_fp16(args.model, args.output, exclude_nodes=args.exclude)
     print(
         f"wrote {args.output}: {len(report.fp16_nodes)} nodes fp16, {report.fp16_initializers} weights stored as "

@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from conversion.quantize import quantize_int8
+    from deploy_sdk.atomic_file import check_output_file
 
+    check_output_file(args.output, suffixes=(".onnx",), what="-o/--output")  # before the calibration run
     report = quantize_int8(
         args.model,
         args.output,

@@ -7,6 +7,7 @@ padding, batching and mapping results back to image pixels happen once, in :clas
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -14,7 +15,7 @@ import numpy as np
 from deploy_sdk.errors import DeploySdkError, EngineError
 from deploy_sdk.model_metadata import ModelMetadata
 
-__all__ = ["Backend", "INPUT_NAMES", "OUTPUT_NAMES", "parse_device"]
+__all__ = ["Backend", "INPUT_NAMES", "OUTPUT_NAMES", "parse_device", "check_threads"]
 
 INPUT_NAMES = ("images", "image_sizes")
 OUTPUT_NAMES = ("num_detections", "boxes", "scores", "labels", "masks")
@@ -30,6 +31,21 @@ def parse_device(device: str) -> Tuple[str, int]:
     if text.startswith("cuda:") and text[5:].isdigit():
         return "cuda", int(text[5:])
     raise DeploySdkError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def check_threads(threads: Any) -> Optional[int]:
+    """``threads`` as an int (None or 0: the backend's default), or :class:`DeploySdkError` naming it."""
+    if threads is None:
+        return None
+    try:
+        value = operator.index(threads)  # ints and numpy ints; not floats, strings or bools
+    except TypeError:
+        value = None
+    if value is None or isinstance(threads, bool) or value < 0:
+        raise DeploySdkError(
+            f"threads must be a positive integer (or None / 0 for the backend's default), got {threads!r}"
+        )
+    return value
 
 
 def _is_torch_tensor(obj: Any) -> bool:

@@ -7,8 +7,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from deploy_sdk.backends.base import INPUT_NAMES, OUTPUT_NAMES, Backend, parse_device
-from deploy_sdk.errors import EngineError, MissingDependencyError, require
+from deploy_sdk.backends.base import INPUT_NAMES, OUTPUT_NAMES, Backend, check_threads, parse_device
+from deploy_sdk.errors import DeploySdkError, EngineError, MissingDependencyError, require
 from deploy_sdk.model_metadata import ModelMetadata
 
 __all__ = ["OnnxRuntimeBackend", "session_options"]
@@ -27,8 +27,9 @@ def session_options(threads: Optional[int] = None) -> Any:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.inter_op_num_threads = 1
+    threads = check_threads(threads)
     if threads:
-        so.intra_op_num_threads = int(threads)
+        so.intra_op_num_threads = threads
     return so
 
 
@@ -45,6 +46,8 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, path: "os.PathLike[str] | str", device: str = "cpu", threads: Optional[int] = None):
         ort = require("onnxruntime", "gpu", "the onnxruntime backend")
+        self.session = None
+        threads = check_threads(threads)
         self.path = os.fspath(path)
         kind, index = parse_device(device)
         self.device = f"cuda:{index}" if kind == "cuda" else "cpu"
@@ -80,6 +83,8 @@ class OnnxRuntimeBackend(Backend):
             self.fixed_size = (int(self.metadata.fixed_height), int(self.metadata.fixed_width))
 
     def _infer(self, images: np.ndarray, image_sizes: np.ndarray) -> Dict[str, Any]:
+        if self.session is None:
+            raise DeploySdkError(f"onnxruntime backend for {os.path.basename(self.path)} is closed")
         values = self.session.run(list(OUTPUT_NAMES), {"images": images, "image_sizes": image_sizes})
         return dict(zip(OUTPUT_NAMES, values))
 

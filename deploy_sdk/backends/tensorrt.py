@@ -204,6 +204,8 @@ class TensorRTBackend(Backend):
 
     def _infer(self, images: np.ndarray, image_sizes: np.ndarray) -> Dict[str, Any]:
         torch = self._torch
+        if "_context" not in self.__dict__:
+            raise DeploySdkError(f"tensorrt backend for {os.path.basename(self.path)} is closed")
         ctx = self._context
         # The stream the caller queued its work on (GPU pre-processing), read before switching to ours.
         caller_stream = torch.cuda.current_stream(self._device)
@@ -257,4 +259,6 @@ class TensorRTBackend(Backend):
     def close(self) -> None:
         self._graphs.clear()
         self._buffers.clear()
-        del self._context, self._engine
+        # Idempotent; a later infer() raises DeploySdkError instead of an AttributeError.
+        self.__dict__.pop("_context", None)
+        self.__dict__.pop("_engine", None)

@@ -23,6 +23,8 @@ class TorchBackend(Backend):
     ``model``: a checkpoint path (anything ``conversion.checkpoint.load_checkpoint`` reads) or an already loaded
     ``conversion.checkpoint.LoadedModel``. ``device``: "cpu" or "cuda[:N]". ``max_detections``: K of the outputs.
     ``threads``: torch intra-op threads (process-wide in PyTorch, so only set when asked).
+    ``trust_checkpoint``: passed to ``load_checkpoint``; True lets a checkpoint path that is more than tensors (a
+    whole pickled module) be unpickled, which runs code from the file. Only for files you trust; default False.
     On CUDA the outputs stay torch tensors on the GPU, so that the predictor pastes masks there too.
     """
 
@@ -35,6 +37,7 @@ class TorchBackend(Backend):
         device: str = "cpu",
         max_detections: int = 100,
         threads: Optional[int] = None,
+        trust_checkpoint: bool = False,
     ):
         purpose = "the torch backend"
         torch = require("torch", "convert", purpose)
@@ -51,7 +54,7 @@ class TorchBackend(Backend):
         if threads:
             torch.set_num_threads(int(threads))
         if isinstance(model, (str, os.PathLike)):
-            loaded = checkpoint.load_checkpoint(model)
+            loaded = checkpoint.load_checkpoint(model, trust_checkpoint=trust_checkpoint)
             self.path = os.fspath(model)
         else:
             loaded = model

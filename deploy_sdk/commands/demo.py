@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-images", type=int, default=6, help="generated images to run on (default: 6)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per inference call (default: 4)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: the shipped model)")
+    from conversion.checkpoint_options import add_trust_checkpoint_argument
+
+    add_trust_checkpoint_argument(parser)
     parser.add_argument("--draw-min-score", type=float, default=0.3, help="overlays show detections >= this (0.3)")
     parser.add_argument("--bench-iters", type=int, default=5, help="timed iterations per system; 0 skips the table")
 
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     ckpt = args.checkpoint or shipped_model_path()
     print(f"[1/5] loading {ckpt}")
-    loaded = load_checkpoint(ckpt)
+    loaded = load_checkpoint(ckpt, trust_checkpoint=args.trust_checkpoint)
     print(f"      {loaded.arch}, {loaded.num_classes - 1} classes: {', '.join(loaded.class_names[1:])}")
 
     inputs = out / "inputs"
@@ -110,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
                 "--batch-sizes", "1,4", "--warmup", "1", "--iters", str(args.bench_iters),
                 "--json", str(out / "bench.json"),
             ]
+            + (["--trust-checkpoint"] if args.trust_checkpoint else [])
         )
         if code:
             return code

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from conversion.checkpoint_options import add_checkpoint_arguments, load_checkpoint_from_args
+from deploy_sdk.cli import positive_int
 from deploy_sdk.errors import CheckpointError, DeploySdkError
 
 _EXPORTED_SUFFIXES = (".onnx", ".engine", ".plan")
@@ -25,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=Path, required=True, help="folder of the images named in --annotations")
     parser.add_argument("--annotations", type=Path, required=True, help="COCO annotation file (instances)")
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per predict call (default 4)")
-    parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="images per predict call (default 4)")
+    parser.add_argument("--max-images", type=positive_int, default=None, help="evaluate only the first N images")
     parser.add_argument("--device", default="cpu", help="torch device of the PyTorch reference (default cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     add_checkpoint_arguments(parser)
@@ -67,14 +68,17 @@ def format_table(metrics: Dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deploy_sdk.atomic_file import atomic_path
-    from deploy_sdk.evaluation import evaluate
+    from deploy_sdk.atomic_file import atomic_path, check_output_file
+    from deploy_sdk.evaluation import evaluate, read_annotations
 
-    # Check the data set's paths before the (slow) model load, so a typo fails at once.
+    # Check the data set and the output path before the (slow) model load, so a typo fails at once.
     if not args.annotations.is_file():
         raise DeploySdkError(f"annotation file not found: {args.annotations}")
     if not args.images.is_dir():
         raise DeploySdkError(f"image directory not found: {args.images}")
+    if args.json is not None:
+        check_output_file(args.json, what="--json")
+    annotations = read_annotations(args.annotations)
     predictor = make_predictor(args)
     metrics = evaluate(
         predictor,
@@ -83,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_images=args.max_images,
         progress=not args.quiet,
+        annotations=annotations,
     )
     metrics["model"] = str(args.model)
     print(format_table(metrics))

@@ -6,6 +6,8 @@
 //   rois:      [num_rois, 4] x1 y1 x2 y2 in input-image pixels, fp32 or fp16 (rois_dtype)
 //   out:       [num_rois, channels, out_h, out_w], same dtype as the features
 // num_threads: 0 = all cores, n > 0 = n threads, MRD_THREADS_ELEMENTWISE = the kernel's per-element path.
+// sampling_ratio: 0 (adaptive) to kMaxSamplingRatio (1024, roiAlignMath.h); larger is MRD_STATUS_INVALID_ARGUMENT.
+// A box with a NaN or infinite coordinate is not an error: it pools to zeros (roiAlignMath.h, roiGeometry).
 // Return value: 0 on success. CPU entries return MRD_STATUS_INVALID_ARGUMENT for bad arguments (message from
 // mrd_last_error()); CUDA entries return the cudaError_t of the launch, or MRD_STATUS_INVALID_ARGUMENT.
 #pragma once

@@ -19,9 +19,10 @@ inline std::string checkAttributes(int32_t outH, int32_t outW, int32_t samplingR
         return "output_height and output_width must be positive, got " + std::to_string(outH) + " x "
             + std::to_string(outW);
     }
-    if (samplingRatio < 0)
+    if (samplingRatio < 0 || samplingRatio > kMaxSamplingRatio)
     {
-        return "sampling_ratio must be >= 0 (0 = adaptive), got " + std::to_string(samplingRatio);
+        return "sampling_ratio must be 0 (adaptive) to " + std::to_string(kMaxSamplingRatio)
+            + " samples per bin and axis, got " + std::to_string(samplingRatio);
     }
     if (numLevels < 1 || numLevels > kMaxLevels)
     {
@@ -50,9 +51,9 @@ inline std::string checkAttributes(int32_t outH, int32_t outW, int32_t samplingR
                     + std::to_string(expected);
             }
         }
-        if (!(canonicalScale > 0.0f))
+        if (!(canonicalScale > 0.0f) || !std::isfinite(canonicalScale))
         {
-            return "canonical_scale must be positive, got " + std::to_string(canonicalScale);
+            return "canonical_scale must be a positive number, got " + std::to_string(canonicalScale);
         }
     }
     if (mode != static_cast<int32_t>(PoolMode::kAvg) && mode != static_cast<int32_t>(PoolMode::kMax))

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -61,6 +62,44 @@ void poolChannels(T const* image, int64_t planeSize, int32_t c0, SampleTaps cons
     }
 }
 
+//! Most samples whose taps poolOneRoi() precomputes for one RoI (bins x samples per bin): 2^18 x 32 bytes = 8 MiB
+//! per worker thread. Ordinary RoIs need a few thousand (7x7 bins x 2x2 samples = 196); a RoI past this (a huge
+//! sampling grid, up to kMaxSamplingRatio^2 samples per bin) takes the separable path, whose memory grows with
+//! the bins and samples along each axis only.
+constexpr int64_t kMaxPrecomputedSamples = int64_t{1} << 18;
+
+//! The RoI of poolOneRoi() without the per-sample table: the products of the axis taps are formed per channel,
+//! exactly as poolBin() forms them (same weights, same order, same reduction), so the results are identical.
+template <typename T>
+void poolSeparable(T const* image, int64_t planeSize, int32_t width, PoolParams const& p, RoiGeometry const& g,
+    Scratch const& s, T* outRoi)
+{
+    int64_t const bins = static_cast<int64_t>(p.outH) * p.outW;
+    int32_t const count = samplesPerBin(g);
+    for (int32_t c = 0; c < p.channels; ++c)
+    {
+        T const* plane = image + c * planeSize;
+        T* outChannel = outRoi + c * bins;
+        for (int32_t ph = 0; ph < p.outH; ++ph)
+        {
+            AxisTaps const* ys = s.ys.data() + static_cast<size_t>(ph) * g.gridH;
+            for (int32_t pw = 0; pw < p.outW; ++pw)
+            {
+                AxisTaps const* xs = s.xs.data() + static_cast<size_t>(pw) * g.gridW;
+                BinReducer red(p.mode);
+                for (int32_t iy = 0; iy < g.gridH; ++iy)
+                {
+                    for (int32_t ix = 0; ix < g.gridW; ++ix)
+                    {
+                        red.add(interpolate(plane, width, ys[iy], xs[ix]));
+                    }
+                }
+                storeFromFloat(outChannel, static_cast<int64_t>(ph) * p.outW + pw, red.result(count));
+            }
+        }
+    }
+}
+
 template <typename T>
 void poolOneRoi(FeatureLevels<T> const& levels, RoiSource const& src, PoolParams const& p, int64_t roi, T* out,
     Scratch& s)
@@ -77,10 +116,10 @@ void poolOneRoi(FeatureLevels<T> const& levels, RoiSource const& src, PoolParams
         level = levelIndexOfBox(box, p.canonicalScale, p.canonicalLevel, levels.firstLevel, levels.numLevels);
         g = roiGeometry(box, levels.scale[level], p.aligned, p.outH, p.outW, p.samplingRatio);
     }
-    int32_t const count = g.gridH * g.gridW;
+    int32_t const count = samplesPerBin(g); // <= kMaxSamplingRatio^2, see roiAlignMath.h
     if (count == 0)
     {
-        // Bad batch index or an empty sampling grid: every bin is 0 (both modes).
+        // Bad batch index, an empty sampling grid or a non-finite box: every bin is 0 (both modes).
         for (int64_t i = 0; i < perRoi; ++i)
         {
             storeFromFloat(outRoi, i, 0.0f);
@@ -89,25 +128,37 @@ void poolOneRoi(FeatureLevels<T> const& levels, RoiSource const& src, PoolParams
     }
     int32_t const height = levels.height[level];
     int32_t const width = levels.width[level];
+    int64_t const planeSize = static_cast<int64_t>(height) * width;
+    T const* const image = levels.data[level] + b * p.channels * planeSize;
 
-    // Taps along each axis, then their products per sample: the same numbers poolBin() would compute, once per
-    // RoI instead of once per channel.
+    // Taps along each axis: the same numbers poolBin() computes, once per RoI instead of once per channel.
     s.ys.resize(static_cast<size_t>(p.outH) * g.gridH);
     s.xs.resize(static_cast<size_t>(p.outW) * g.gridW);
     for (int32_t ph = 0; ph < p.outH; ++ph)
     {
         for (int32_t iy = 0; iy < g.gridH; ++iy)
         {
-            s.ys[ph * g.gridH + iy] = axisTaps(sampleCoord(g.startY, g.binH, ph, iy, g.gridH), height);
+            s.ys[static_cast<size_t>(ph) * g.gridH + iy]
+                = axisTaps(sampleCoord(g.startY, g.binH, ph, iy, g.gridH), height);
         }
     }
     for (int32_t pw = 0; pw < p.outW; ++pw)
     {
         for (int32_t ix = 0; ix < g.gridW; ++ix)
         {
-            s.xs[pw * g.gridW + ix] = axisTaps(sampleCoord(g.startX, g.binW, pw, ix, g.gridW), width);
+            s.xs[static_cast<size_t>(pw) * g.gridW + ix]
+                = axisTaps(sampleCoord(g.startX, g.binW, pw, ix, g.gridW), width);
         }
     }
+    // The per-sample table holds int32 plane offsets and grows with bins x samples: planes of 2^31 pixels or
+    // more, or very large sampling grids, go through the separable path instead.
+    if (planeSize > INT32_MAX || binsPerChannel * count > kMaxPrecomputedSamples)
+    {
+        poolSeparable(image, planeSize, width, p, g, s, outRoi);
+        return;
+    }
+
+    // Then their products per sample.
     s.samples.resize(static_cast<size_t>(binsPerChannel) * count);
     SampleTaps* st = s.samples.data();
     for (int32_t ph = 0; ph < p.outH; ++ph)
@@ -116,10 +167,10 @@ void poolOneRoi(FeatureLevels<T> const& levels, RoiSource const& src, PoolParams
         {
             for (int32_t iy = 0; iy < g.gridH; ++iy)
             {
-                AxisTaps const& ty = s.ys[ph * g.gridH + iy];
+                AxisTaps const& ty = s.ys[static_cast<size_t>(ph) * g.gridH + iy];
                 for (int32_t ix = 0; ix < g.gridW; ++ix)
                 {
-                    AxisTaps const& tx = s.xs[pw * g.gridW + ix];
+                    AxisTaps const& tx = s.xs[static_cast<size_t>(pw) * g.gridW + ix];
                     st->o1 = ty.low * width + tx.low;
                     st->o2 = ty.low * width + tx.high;
                     st->o3 = ty.high * width + tx.low;
@@ -134,8 +185,6 @@ void poolOneRoi(FeatureLevels<T> const& levels, RoiSource const& src, PoolParams
         }
     }
 
-    int64_t const planeSize = static_cast<int64_t>(height) * width;
-    T const* const image = levels.data[level] + b * p.channels * planeSize;
     int32_t c = 0;
     // Blocks of 4 channels share each tap load (offsets and weights are the same for every channel), which
     // halves the memory traffic of the hot loop compared with one channel at a time.

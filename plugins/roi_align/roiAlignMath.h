@@ -11,7 +11,12 @@
 //   * a sample with y < -1 or y > H (likewise x) counts as 0, otherwise it is clamped into the map and
 //     interpolated bilinearly (torchvision / ONNX reference);
 //   * avg divides by the number of samples of the bin; max takes the maximum of the interpolated sample values;
-//   * coordinates and accumulation are fp32 whatever the tensor type.
+//   * coordinates and accumulation are fp32 whatever the tensor type;
+//   * a box with a NaN or infinite coordinate (or one whose position or size on the level is not a finite fp32
+//     number) pools to zeros, like an empty box; it maps to the first level;
+//   * samples per bin and axis are at most kMaxSamplingRatio: callers refuse a larger explicit sampling_ratio, and
+//     the adaptive count ceil(roi_size / out_size) is capped there, so a bin never has more than
+//     kMaxSamplingRatio^2 samples and every count fits in int32.
 #pragma once
 
 #include <stdint.h>
@@ -29,6 +34,33 @@ namespace mrd
 
 //! Most feature levels a multi-level op accepts (P2..P9 would be 8; Mask R-CNN uses 4).
 constexpr int kMaxLevels = 8;
+
+//! Most samples per bin along one axis, for an explicit sampling_ratio (larger ones are refused by the C ABI, the
+//! Python entries and the TensorRT plugin's field checks) and for the adaptive count (capped here).
+//! Why 1024: the adaptive count is the bin size in feature pixels, and 1024 keeps it exact for bins up to 1024
+//! pixels (7 bins: boxes up to 7168 pixels on their level, far past any real feature map), while bounding the
+//! work of one bin to 2^20 samples (the GPU thread of one output element loops over all of them) and keeping
+//! gridH * gridW, outH * gridH and the sample counts well inside int32.
+constexpr int32_t kMaxSamplingRatio = 1024;
+static_assert(static_cast<int64_t>(kMaxSamplingRatio) * kMaxSamplingRatio <= (int64_t{1} << 30),
+    "samples per bin must fit in int32 with room to spare");
+
+//! True for a finite float (not NaN, not +-inf). Tests the exponent bits, so it holds under fast-math flags that
+//! let the compiler assume no NaN/inf exist.
+MRD_HD bool isFiniteFloat(float v)
+{
+#if defined(__CUDA_ARCH__)
+    uint32_t const bits = __float_as_uint(v);
+#else
+    union
+    {
+        float f;
+        uint32_t u;
+    } cvt{v};
+    uint32_t const bits = cvt.u;
+#endif
+    return (bits & 0x7F800000u) != 0x7F800000u;
+}
 
 enum class PoolMode : int32_t
 {
@@ -171,18 +203,50 @@ MRD_HD Box loadBox(void const* rois, bool roisHalf, int64_t roi)
     return Box{p[0], p[1], p[2], p[3]};
 }
 
+MRD_HD bool boxIsFinite(Box const& box)
+{
+    return isFiniteFloat(box.x1) && isFiniteFloat(box.y1) && isFiniteFloat(box.x2) && isFiniteFloat(box.y2);
+}
+
 //! Where the bins of one RoI lie on one feature level, in that level's pixels.
 struct RoiGeometry
 {
     float startY, startX; //!< top-left corner of the RoI
     float binH, binW;     //!< size of one output bin (negative for an inverted box in aligned mode)
-    int32_t gridH, gridW; //!< samples per bin along each axis (0 when the adaptive count is 0 or negative)
+    int32_t gridH, gridW; //!< samples per bin along each axis, 0..kMaxSamplingRatio (0 = empty RoI: zeros)
 };
 
-//! Bin layout of ``box`` at ``spatialScale``. ``samplingRatio`` 0 = adaptive: ceil(roi_size / out_size) per axis.
+//! Samples of one bin (0 for an empty RoI); at most kMaxSamplingRatio^2.
+MRD_HD int32_t samplesPerBin(RoiGeometry const& g)
+{
+    return g.gridH * g.gridW;
+}
+
+//! Samples per bin along one axis of extent ``roiSize`` (finite) split into ``outSize`` bins.
+MRD_HD int32_t gridCount(float roiSize, int32_t outSize, int32_t samplingRatio)
+{
+    if (samplingRatio > 0)
+    {
+        // Larger ratios are refused before they get here; clamping keeps the header safe on its own.
+        return samplingRatio < kMaxSamplingRatio ? samplingRatio : kMaxSamplingRatio;
+    }
+    // Compared as floats before the cast: a float beyond int32 range cast to int is undefined behaviour.
+    float const n = ceilf(roiSize / static_cast<float>(outSize));
+    if (!(n > 0.0f))
+    {
+        return 0; // empty or inverted box (aligned mode)
+    }
+    return n < static_cast<float>(kMaxSamplingRatio) ? static_cast<int32_t>(n) : kMaxSamplingRatio;
+}
+
+//! Bin layout of ``box`` at ``spatialScale``. ``samplingRatio`` 0 = adaptive: ceil(roi_size / out_size) per axis,
+//! capped at kMaxSamplingRatio. A box that is not finite on this level (a NaN or infinite coordinate, or a
+//! position or size that overflows fp32 after scaling) has no meaningful samples, and a NaN turned into a pixel
+//! index would address arbitrary memory: its geometry is empty (grid 0), so every bin of it is 0.
 MRD_HD RoiGeometry roiGeometry(
     Box const& box, float spatialScale, bool aligned, int32_t outH, int32_t outW, int32_t samplingRatio)
 {
+    RoiGeometry g{0.0f, 0.0f, 0.0f, 0.0f, 0, 0};
     float const offset = aligned ? 0.5f : 0.0f;
     float const startX = box.x1 * spatialScale - offset;
     float const startY = box.y1 * spatialScale - offset;
@@ -190,21 +254,24 @@ MRD_HD RoiGeometry roiGeometry(
     float const endY = box.y2 * spatialScale - offset;
     float roiW = endX - startX;
     float roiH = endY - startY;
+    // Checked before the legacy clamp below: fmaxf(NaN, 1) is 1, which would hide a NaN end coordinate.
+    if (!(isFiniteFloat(startX) && isFiniteFloat(startY) && isFiniteFloat(endX) && isFiniteFloat(endY)
+            && isFiniteFloat(roiW) && isFiniteFloat(roiH)))
+    {
+        return g;
+    }
     if (!aligned)
     {
         // Legacy behaviour: malformed (empty or inverted) RoIs are forced to size 1.
         roiW = fmaxf(roiW, 1.0f);
         roiH = fmaxf(roiH, 1.0f);
     }
-    RoiGeometry g;
     g.startY = startY;
     g.startX = startX;
     g.binH = roiH / static_cast<float>(outH);
     g.binW = roiW / static_cast<float>(outW);
-    int32_t gh = samplingRatio > 0 ? samplingRatio : static_cast<int32_t>(ceilf(roiH / static_cast<float>(outH)));
-    int32_t gw = samplingRatio > 0 ? samplingRatio : static_cast<int32_t>(ceilf(roiW / static_cast<float>(outW)));
-    g.gridH = gh > 0 ? gh : 0;
-    g.gridW = gw > 0 ? gw : 0;
+    g.gridH = gridCount(roiH, outH, samplingRatio);
+    g.gridW = gridCount(roiW, outW, samplingRatio);
     return g;
 }
 
@@ -225,7 +292,9 @@ struct AxisTaps
 MRD_HD AxisTaps axisTaps(float v, int32_t size)
 {
     AxisTaps t;
-    if (v < -1.0f || v > static_cast<float>(size) || size <= 0)
+    // Written as !(inside) so that a NaN coordinate, for which every comparison is false, counts as outside
+    // instead of reaching the float-to-int cast below (undefined for NaN; a huge negative index in practice).
+    if (!(v >= -1.0f && v <= static_cast<float>(size)) || size <= 0)
     {
         t.low = t.high = 0;
         t.wLow = t.wHigh = 0.0f; // outside: the sample counts as 0
@@ -279,11 +348,12 @@ MRD_HD int32_t levelNumberOfScale(float spatialScale)
 //! Index (0-based, into the given levels) of the level a box is pooled from:
 //! floor(canonicalLevel + log2(sqrt(area) / canonicalScale) + 1e-6), clamped to [firstLevel, firstLevel+n-1].
 //! Area has no +1 (torchvision's LevelMapper). A box with negative area (inverted on one axis) has no defined
-//! level; it goes to the first level, like a zero-area box.
+//! level; it goes to the first level, like a zero-area box. So does a box with a non-finite coordinate (it pools
+//! to zeros on whatever level; the first one makes the choice explicit).
 MRD_HD int32_t levelIndexOfBox(
     Box const& box, float canonicalScale, int32_t canonicalLevel, int32_t firstLevel, int32_t numLevels)
 {
-    if (numLevels <= 1)
+    if (numLevels <= 1 || !boxIsFinite(box))
     {
         return 0;
     }
@@ -351,7 +421,7 @@ MRD_HD float poolBin(T const* plane, int32_t height, int32_t width, RoiGeometry 
             red.add(interpolate(plane, width, ty, tx));
         }
     }
-    return red.result(g.gridH * g.gridW);
+    return red.result(samplesPerBin(g));
 }
 
 //! The feature maps an op pools from: one level for RoIAlign, P2..P5 (or any run of levels) for the

@@ -4,6 +4,10 @@
 #include "roiAlignKernel.h"
 
 #include <atomic>
+#include <cfloat>
+#include <climits>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -88,7 +92,33 @@ int32_t fieldInt(PluginField const& f)
     {
         throw std::invalid_argument(std::string("field '") + f.name + "' is empty");
     }
-    return static_cast<int32_t>(fieldNumber(f, 0));
+    double const v = fieldNumber(f, 0);
+    // Checked before the cast: a value outside int32 (or NaN, or a fraction from a float field) would be
+    // undefined behaviour or silently truncated, e.g. an int64 sampling_ratio of 2^32 + 2 becoming 2.
+    if (!(v >= static_cast<double>(INT32_MIN) && v <= static_cast<double>(INT32_MAX)) || v != std::floor(v))
+    {
+        throw std::invalid_argument(
+            std::string("field '") + f.name + "' must be a 32-bit integer, got " + std::to_string(v));
+    }
+    return static_cast<int32_t>(v);
+}
+
+//! Element ``i`` of a numeric field as fp32; a value fp32 cannot hold (beyond +-FLT_MAX) is refused instead of
+//! becoming infinity (converting an out-of-range double to float is undefined behaviour). NaN and infinity pass
+//! through to checkAttributes(), which names the attribute.
+float fieldFloat(PluginField const& f, int32_t i)
+{
+    if (i >= f.length)
+    {
+        throw std::invalid_argument(std::string("field '") + f.name + "' has no element " + std::to_string(i));
+    }
+    double const v = fieldNumber(f, i);
+    if (std::isfinite(v) && std::fabs(v) > static_cast<double>(FLT_MAX))
+    {
+        throw std::invalid_argument(
+            std::string("field '") + f.name + "' holds " + std::to_string(v) + ", beyond the float32 range");
+    }
+    return static_cast<float>(v);
 }
 
 int32_t parseMode(PluginField const& f)
@@ -158,13 +188,13 @@ RoiAlignAttributes parseRoiAlignFields(RoiAlignOp op, PluginFieldCollection cons
             a.spatialScales.clear();
             for (int32_t k = 0; k < f.length; ++k)
             {
-                a.spatialScales.push_back(static_cast<float>(fieldNumber(f, k)));
+                a.spatialScales.push_back(fieldFloat(f, k));
             }
             haveScales = true;
         }
         else if (op == RoiAlignOp::kMultiLevel && name == "canonical_scale")
         {
-            a.canonicalScale = static_cast<float>(fieldNumber(f, 0));
+            a.canonicalScale = fieldFloat(f, 0);
         }
         else if (op == RoiAlignOp::kMultiLevel && name == "canonical_level")
         {
@@ -172,7 +202,7 @@ RoiAlignAttributes parseRoiAlignFields(RoiAlignOp op, PluginFieldCollection cons
         }
         else if (op == RoiAlignOp::kSingleLevel && name == "spatial_scale")
         {
-            a.spatialScales = {static_cast<float>(fieldNumber(f, 0))};
+            a.spatialScales = {fieldFloat(f, 0)};
         }
         else if (op == RoiAlignOp::kSingleLevel && name == "coordinate_transformation_mode")
         {
