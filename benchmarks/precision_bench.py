@@ -1,6 +1,6 @@
 """fp32 vs INT8 (and fp16) deployment graphs on ONNX Runtime CPU: accuracy and batch-1 latency, side by side.
 
-    python -m benchmarks.precision_bench --fp32 model.onnx --int8 model.int8.onnx [--fp16 model.fp16.onnx] \
+    python -m deploy_sdk.benchmarks.precision_bench --fp32 model.onnx --int8 model.int8.onnx [--fp16 model.fp16.onnx] \
         --eval DIR [--num-eval 200] [--latency-images 20] [--threads 2] [--out results.json]
 
 ``DIR`` is a COCO-format synthetic set (``maskrcnn-deploy data --out DIR --num 200 --seed 2026``): its images

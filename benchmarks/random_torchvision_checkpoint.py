@@ -1,6 +1,6 @@
 """Write a torchvision Mask R-CNN with random weights as a state-dict checkpoint, for speed benchmarks.
 
-    python -m benchmarks.random_torchvision_checkpoint -o out/r50_random.pth \
+    python -m deploy_sdk.benchmarks.random_torchvision_checkpoint -o out/r50_random.pth \
         [--arch maskrcnn_resnet50_fpn|maskrcnn_resnet50_fpn_v2] [--num-classes 91] [--seed 0]
 
 Random weights are enough to measure speed (the FLOPs do not depend on the values), but the detections are

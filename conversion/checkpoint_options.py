@@ -1,6 +1,6 @@
 """Command-line options of the commands that take a checkpoint (eval, export, check, demo).
 
-Kept apart from ``conversion.checkpoint`` so that building a parser does not import torch: `maskrcnn-deploy
+Kept apart from ``deploy_sdk.conversion.checkpoint`` so that building a parser does not import torch: `maskrcnn-deploy
 eval model.onnx` must work on a runtime-only install.
 """
 
@@ -10,7 +10,15 @@ import argparse
 from pathlib import Path
 from typing import Union
 
-__all__ = ["add_checkpoint_arguments", "add_trust_checkpoint_argument", "load_checkpoint_from_args"]
+# The flag is defined in the runtime layer, where `maskrcnn-deploy infer` (the torch backend) needs it too.
+from deploy_sdk.commands.options import TRUST_CHECKPOINT_HELP, add_trust_checkpoint_argument
+
+__all__ = [
+    "TRUST_CHECKPOINT_HELP",
+    "add_checkpoint_arguments",
+    "add_trust_checkpoint_argument",
+    "load_checkpoint_from_args",
+]
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,25 +46,13 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     add_trust_checkpoint_argument(group)
 
 
-TRUST_CHECKPOINT_HELP = (
-    "allow a checkpoint that is more than tensors (e.g. a whole model saved with torch.save(model)) to be "
-    "unpickled with torch.load(weights_only=False). Unpickling runs arbitrary code from the file: use this only "
-    "for files you trust. Without it such files are refused; a state dict or a .safetensors file never needs it"
-)
-
-
-def add_trust_checkpoint_argument(parser) -> None:
-    """Add ``--trust-checkpoint`` (to a parser or an argument group); see :data:`TRUST_CHECKPOINT_HELP`."""
-    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
-
-
 def load_checkpoint_from_args(path: Union[str, Path], args: argparse.Namespace):
-    """``conversion.checkpoint.load_checkpoint`` with the options of :func:`add_checkpoint_arguments`."""
+    """``deploy_sdk.conversion.checkpoint.load_checkpoint`` with the options of :func:`add_checkpoint_arguments`."""
     from deploy_sdk.errors import require
 
     require("torch", "convert", "loading a checkpoint")
     require("torchvision", "convert", "loading a checkpoint")
-    from conversion.checkpoint import load_checkpoint
+    from deploy_sdk.conversion.checkpoint import load_checkpoint
 
     return load_checkpoint(
         path,

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.ops import MultiScaleRoIAlign
 
-from conversion.roi_align_function import RoIAlignConfig, multi_level_roi_align
+from deploy_sdk.conversion.roi_align_function import RoIAlignConfig, multi_level_roi_align
 from deploy_sdk.errors import UnsupportedModelError
 
 __all__ = ["DeploymentModule", "OUTPUT_NAMES", "DEBUG_OUTPUT_NAMES", "batched_nms_indices"]
@@ -150,7 +150,7 @@ def _pooler_config(pool: nn.Module, spatial_scales: List[float], what: str) -> R
 class DeploymentModule(nn.Module):
     """Mask R-CNN inference as one batched, fixed-output graph (see the module docstring for the contract).
 
-    ``loaded_model``: a ``conversion.checkpoint.LoadedModel`` (or a torchvision ``MaskRCNN``). ``max_detections``
+    ``loaded_model``: a ``deploy_sdk.conversion.checkpoint.LoadedModel`` (or a torchvision ``MaskRCNN``). ``max_detections``
     is K, the padded output size. ``debug=True`` appends :data:`DEBUG_OUTPUT_NAMES` to the outputs.
     """
 

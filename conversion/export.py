@@ -19,8 +19,8 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from conversion.deploy_module import DEBUG_OUTPUT_NAMES, OUTPUT_NAMES, DeploymentModule
-from conversion.roi_align_function import ROI_ALIGN_DOMAIN, ROI_ALIGN_OP, make_roi_align_function
+from deploy_sdk.conversion.deploy_module import DEBUG_OUTPUT_NAMES, OUTPUT_NAMES, DeploymentModule
+from deploy_sdk.conversion.roi_align_function import ROI_ALIGN_DOMAIN, ROI_ALIGN_OP, make_roi_align_function
 from deploy_sdk.atomic_file import atomic_path
 from deploy_sdk.errors import DeploySdkError, UnsupportedModelError
 from deploy_sdk.model_metadata import ModelMetadata
@@ -45,7 +45,7 @@ def export_onnx(
     trace_size: Optional[tuple] = None,
     log: Callable[[str], None] = print,
 ) -> ModelMetadata:
-    """Export ``loaded_model`` (a ``conversion.checkpoint.LoadedModel``) to ``path``; return the metadata written.
+    """Export ``loaded_model`` (a ``deploy_sdk.conversion.checkpoint.LoadedModel``) to ``path``; return the metadata written.
 
     Inputs ``images`` [B, 3, H, W] float32 0–255 RGB canvas and ``image_sizes`` [B, 2] int64 (h, w); outputs per
     the contract (boxes x1 y1 x2 y2 in canvas pixels). B is always dynamic; H and W are dynamic (multiples of 32)
@@ -154,7 +154,7 @@ def _metadata(loaded_model, module: DeploymentModule, height, width) -> ModelMet
     overrides = dict(detections_per_image=module.max_detections, fixed_height=height, fixed_width=width)
     if hasattr(loaded_model, "metadata"):
         return loaded_model.metadata(precision="fp32", **overrides)
-    raise TypeError("export_onnx needs a conversion.checkpoint.LoadedModel (see load_torchvision_model)")
+    raise TypeError("export_onnx needs a deploy_sdk.conversion.checkpoint.LoadedModel (see load_torchvision_model)")
 
 
 class _quiet_export_warnings:

@@ -31,7 +31,7 @@ from typing import Dict, Iterable, List, Sequence, Set, Union
 
 import numpy as np
 
-from conversion.graph_file import load_deployment_graph, require_fp32, write_deployment_graph
+from deploy_sdk.conversion.graph_file import load_deployment_graph, require_fp32, write_deployment_graph
 from deploy_sdk.errors import DeploySdkError, EngineError, require
 
 __all__ = ["NETWORK_SCOPES", "Fp16Report", "convert_model_to_fp16", "convert_file_to_fp16"]

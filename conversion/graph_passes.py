@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import List
 
-from conversion.roi_align_function import ROI_ALIGN_ATTRIBUTES, ROI_ALIGN_DOMAIN, ROI_ALIGN_OP
+from deploy_sdk.conversion.roi_align_function import ROI_ALIGN_ATTRIBUTES, ROI_ALIGN_DOMAIN, ROI_ALIGN_OP
 from deploy_sdk.errors import EngineError
 
 __all__ = ["strip_roi_align_functions", "roi_align_nodes", "check_roi_align_node"]

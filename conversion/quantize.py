@@ -27,7 +27,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, TextIO, Union
 
 import numpy as np
 
-from conversion.graph_file import load_deployment_graph, require_fp32, write_deployment_graph
+from deploy_sdk.conversion.graph_file import load_deployment_graph, require_fp32, write_deployment_graph
 from deploy_sdk.errors import DeploySdkError, EngineError, require
 from deploy_sdk.model_metadata import ModelMetadata
 

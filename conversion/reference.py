@@ -12,7 +12,7 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from conversion.checkpoint import LoadedModel
+from deploy_sdk.conversion.checkpoint import LoadedModel
 from deploy_sdk.detections import Detections
 from deploy_sdk.errors import InputImageError
 from deploy_sdk.preprocessing import load_image

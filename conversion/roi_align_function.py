@@ -12,7 +12,7 @@ contract"):
 
 The node carries a model-local ONNX function made of standard ops so that ONNX Runtime (or any ONNX runtime)
 runs the file with no custom library; TensorRT's engine builder strips the function
-(:func:`conversion.graph_passes.strip_roi_align_functions`) so its parser uses the plugin instead.
+(:func:`deploy_sdk.conversion.graph_passes.strip_roi_align_functions`) so its parser uses the plugin instead.
 
 The function body: level of every RoI by the contract formula, then per level gather that level's RoIs
 (NonZero + Gather), pre-scale their coordinates by the level's scale (the ``spatial_scales`` attribute cannot be

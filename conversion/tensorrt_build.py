@@ -1,10 +1,10 @@
 """Build a TensorRT engine from an exported deployment graph (TensorRT 10 and 11).
 
-Precision is a property of the graph (fp32, the fp16 graph of ``conversion.fp16`` or the Q/DQ graph of
-``conversion.quantize``): the network is always strongly typed, which TensorRT 11 requires and TensorRT 10 offers
+Precision is a property of the graph (fp32, the fp16 graph of ``deploy_sdk.conversion.fp16`` or the Q/DQ graph of
+``deploy_sdk.conversion.quantize``): the network is always strongly typed, which TensorRT 11 requires and TensorRT 10 offers
 through ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``. No precision builder flags are set.
 
-Steps: read the ONNX file and its metadata → strip the RoIAlign local function (``conversion.graph_passes``) so
+Steps: read the ONNX file and its metadata → strip the RoIAlign local function (``deploy_sdk.conversion.graph_passes``) so
 the parser falls back to the plugin registry → load the RoIAlign plugin library → parse (errors name each node
 and op) → one optimization profile from :class:`ProfileSpec` → build with a progress monitor and an optional
 timing cache → write the plan with its header (``deploy_sdk.engine_file``) atomically.
@@ -157,7 +157,7 @@ def profile_shapes(spec: ProfileSpec, metadata: ModelMetadata) -> ProfileShapes:
 
 def read_graph(onnx_path: Union[str, os.PathLike]) -> Tuple["onnx.ModelProto", ModelMetadata]:
     """Load an exported deployment graph and its metadata; refuse files that are not ours."""
-    from conversion.graph_file import load_deployment_graph
+    from deploy_sdk.conversion.graph_file import load_deployment_graph
 
     path = Path(onnx_path)
     model, metadata = load_deployment_graph(path, "building a TensorRT engine")
@@ -180,9 +180,9 @@ def prepare_onnx_for_tensorrt(model: "onnx.ModelProto") -> "onnx.ModelProto":
 
     TensorRT's ONNX parser expands a node's model-local function when one exists and only otherwise looks for a
     plugin with the node's op name; the graph pass that removes the function belongs to the export
-    (``conversion.graph_passes``), which also checks the node's attributes against the plugin contract.
+    (``deploy_sdk.conversion.graph_passes``), which also checks the node's attributes against the plugin contract.
     """
-    from conversion import graph_passes
+    from deploy_sdk.conversion import graph_passes
 
     return graph_passes.strip_roi_align_functions(model)
 

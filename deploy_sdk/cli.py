@@ -1,7 +1,9 @@
-"""`maskrcnn-deploy`: the command-line entry point.
+"""`maskrcnn-deploy`: the command-line entry point, the top layer (above the runtime, conversion and benchmarks).
 
-Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``. Only the
-module of the command being run is imported, so `maskrcnn-deploy infer` does not pay for importing torch.
+The subcommands are registered by the packages that own them: each of :data:`COMMAND_PACKAGES` has a
+``COMMANDS`` tuple of (name, module, one-line help) in its ``commands/__init__.py``. Each command module exposes
+``add_arguments(parser)`` and ``run(args) -> int``, and only the module of the command being run is imported, so
+`maskrcnn-deploy --help` and `maskrcnn-deploy infer` do not pay for importing torch.
 Errors derived from :class:`deploy_sdk.DeploySdkError` become one line on stderr and exit code 1, and so do an
 :class:`OSError` that names a file (a path the file system refused) and :class:`MemoryError`; anything else is a
 bug and keeps its traceback. Ctrl-C exits with 130 and SIGTERM with 143, both after ``with`` blocks and
@@ -11,90 +13,77 @@ bug and keeps its traceback. Ctrl-C exits with 130 and SIGTERM with 143, both af
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import signal
 import sys
-import threading
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+from deploy_sdk.commands.options import Terminated, positive_int, sigterm_unwinds
 from deploy_sdk.errors import DeploySdkError
 from deploy_sdk.version import __version__
 
-# (command, module, one-line help)
-COMMANDS: List[Tuple[str, str, str]] = [
-    ("demo", "deploy_sdk.commands.demo", "run the shipped model end to end on generated images"),
-    ("data", "deploy_sdk.commands.data", "generate a synthetic instance-segmentation data set (COCO format)"),
-    ("eval", "deploy_sdk.commands.evaluate", "COCO box and mask AP of a model on a COCO-format data set"),
-    ("export", "conversion.commands.export", "export a checkpoint to one deployment ONNX graph"),
-    ("check", "conversion.commands.check", "compare an exported ONNX graph with the PyTorch reference"),
-    ("infer", "deploy_sdk.commands.infer", "run a model on images; write overlays and COCO results"),
-    ("fp16", "conversion.commands.fp16", "convert an exported ONNX graph to fp16"),
-    ("quantize", "conversion.commands.quantize", "post-training INT8 quantization with explicit Q/DQ"),
-    ("build", "conversion.commands.build", "build a TensorRT engine from an exported ONNX graph"),
-    ("bench", "benchmarks.commands.bench", "latency and throughput, side by side with baselines"),
-]
+__all__ = ["COMMAND_PACKAGES", "Terminated", "commands", "main", "positive_int", "sigterm_unwinds"]
+
+# The packages whose ``COMMANDS`` registries make up the CLI, lowest layer first. A package that is not installed
+# is skipped (its commands are then unknown); a registry that fails to import for any other reason is a bug.
+COMMAND_PACKAGES: Tuple[str, ...] = (
+    "deploy_sdk.commands",
+    "deploy_sdk.conversion.commands",
+    "deploy_sdk.benchmarks.commands",
+)
+
+# The order of the top-level help: the order a new user meets the commands. Registered commands not named here
+# follow, in registry order.
+HELP_ORDER: Tuple[str, ...] = ("demo", "data", "eval", "export", "check", "infer", "fp16", "quantize", "build", "bench")
 
 
-class Terminated(KeyboardInterrupt):
-    """Raised in the main thread on SIGTERM, so that the program unwinds as for Ctrl-C: ``with`` blocks and
-    ``finally`` clauses run and delete temporary output (the default SIGTERM action would kill the process on the
-    spot and leave its ``.*.partial`` files behind)."""
+def _is_missing(exc: ModuleNotFoundError, package: str) -> bool:
+    """True when ``exc`` says that ``package`` itself (or a package above it) is not installed."""
+    missing = exc.name or ""
+    return bool(missing) and (package == missing or package.startswith(missing + "."))
 
 
-@contextlib.contextmanager
-def sigterm_unwinds() -> Iterator[None]:
-    """While active, SIGTERM raises :class:`Terminated` in the main thread; further SIGTERMs are ignored so that
-    they cannot interrupt the clean-up (a SIGKILL still ends the process). No-op outside the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def positive_int(text: str) -> int:
-    """argparse ``type=``: an integer >= 1, refused at parse time otherwise."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def commands() -> List[Tuple[str, str, str]]:
+    """Every registered command as (name, module, one-line help), in the order of the top-level help."""
+    found: List[Tuple[str, str, str]] = []
+    for package in COMMAND_PACKAGES:
+        try:
+            registry = importlib.import_module(package)
+        except ModuleNotFoundError as exc:
+            if _is_missing(exc, package):
+                continue
+            raise
+        for name, module, text in registry.COMMANDS:
+            if any(name == seen for seen, _, _ in found):
+                raise RuntimeError(f"command {name!r} is registered twice (again by {package})")
+            found.append((name, module, text))
+    rank = {name: i for i, name in enumerate(HELP_ORDER)}
+    return sorted(found, key=lambda c: rank.get(c[0], len(rank)))  # stable: unlisted ones keep registry order
 
 
-def _top_help() -> str:
-    width = max(len(c[0]) for c in COMMANDS)
+def _top_help(table: Sequence[Tuple[str, str, str]]) -> str:
+    width = max(len(c[0]) for c in table)
     lines = [
         f"usage: maskrcnn-deploy COMMAND [options]   (maskrcnn-deploy {__version__})",
         "",
         "commands:",
     ]
-    lines += [f"  {name:<{width}}  {text}" for name, _, text in COMMANDS]
+    lines += [f"  {name:<{width}}  {text}" for name, _, text in table]
     lines += ["", "Run 'maskrcnn-deploy COMMAND --help' for the options of one command."]
     return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_top_help())
-        return 0 if argv else 2
-    if argv[0] == "--version":
+    if argv and argv[0] == "--version":
         print(f"maskrcnn-deploy {__version__}")
         return 0
-    table = {name: (module, text) for name, module, text in COMMANDS}
+    registered = commands()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help(registered))
+        return 0 if argv else 2
+    table = {name: (module, text) for name, module, text in registered}
     if argv[0] not in table:
-        print(f"maskrcnn-deploy: unknown command '{argv[0]}'\n\n{_top_help()}", file=sys.stderr)
+        print(f"maskrcnn-deploy: unknown command '{argv[0]}'\n\n{_top_help(registered)}", file=sys.stderr)
         return 2
     module_name, text = table[argv[0]]
     prefix = f"maskrcnn-deploy {argv[0]}"

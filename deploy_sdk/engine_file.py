@@ -13,7 +13,7 @@ then       engine    the serialized TensorRT engine, exactly as IBuilder.build_s
 ```
 
 The header comes first so the runtime can check compatibility before it reads (and before TensorRT sees) a plan of
-hundreds of megabytes. Written by `maskrcnn-deploy build` (conversion.tensorrt_build); read and checked by the
+hundreds of megabytes. Written by `maskrcnn-deploy build` (deploy_sdk.conversion.tensorrt_build); read and checked by the
 runtime's `tensorrt` backend with :func:`read_engine_file` and :func:`check_engine_compatible`.
 """
 

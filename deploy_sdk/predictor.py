@@ -24,6 +24,8 @@ from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequenc
 
 import numpy as np
 
+from deploy_sdk.backends import REGISTRY as _BACKEND_REGISTRY
+from deploy_sdk.backends import backend_class
 from deploy_sdk.backends.base import Backend, check_threads
 from deploy_sdk.detections import Detections, encode_rle
 from deploy_sdk.errors import DeploySdkError
@@ -33,7 +35,7 @@ from deploy_sdk.preprocessing import PreparedBatch, boxes_to_original, check_res
 
 __all__ = ["Predictor", "BACKENDS", "MASK_FORMATS"]
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+BACKENDS = ("auto",) + tuple(_BACKEND_REGISTRY)  # ("auto", "onnxruntime", "tensorrt", "torch")
 MASK_FORMATS = ("full", "box", "rle", "none")
 PREPROCESS_MODES = ("auto", "numpy", "torch")
 _ONNX_SUFFIXES = (".onnx",)
@@ -87,26 +89,19 @@ def _open_backend(
         raise DeploySdkError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if not isinstance(model, (str, os.PathLike)):
         if backend in ("auto", "torch") and hasattr(model, "model") and hasattr(model, "metadata"):
-            from deploy_sdk.backends.torch import TorchBackend
-
-            return TorchBackend(model, device=device, threads=threads)
+            return backend_class("torch")(model, device=device, threads=threads)
         raise DeploySdkError(
             f"model must be a file path (or a Backend / loaded checkpoint), got {type(model).__name__}"
         )
     if not os.path.exists(os.fspath(model)):
         raise DeploySdkError(f"model file not found: {os.fspath(model)}")
     kind = _backend_for(model, backend)
-    if kind == "onnxruntime":
-        from deploy_sdk.backends.onnxruntime import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(model, device=device, threads=threads)
+    cls = backend_class(kind)  # imported now: torch only for the torch backend
     if kind == "tensorrt":
-        from deploy_sdk.backends.tensorrt import TensorRTBackend
-
-        return TensorRTBackend(model, device=device)
-    from deploy_sdk.backends.torch import TorchBackend
-
-    return TorchBackend(model, device=device, threads=threads, trust_checkpoint=trust_checkpoint)
+        return cls(model, device=device)
+    if kind == "torch":
+        return cls(model, device=device, threads=threads, trust_checkpoint=trust_checkpoint)
+    return cls(model, device=device, threads=threads)
 
 
 class Predictor:

@@ -32,7 +32,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn  # noqa: E402
+from deploy_sdk.conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn  # noqa: E402
 from deploy_sdk.synthetic_shapes import SHAPE_CLASSES, generate_sample  # noqa: E402
 
 CONFIG = ArchConfig(

@@ -78,7 +78,7 @@ timeout "$(left 120)" $PY -m deploy_sdk.cli bench models/shapes_r18/model.safete
 log "bench shapes: exit $?"
 
 log "bench: random-weight R50-FPN 800x1216, $BENCH_DEVICE"
-$PY -m benchmarks.random_torchvision_checkpoint -o "$WORK/r50_random.pth" >>"$OUT/checks.log" 2>&1 &&
+$PY -m deploy_sdk.benchmarks.random_torchvision_checkpoint -o "$WORK/r50_random.pth" >>"$OUT/checks.log" 2>&1 &&
   timeout "$(left 150)" $PY -m deploy_sdk.cli bench "$WORK/r50_random.pth" --device "$BENCH_DEVICE" --compare torch-eager \
     --image-size 800x1216 --batch-sizes 1,4 --warmup 3 --iters "$BENCH_ITERS" --quiet \
     --json "$OUT/bench_r50.json" >>"$OUT/checks.log" 2>&1

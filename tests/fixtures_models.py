@@ -25,7 +25,7 @@ HELD_OUT_SEED = 917_000
 
 def shipped_checkpoint() -> Path:
     """The shipped model (models/shapes_r18/model.safetensors), else a stable copy of the training snapshot."""
-    from conversion.checkpoint import shipped_model_path
+    from deploy_sdk.conversion.checkpoint import shipped_model_path
 
     from deploy_sdk.errors import CheckpointError
 
@@ -50,8 +50,8 @@ def shipped_checkpoint() -> Path:
 
 def shipped_onnx_path(checkpoint: Optional[Path] = None) -> Path:
     """The exported deployment graph of ``checkpoint`` (default: :func:`shipped_checkpoint`), cached."""
-    from conversion.checkpoint import load_checkpoint
-    from conversion.export import export_onnx
+    from deploy_sdk.conversion.checkpoint import load_checkpoint
+    from deploy_sdk.conversion.export import export_onnx
 
     checkpoint = checkpoint or shipped_checkpoint()
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
@@ -76,8 +76,8 @@ def held_out_images(count: int, seed: int = HELD_OUT_SEED) -> List[np.ndarray]:
 
 def parity_failures(reference, candidate, **overrides) -> List[str]:
     """Per-image problems of ``candidate`` vs ``reference`` (lists of Detections) by the export issue's criteria
-    (``conversion.parity``); an empty list means they agree."""
-    from conversion.parity import ParityThresholds, compare_detections
+    (``deploy_sdk.conversion.parity``); an empty list means they agree."""
+    from deploy_sdk.conversion.parity import ParityThresholds, compare_detections
 
     thresholds = ParityThresholds(**overrides)
     assert len(reference) == len(candidate), f"{len(candidate)} results for {len(reference)} images"
@@ -102,6 +102,6 @@ def shipped_onnx(shipped_model_file) -> Path:
 
 @pytest.fixture(scope="session")
 def shipped_loaded(shipped_model_file):
-    from conversion.checkpoint import load_checkpoint
+    from deploy_sdk.conversion.checkpoint import load_checkpoint
 
     return load_checkpoint(shipped_model_file)

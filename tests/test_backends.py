@@ -116,11 +116,31 @@ def test_onnxruntime_backend_errors(tmp_path):
 
 
 def test_torch_backend_without_torch_names_the_convert_extra(monkeypatch, tmp_path):
-    from deploy_sdk.backends.torch import TorchBackend
+    from deploy_sdk.conversion.torch_backend import TorchBackend
 
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(MissingDependencyError, match=r"torch backend.*maskrcnn-deploy\[convert\]"):
         TorchBackend(tmp_path / "model.safetensors")
+
+
+def test_backends_are_found_by_name_in_the_registry(monkeypatch, tmp_path):
+    """``Predictor(..., backend="torch")`` reaches the conversion layer's torch backend through the registry's
+    "module:Class" string; a missing torch or conversion package names the ``convert`` extra."""
+    from deploy_sdk.backends import REGISTRY, backend_class
+    from deploy_sdk.conversion.torch_backend import TorchBackend
+
+    assert backend_class("torch") is TorchBackend and backend_class("onnxruntime") is OnnxRuntimeBackend
+    assert set(REGISTRY) == {"onnxruntime", "tensorrt", "torch"}
+    with pytest.raises(DeploySdkError, match="unknown backend 'nope'"):
+        backend_class("nope")
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"not read")
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(MissingDependencyError, match=r"torch backend.*'torch'.*maskrcnn-deploy\[convert\]"):
+        Predictor(ckpt, backend="torch")
+    monkeypatch.setitem(sys.modules, "deploy_sdk.conversion.torch_backend", None)
+    with pytest.raises(MissingDependencyError, match=r"torch backend.*maskrcnn-deploy\[convert\]"):
+        Predictor(ckpt)  # backend from the suffix
 
 
 def test_import_deploy_sdk_needs_no_torch(tmp_path):
@@ -149,8 +169,8 @@ def test_torch_backend_makes_every_tensor_on_its_device():
     torch = pytest.importorskip("torch")
     from tiny_maskrcnn import build_tiny_maskrcnn
 
-    from conversion.checkpoint import load_torchvision_model
-    from deploy_sdk.backends.torch import TorchBackend
+    from deploy_sdk.conversion.checkpoint import load_torchvision_model
+    from deploy_sdk.conversion.torch_backend import TorchBackend
     from fixtures_models import parity_failures
 
     loaded = load_torchvision_model(build_tiny_maskrcnn())
@@ -173,8 +193,8 @@ def test_torch_backend_cuda_matches_cpu(tmp_path):
     """GPU check of the torch backend (deployment module + GPU mask pasting) against its own CPU run."""
     from tiny_maskrcnn import build_tiny_maskrcnn
 
-    from conversion.checkpoint import load_torchvision_model
-    from deploy_sdk.backends.torch import TorchBackend
+    from deploy_sdk.conversion.checkpoint import load_torchvision_model
+    from deploy_sdk.conversion.torch_backend import TorchBackend
 
     loaded = load_torchvision_model(build_tiny_maskrcnn())
     images = [np.random.default_rng(i).integers(0, 256, (120 + 10 * i, 90, 3), dtype=np.uint8) for i in range(3)]

@@ -163,7 +163,7 @@ def test_tensorrt_engine_matches_onnxruntime(tmp_path):
     """Full path on a GPU machine: build the shipped model's engine, run it, compare with ONNX Runtime on CPU."""
     from fixtures_models import parity_failures, shipped_onnx_path, held_out_images
 
-    from conversion.tensorrt_build import BuildOptions, ProfileSpec, build_engine
+    from deploy_sdk.conversion.tensorrt_build import BuildOptions, ProfileSpec, build_engine
 
     onnx_path = shipped_onnx_path(tmp_path)
     engine = tmp_path / "model.engine"

@@ -7,11 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from benchmarks.baselines import TorchEagerSystem, TorchvisionOnnxSystem, export_torchvision_onnx  # noqa: E402
-from benchmarks.commands.bench import bench_images  # noqa: E402
-from benchmarks.harness import CpuClock, run_side_by_side  # noqa: E402
+from deploy_sdk.benchmarks.baselines import TorchEagerSystem, TorchvisionOnnxSystem, export_torchvision_onnx  # noqa: E402
+from deploy_sdk.benchmarks.commands.bench import bench_images  # noqa: E402
+from deploy_sdk.benchmarks.harness import CpuClock, run_side_by_side  # noqa: E402
 from compare import assert_close  # noqa: E402
-from conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn  # noqa: E402
+from deploy_sdk.conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn  # noqa: E402
 
 NAMES = ["__background__", "a", "b"]
 SIZE = (120, 150)

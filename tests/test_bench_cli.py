@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.commands import bench
+from deploy_sdk.benchmarks.commands import bench
 from deploy_sdk.cli import main
 from deploy_sdk.errors import DeploySdkError
 
@@ -87,8 +87,8 @@ def test_tiny_end_to_end_run_writes_json_and_png(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     from test_bench_baselines import tiny_maskrcnn
 
-    from conversion.checkpoint import load_torchvision_model
-    from conversion.export import export_onnx
+    from deploy_sdk.conversion.checkpoint import load_torchvision_model
+    from deploy_sdk.conversion.export import export_onnx
 
     model = tiny_maskrcnn()
     ckpt = tmp_path / "tiny.pth"

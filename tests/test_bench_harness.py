@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import harness, report
-from benchmarks.harness import CpuClock, LatencyStats, run_side_by_side
+from deploy_sdk.benchmarks import harness, report, timing
+from deploy_sdk.benchmarks.harness import CpuClock, LatencyStats, run_side_by_side
 
 
 def test_stats_hand_worked_example():
@@ -38,7 +38,7 @@ def test_stats_against_numpy_percentiles():
 
 def test_cpu_clock_laps_accumulate(monkeypatch):
     ticks = iter([0, 2_000_000, 5_000_000, 6_000_000, 10_000_000])  # ns
-    monkeypatch.setattr(harness.time, "perf_counter_ns", lambda: next(ticks))
+    monkeypatch.setattr(timing.time, "perf_counter_ns", lambda: next(ticks))
     clock = CpuClock()
     clock.start()
     clock.lap("preprocess")   # 2 ms

@@ -1,6 +1,6 @@
 """Checkpoint loading: every supported architecture, every file form, overrides, and the refusals.
 
-Each original model is built with torchvision's own builders (not with conversion.architectures), saved, loaded
+Each original model is built with torchvision's own builders (not with deploy_sdk.conversion.architectures), saved, loaded
 back through `load_checkpoint`, and compared with the original: weights bit for bit, inference settings, and
 the detections on one image (boxes/scores/masks to fp32 tolerance, labels exactly).
 """
@@ -23,8 +23,8 @@ from torchvision.models.detection import (
 )
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 
-from conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn
-from conversion.checkpoint import (
+from deploy_sdk.conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn
+from deploy_sdk.conversion.checkpoint import (
     LoadedModel,
     detect_architecture,
     load_checkpoint,
@@ -76,7 +76,7 @@ def _resnet_fpn(name: str) -> MaskRCNN:
 
 def _mobilenet() -> MaskRCNN:
     # torchvision pairs this backbone with its own anchors and RPN score threshold only in Faster R-CNN: take
-    # them from that builder, so the test does not restate what conversion.architectures replicates.
+    # them from that builder, so the test does not restate what deploy_sdk.conversion.architectures replicates.
     frcnn = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES)
     backbone = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=None, fpn=True, trainable_layers=6)
     return MaskRCNN(

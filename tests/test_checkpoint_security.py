@@ -20,8 +20,8 @@ from PIL import Image
 from safetensors.torch import save_file
 from tiny_maskrcnn import build_tiny_maskrcnn
 
-from conversion.checkpoint import load_checkpoint
-from conversion.checkpoint_options import add_checkpoint_arguments, load_checkpoint_from_args
+from deploy_sdk.conversion.checkpoint import load_checkpoint
+from deploy_sdk.conversion.checkpoint_options import add_checkpoint_arguments, load_checkpoint_from_args
 from deploy_sdk.cli import main
 from deploy_sdk.errors import CheckpointError
 from deploy_sdk.predictor import Predictor

@@ -358,7 +358,7 @@ def test_read_only_and_unwritable_folders_are_refused_up_front(tmp_path, monkeyp
 
 
 def test_export_checks_the_output_before_loading(tmp_path, capsys, monkeypatch):
-    import conversion.checkpoint_options as options
+    import deploy_sdk.conversion.checkpoint_options as options
 
     calls = []
 
@@ -399,7 +399,7 @@ def test_infer_out_that_is_a_file(tmp_path, capsys, toy_model, monkeypatch):
 
 
 def test_eval_json_path_checked_before_the_model(tmp_path, capsys, monkeypatch):
-    import deploy_sdk.commands.evaluate as evaluate_cmd
+    import deploy_sdk.conversion.commands.evaluate as evaluate_cmd
     from deploy_sdk.synthetic_shapes import write_dataset
 
     monkeypatch.setattr(evaluate_cmd, "make_predictor", lambda args: pytest.fail("model loaded"))

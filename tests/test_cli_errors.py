@@ -15,7 +15,7 @@ from torchvision.models.detection import FasterRCNN, KeypointRCNN, RetinaNet
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn
+from deploy_sdk.conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn
 from deploy_sdk.cli import main
 from deploy_sdk.synthetic_shapes import write_dataset
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import conversion
-from deploy_sdk.commands import demo
+from deploy_sdk import conversion
+from deploy_sdk.benchmarks.commands import demo
 
 
 def test_export_key_names_the_checkpoint_and_changes_with_the_exporter(tmp_path, monkeypatch):

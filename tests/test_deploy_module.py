@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compare import assert_close
-from conversion.deploy_module import DeploymentModule, batched_nms_indices
+from deploy_sdk.conversion.deploy_module import DeploymentModule, batched_nms_indices
 from deploy_sdk.errors import UnsupportedModelError
 from tiny_maskrcnn import build_tiny_maskrcnn, match_rows, random_canvas, torchvision_pipeline
 

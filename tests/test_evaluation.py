@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn
-from conversion.checkpoint import load_torchvision_model
-from conversion.reference import ReferencePredictor
+from deploy_sdk.conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn
+from deploy_sdk.conversion.checkpoint import load_torchvision_model
+from deploy_sdk.conversion.reference import ReferencePredictor
 from deploy_sdk.cli import main
 from deploy_sdk.detections import Detections
 from deploy_sdk.errors import DeploySdkError, InputImageError
@@ -239,7 +239,7 @@ def test_malformed_image_entries_are_named(tmp_path):
 
 
 def test_eval_command_malformed_annotation_is_one_line_before_the_model(tmp_path, capsys, monkeypatch):
-    import deploy_sdk.commands.evaluate as evaluate_cmd
+    import deploy_sdk.conversion.commands.evaluate as evaluate_cmd
 
     monkeypatch.setattr(evaluate_cmd, "make_predictor", lambda args: pytest.fail("the model must not be loaded"))
     images, ann = _write_coco(tmp_path, 20, 20, [_square_mask(20, 20, 2, 2, 10, 10)])

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from compare import assert_close
-from conversion.checkpoint import load_checkpoint, load_torchvision_model
-from conversion.export import export_onnx
-from conversion.roi_align_function import ROI_ALIGN_DOMAIN, ROI_ALIGN_OP, RoIAlignConfig
+from deploy_sdk.conversion.checkpoint import load_checkpoint, load_torchvision_model
+from deploy_sdk.conversion.export import export_onnx
+from deploy_sdk.conversion.roi_align_function import ROI_ALIGN_DOMAIN, ROI_ALIGN_OP, RoIAlignConfig
 from deploy_sdk.cli import main
 from deploy_sdk.errors import DeploySdkError, UnsupportedModelError
 from deploy_sdk.model_metadata import ModelMetadata
@@ -260,7 +260,7 @@ def test_resnet50_random_weights_two_resolutions(builder, tmp_path):
 
 # ------------------------------------------------------------------------------------------ the shipped model
 def _shipped_checkpoint(tmp_path_factory):
-    from conversion.checkpoint import shipped_model_path
+    from deploy_sdk.conversion.checkpoint import shipped_model_path
 
     try:
         return shipped_model_path()
@@ -276,8 +276,8 @@ def _shipped_checkpoint(tmp_path_factory):
 
 @pytest.mark.slow
 def test_shipped_model_parity_batches_and_mixed_sizes(tmp_path_factory):
-    from conversion.commands.check import HELD_OUT_SEED, reference_detections
-    from conversion.parity import ParityThresholds, compare_detections
+    from deploy_sdk.conversion.commands.check import HELD_OUT_SEED, reference_detections
+    from deploy_sdk.conversion.parity import ParityThresholds, compare_detections
     from deploy_sdk.predictor import Predictor
     from deploy_sdk.synthetic_shapes import generate_sample
 

@@ -10,7 +10,7 @@ from compare import assert_close
 from onnx import TensorProto
 from precision_toy_graph import make_toy_graph, toy_inputs
 
-from conversion.fp16 import convert_file_to_fp16, convert_model_to_fp16
+from deploy_sdk.conversion.fp16 import convert_file_to_fp16, convert_model_to_fp16
 from deploy_sdk.cli import main as cli_main
 from deploy_sdk.errors import DeploySdkError
 from deploy_sdk.model_metadata import ModelMetadata

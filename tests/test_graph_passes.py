@@ -11,8 +11,8 @@ import torch
 from onnx import AttributeProto
 
 from compare import assert_close
-from conversion.graph_passes import strip_roi_align_functions
-from conversion.roi_align_function import RoIAlignConfig, multi_level_roi_align
+from deploy_sdk.conversion.graph_passes import strip_roi_align_functions
+from deploy_sdk.conversion.roi_align_function import RoIAlignConfig, multi_level_roi_align
 from deploy_sdk import plugins
 from deploy_sdk.errors import EngineError
 
@@ -32,8 +32,8 @@ class _Pool(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def pool_graph(tmp_path_factory):
-    """A graph of one MultiLevelRoIAlign node exported the way conversion.export does it."""
-    from conversion.export import _attach_roi_align_function
+    """A graph of one MultiLevelRoIAlign node exported the way deploy_sdk.conversion.export does it."""
+    from deploy_sdk.conversion.export import _attach_roi_align_function
 
     cfg = RoIAlignConfig(7, 5, 2, SCALES)
     rois, feats = _inputs(batch=2, rois=6, height=64, width=96, seed=0)

@@ -1,11 +1,11 @@
-"""conversion.parity on hand-worked examples: IoU values computed by hand, matching rules, failure reasons."""
+"""deploy_sdk.conversion.parity on hand-worked examples: IoU values computed by hand, matching rules, failure reasons."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from conversion.parity import ParityThresholds, box_iou, compare_detections, mask_iou, summarize
+from deploy_sdk.conversion.parity import ParityThresholds, box_iou, compare_detections, mask_iou, summarize
 from deploy_sdk.detections import Detections
 
 

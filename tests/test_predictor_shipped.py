@@ -57,7 +57,7 @@ def test_onnxruntime_matches_pytorch_reference(shipped_loaded, seven_images, onn
 
 
 def test_torch_backend_matches_onnxruntime(shipped_loaded, seven_images, onnxruntime_results):  # noqa: F811
-    from deploy_sdk.backends.torch import TorchBackend
+    from deploy_sdk.conversion.torch_backend import TorchBackend
 
     predictor = Predictor(TorchBackend(shipped_loaded, device="cpu"), batch_size=4)
     assert predictor.metadata.class_names == onnxruntime_results[0].class_names
@@ -70,7 +70,7 @@ def test_torch_backend_matches_onnxruntime(shipped_loaded, seven_images, onnxrun
 
 
 def test_blank_images(shipped_loaded, shipped_onnx):  # noqa: F811
-    from conversion.reference import ReferencePredictor
+    from deploy_sdk.conversion.reference import ReferencePredictor
 
     blank = [np.zeros((300, 400, 3), np.uint8), np.full((200, 500, 3), 255, np.uint8)]
     results = Predictor(shipped_onnx, batch_size=1).predict(blank)  # one at a time, as ReferencePredictor runs

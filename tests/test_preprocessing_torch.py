@@ -103,8 +103,8 @@ def test_preprocess_option_errors(tmp_path):
 def test_torch_backend_gives_the_same_detections_with_either_preprocessing():
     from tiny_maskrcnn import build_tiny_maskrcnn
 
-    from conversion.checkpoint import load_torchvision_model
-    from deploy_sdk.backends.torch import TorchBackend
+    from deploy_sdk.conversion.checkpoint import load_torchvision_model
+    from deploy_sdk.conversion.torch_backend import TorchBackend
     from fixtures_models import parity_failures
 
     loaded = load_torchvision_model(build_tiny_maskrcnn())
@@ -125,8 +125,8 @@ def test_cuda_preprocessing_matches_cpu_and_is_the_gpu_default():
     assert_close(gpu.images.cpu(), cpu.images, atol=1e-3, rtol=0, what="cuda vs cpu canvas")
     from tiny_maskrcnn import build_tiny_maskrcnn
 
-    from conversion.checkpoint import load_torchvision_model
-    from deploy_sdk.backends.torch import TorchBackend
+    from deploy_sdk.conversion.checkpoint import load_torchvision_model
+    from deploy_sdk.conversion.torch_backend import TorchBackend
 
     pred = Predictor(TorchBackend(load_torchvision_model(build_tiny_maskrcnn()), device="cuda"))
     assert pred.preprocess == "torch"

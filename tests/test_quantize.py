@@ -11,7 +11,7 @@ import pytest
 from onnx import numpy_helper
 from precision_toy_graph import make_toy_graph, toy_inputs, toy_metadata, write_toy_images
 
-from conversion.quantize import ImageCalibrationReader, find_calibration_images, quantize_int8
+from deploy_sdk.conversion.quantize import ImageCalibrationReader, find_calibration_images, quantize_int8
 from deploy_sdk.cli import main as cli_main
 from deploy_sdk.errors import DeploySdkError, InputImageError
 from deploy_sdk.model_metadata import ModelMetadata
@@ -170,7 +170,7 @@ def test_cli_quantize(tmp_path, capsys):
 def test_frozen_batchnorm_is_folded_into_the_convolution():
     from onnx import TensorProto, helper
 
-    from conversion.quantize import fold_channel_affine_into_conv
+    from deploy_sdk.conversion.quantize import fold_channel_affine_into_conv
 
     rng = np.random.default_rng(1)
 
@@ -216,7 +216,7 @@ def test_frozen_batchnorm_is_folded_into_the_convolution():
 
 
 def test_cpu_target_uses_uint8_activations_and_is_refused_by_the_engine_builder(tmp_path):
-    from conversion.tensorrt_build import read_graph
+    from deploy_sdk.conversion.tensorrt_build import read_graph
     from deploy_sdk.errors import EngineError
 
     src = tmp_path / "toy.onnx"

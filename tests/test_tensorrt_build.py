@@ -1,7 +1,7 @@
 """`maskrcnn-deploy build`: everything up to the TensorRT calls, then the calls themselves against a recording fake.
 
 TensorRT cannot be installed on these machines. The fake module below implements only the calls
-``conversion.tensorrt_build`` makes (names and signatures checked against the tensorrt-stubs package by mypy, see
+``deploy_sdk.conversion.tensorrt_build`` makes (names and signatures checked against the tensorrt-stubs package by mypy, see
 ``test_build_module_type_checks_against_tensorrt_stubs``) and records them, so the tests check what is asked of
 TensorRT: network flags per major version, the profile, the workspace, the timing cache, the graph handed to the
 parser (RoIAlign function stripped, node kept), parse errors, and the engine file written with its metadata.
@@ -21,8 +21,8 @@ import onnx
 import pytest
 from precision_toy_graph import TOY_OP, make_toy_graph, toy_metadata
 
-from conversion import tensorrt_build
-from conversion.tensorrt_build import BuildOptions, ProfileSpec, build_engine, parse_hw, profile_shapes
+from deploy_sdk.conversion import tensorrt_build
+from deploy_sdk.conversion.tensorrt_build import BuildOptions, ProfileSpec, build_engine, parse_hw, profile_shapes
 from deploy_sdk.cli import main as cli_main
 from deploy_sdk.engine_file import GpuIdentity, read_engine_file
 from deploy_sdk.errors import DeploySdkError, EngineError, MissingDependencyError, PluginError
@@ -391,9 +391,9 @@ def test_real_tensorrt_build(tmp_path):
     import tensorrt as trt
     import torch
 
-    from conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn
-    from conversion.checkpoint import load_torchvision_model
-    from conversion.export import export_onnx
+    from deploy_sdk.conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn
+    from deploy_sdk.conversion.checkpoint import load_torchvision_model
+    from deploy_sdk.conversion.export import export_onnx
     from deploy_sdk.engine_file import check_engine_compatible, current_gpu
 
     torch.manual_seed(0)

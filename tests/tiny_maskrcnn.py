@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torchvision.models.detection.image_list import ImageList
 
-from conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn
+from deploy_sdk.conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn
 
 
 def build_tiny_maskrcnn(seed: int = 0, num_classes: int = 7):

@@ -1,7 +1,7 @@
 """`maskrcnn-deploy bench`: latency percentiles, throughput against batch size, per-stage times, baselines.
 
 Every system runs in this one process on the same synthetic images, alternating iteration by iteration (see
-``benchmarks.harness.run_side_by_side``), so the ratios hold on a noisy, shared machine.
+``deploy_sdk.benchmarks.harness.run_side_by_side``), so the ratios hold on a noisy, shared machine.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from deploy_sdk.cli import Terminated, positive_int, sigterm_unwinds
+from deploy_sdk.commands.options import TRUST_CHECKPOINT_HELP, Terminated, positive_int, sigterm_unwinds
 from deploy_sdk.errors import CheckpointError, DeploySdkError, EngineError
 
 __all__ = ["add_arguments", "run", "BASELINES"]
@@ -64,8 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="write the results as JSON to this file")
     parser.add_argument("--plot", help="write a PNG plot (.png) of latency and throughput against batch size")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    from conversion.checkpoint_options import TRUST_CHECKPOINT_HELP
-
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help=TRUST_CHECKPOINT_HELP + " (applies to --checkpoint, which the PyTorch baselines load)")
 
@@ -194,7 +192,7 @@ def resolve_compare(args, compare) -> Tuple[List[Tuple[str, Optional[str]]], Opt
 
 
 def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workdir: Path, max_batch: int):
-    from benchmarks.sdk_system import PredictorSystem
+    from deploy_sdk.benchmarks.sdk_system import PredictorSystem
 
     main_backend = args.backend
     if main_backend == "auto" and _is_checkpoint(args.model):
@@ -206,7 +204,7 @@ def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workd
 
     loaded = None
     if any(name in ("torch-eager", "torchvision-onnx") for name, _ in compare):
-        from conversion.checkpoint import load_checkpoint
+        from deploy_sdk.conversion.checkpoint import load_checkpoint
 
         print(f"loading checkpoint {checkpoint} ...", file=sys.stderr)
         loaded = load_checkpoint(checkpoint, trust_checkpoint=args.trust_checkpoint)
@@ -218,11 +216,11 @@ def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workd
 
     for name, path in compare:
         if name == "torch-eager":
-            from benchmarks.baselines import TorchEagerSystem
+            from deploy_sdk.benchmarks.baselines import TorchEagerSystem
 
             systems.append(TorchEagerSystem(loaded.model, loaded.class_names, device=args.device))
         elif name == "torchvision-onnx":
-            from benchmarks.baselines import TorchvisionOnnxSystem, export_torchvision_onnx
+            from deploy_sdk.benchmarks.baselines import TorchvisionOnnxSystem, export_torchvision_onnx
 
             onnx_path = Path(path) if path else workdir / "torchvision_export.onnx"
             if onnx_path.is_file():
@@ -246,8 +244,8 @@ def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workd
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmarks.harness import load_average, machine_info, run_side_by_side
-    from benchmarks.report import build_document, format_table, write_json, write_plot
+    from deploy_sdk.benchmarks.harness import load_average, machine_info, run_side_by_side
+    from deploy_sdk.benchmarks.report import build_document, format_table, write_json, write_plot
 
     batch_sizes = parse_batch_sizes(args.batch_sizes)
     compare = parse_compare(args.compare)
@@ -356,7 +354,7 @@ def _probe_native_size(args, checkpoint: Optional[str]) -> Tuple[int, int]:
             raise DeploySdkError(f"cannot read the native image size from {args.model} ({exc}); "
                                  "pass --image-size HxW") from exc
     if checkpoint:
-        from conversion.checkpoint import load_checkpoint
+        from deploy_sdk.conversion.checkpoint import load_checkpoint
 
         s = load_checkpoint(checkpoint, trust_checkpoint=args.trust_checkpoint).settings
         return int(s.min_size), int(s.max_size)

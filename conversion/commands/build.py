@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from conversion.tensorrt_build import BuildOptions, ProfileSpec, build_engine, parse_hw
+    from deploy_sdk.conversion.tensorrt_build import BuildOptions, ProfileSpec, build_engine, parse_hw
     from deploy_sdk.atomic_file import check_output_file
 
     check_output_file(args.output, what="-o/--output")  # before the (minutes long) build

@@ -1,5 +1,5 @@
 """`maskrcnn-deploy check`: run an exported graph (ONNX Runtime) and the PyTorch reference on the same images and
-report, per image, how well their detections agree (conversion.parity); exit 1 beyond tolerance.
+report, per image, how well their detections agree (deploy_sdk.conversion.parity); exit 1 beyond tolerance.
 
 The reference is torchvision's own ``MaskRCNN.forward`` on batches of the same images as the graph sees. Batches
 matter: torchvision pads a batch to its largest image and the convolutions see that padding, so an image's
@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from conversion.checkpoint_options import add_checkpoint_arguments
+from deploy_sdk.conversion.checkpoint_options import add_checkpoint_arguments
 from deploy_sdk.errors import DeploySdkError
 
 __all__ = ["add_arguments", "run", "reference_detections"]
@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from conversion.checkpoint_options import load_checkpoint_from_args
-    from conversion.parity import ParityThresholds, compare_detections, summarize
+    from deploy_sdk.conversion.checkpoint_options import load_checkpoint_from_args
+    from deploy_sdk.conversion.parity import ParityThresholds, compare_detections, summarize
     from deploy_sdk.predictor import Predictor
 
     if args.batch_size < 1:

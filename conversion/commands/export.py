@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from conversion.checkpoint_options import add_checkpoint_arguments
+from deploy_sdk.conversion.checkpoint_options import add_checkpoint_arguments
 
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from conversion.export import DEFAULT_OPSET
+    from deploy_sdk.errors import require
+
+    # The default opset is the exporter's, which imports torch: on a runtime-only install, `export --help` says
+    # which extra to install instead of a traceback.
+    require("torch", "convert", "maskrcnn-deploy export")
+    from deploy_sdk.conversion.export import DEFAULT_OPSET
 
     parser.add_argument("checkpoint", help="checkpoint file (.pth, .pt or .safetensors)")
     parser.add_argument("-o", "--output", required=True, type=Path, help="ONNX file to write")
@@ -26,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from conversion.checkpoint_options import load_checkpoint_from_args
-    from conversion.export import export_onnx
+    from deploy_sdk.conversion.checkpoint_options import load_checkpoint_from_args
+    from deploy_sdk.conversion.export import export_onnx
     from deploy_sdk.atomic_file import check_output_file
     from deploy_sdk.errors import DeploySdkError
 

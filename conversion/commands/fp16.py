@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from conversion.fp16 import convert_file_to_fp16
+    from deploy_sdk.conversion.fp16 import convert_file_to_fp16
     from deploy_sdk.atomic_file import check_output_file
 
     check_output_file(args.output, suffixes=(".onnx",), what="-o/--output")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from conversion.quantize import CALIBRATION_METHODS
+    from deploy_sdk.conversion.quantize import CALIBRATION_METHODS
 
     parser.add_argument("model", type=Path, help="fp32 deployment ONNX graph from 'maskrcnn-deploy export'")
     parser.add_argument("--calib", type=Path, required=True, help="directory of calibration images (not eval images)")
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from conversion.quantize import quantize_int8
+    from deploy_sdk.conversion.quantize import quantize_int8
     from deploy_sdk.atomic_file import check_output_file
 
     check_output_file(args.output, suffixes=(".onnx",), what="-o/--output")  # before the calibration run

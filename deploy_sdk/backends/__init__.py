@@ -2,11 +2,52 @@
 
 - :mod:`deploy_sdk.backends.onnxruntime`: ``OnnxRuntimeBackend`` (the ``.onnx`` file; CPU or CUDA provider)
 - :mod:`deploy_sdk.backends.tensorrt`: ``TensorRTBackend`` (an engine file; CUDA; imports tensorrt lazily)
-- :mod:`deploy_sdk.backends.torch`: ``TorchBackend`` (the PyTorch deployment module; imports torch lazily)
+- :mod:`deploy_sdk.conversion.torch_backend`: ``TorchBackend`` (the PyTorch deployment module; part of the
+  conversion layer, next to the module it runs; needs the ``convert`` extra)
 
-The backend modules are imported on use so that ``import deploy_sdk.backends`` needs neither torch nor tensorrt.
+The predictor finds a backend class by name in :data:`REGISTRY` ("module:Class" strings) and imports its module
+on use, so that ``import deploy_sdk.backends`` needs neither torch nor tensorrt, and the runtime layer never
+imports the conversion layer: only this table names it.
 """
 
-from deploy_sdk.backends.base import INPUT_NAMES, OUTPUT_NAMES, Backend
+from __future__ import annotations
 
-__all__ = ["Backend", "INPUT_NAMES", "OUTPUT_NAMES"]
+import importlib
+from typing import Callable, Dict
+
+from deploy_sdk.backends.base import INPUT_NAMES, OUTPUT_NAMES, Backend
+from deploy_sdk.errors import DeploySdkError, MissingDependencyError
+
+__all__ = ["Backend", "INPUT_NAMES", "OUTPUT_NAMES", "REGISTRY", "backend_class"]
+
+# Backend name -> "module:Class". The module is imported only when a backend of that name is made.
+REGISTRY: Dict[str, str] = {
+    "onnxruntime": "deploy_sdk.backends.onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "deploy_sdk.backends.tensorrt:TensorRTBackend",
+    "torch": "deploy_sdk.conversion.torch_backend:TorchBackend",
+}
+
+# The pip extra that provides what a backend's module needs (named when that module cannot be imported).
+_EXTRAS: Dict[str, str] = {"onnxruntime": "", "tensorrt": "gpu", "torch": "convert"}
+
+
+def backend_class(name: str) -> Callable[..., Backend]:
+    """The class registered as backend ``name``, its module imported now.
+
+    Raises :class:`DeploySdkError` for a name that is not registered, and :class:`MissingDependencyError` naming
+    the pip extra when the module (or a package it needs) is not installed.
+    """
+    try:
+        target = REGISTRY[name]
+    except KeyError:
+        raise DeploySdkError(f"unknown backend {name!r}; choose one of {', '.join(REGISTRY)}") from None
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        extra = _EXTRAS.get(name)
+        if not extra:
+            raise  # a module of the base install: a broken installation, keep the traceback
+        missing = getattr(exc, "name", None) or module_name
+        raise MissingDependencyError(missing, extra, f"the {name} backend") from exc
+    return getattr(module, class_name)

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
-from deploy_sdk.cli import positive_int
+from deploy_sdk.commands.options import add_trust_checkpoint_argument, positive_int
 from deploy_sdk.errors import DeploySdkError, InputImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -50,8 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an image that cannot be read: skip it and go on (default) or stop there; either way the results so "
         "far are written, the failures are listed in failures.json and the exit code is 1",
     )
-    from conversion.checkpoint_options import add_trust_checkpoint_argument
-
     add_trust_checkpoint_argument(parser)  # for a checkpoint model (torch backend)
 
 

@@ -1,39 +1,17 @@
-// TensorRT IPluginV3 plugins `RoIAlign` and `MultiLevelRoIAlign` (version "1") and their IPluginCreatorV3One
-// creators. The classes only parse fields, check shapes and types, and call the CUDA launcher of
-// roiAlignKernel.h. Every TensorRT virtual is noexcept and reports failures through the TensorRT logger (found via
-// setLoggerFinder) instead of throwing. Fields, inputs and outputs: plugins/README.md.
+// The TensorRT IPluginV3 plugin object of `RoIAlign` and `MultiLevelRoIAlign` (version "1"). It only checks shapes
+// and types and calls the CUDA launcher of roiAlignKernel.h; its attributes come from roiAlignPluginFields.h, its
+// creators from roiAlignPluginCreator.h. Every TensorRT virtual is noexcept and reports failures through
+// roiAlignPluginLog.h instead of throwing. Fields, inputs and outputs: plugins/README.md.
 #pragma once
 
-#include "roiAlignCApi.h"
-#include "roiAlignMath.h"
+#include "roiAlignPluginFields.h"
 
 #include <NvInferRuntime.h>
 
 #include <string>
-#include <vector>
 
 namespace mrd
 {
-
-//! Which op a plugin object implements; the math is shared, only the tensor layout differs.
-enum class RoiAlignOp : int32_t
-{
-    kSingleLevel = 0, //!< RoIAlign: X [N,C,H,W], rois [R,4], batch_indices [R] -> [R,C,oh,ow]
-    kMultiLevel = 1,  //!< MultiLevelRoIAlign: rois [B,R,4], P2..P5 [B,C,Hl,Wl] -> [B,R,C,oh,ow]
-};
-
-//! The op's attributes as parsed from TensorRT plugin fields.
-struct RoiAlignAttributes
-{
-    int32_t outH{7};
-    int32_t outW{7};
-    int32_t samplingRatio{0};
-    int32_t aligned{0};
-    int32_t mode{0}; //!< PoolMode
-    std::vector<float> spatialScales{1.0f};
-    float canonicalScale{224.0f};
-    int32_t canonicalLevel{4};
-};
 
 class RoiAlignPlugin : public nvinfer1::IPluginV3,
                        public nvinfer1::IPluginV3OneCore,
@@ -82,36 +60,7 @@ private:
     RoiAlignAttributes mAttrs;
     std::string mNamespace;
     // Storage the serialized field collection points into.
-    std::string mModeString;
-    std::string mTransformString;
-    std::vector<nvinfer1::PluginField> mSerialFields;
-    nvinfer1::PluginFieldCollection mSerialCollection{};
+    RoiAlignFieldWriter mSerialFields;
 };
-
-class RoiAlignPluginCreator : public nvinfer1::IPluginCreatorV3One
-{
-public:
-    explicit RoiAlignPluginCreator(RoiAlignOp op);
-    ~RoiAlignPluginCreator() override = default;
-
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
-    nvinfer1::IPluginV3* createPlugin(char const* name, nvinfer1::PluginFieldCollection const* fc,
-        nvinfer1::TensorRTPhase phase) noexcept override;
-
-private:
-    RoiAlignOp mOp;
-    std::string mNamespace;
-    std::vector<nvinfer1::PluginField> mFieldNames;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
-};
-
-//! Parse a field collection into attributes; throws std::invalid_argument naming the bad field.
-RoiAlignAttributes parseRoiAlignFields(RoiAlignOp op, nvinfer1::PluginFieldCollection const* fc);
 
 } // namespace mrd
-
-extern "C" MRD_API void setLoggerFinder(nvinfer1::ILoggerFinder* finder);
-extern "C" MRD_API nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);

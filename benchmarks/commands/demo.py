@@ -7,19 +7,24 @@
    by the export criteria;
 5. print a short benchmark table: this SDK's ONNX Runtime path against PyTorch eager, side by side.
 
-Needs the ``convert`` extra (torch) for steps 2, 4 and 5.
+Needs the ``convert`` extra (torch) for steps 2, 4 and 5. Part of the benchmarks layer: it uses the conversion
+(export, the PyTorch reference) and ends with `maskrcnn-deploy bench`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
+from typing import List
 
 import numpy as np
 
 from deploy_sdk.atomic_file import atomic_path
+from deploy_sdk.commands.options import add_trust_checkpoint_argument
+from deploy_sdk.errors import DeploySdkError
 
 HELD_OUT_SEED = 2026
 
@@ -29,8 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-images", type=int, default=6, help="generated images to run on (default: 6)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per inference call (default: 4)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: the shipped model)")
-    from conversion.checkpoint_options import add_trust_checkpoint_argument
-
     add_trust_checkpoint_argument(parser)
     parser.add_argument("--draw-min-score", type=float, default=0.3, help="overlays show detections >= this (0.3)")
     parser.add_argument("--bench-iters", type=int, default=5, help="timed iterations per system; 0 skips the table")
@@ -39,11 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from conversion.checkpoint import load_checkpoint, shipped_model_path
-    from conversion.export import export_onnx
-    from conversion.parity import compare_detections, summarize
-    from conversion.commands.check import reference_detections
-    from deploy_sdk import DeploySdkError, Predictor
+    from deploy_sdk.conversion.checkpoint import load_checkpoint, shipped_model_path
+    from deploy_sdk.conversion.export import export_onnx
+    from deploy_sdk.conversion.parity import compare_detections, summarize
+    from deploy_sdk.conversion.commands.check import reference_detections
+    from deploy_sdk import Predictor
     from deploy_sdk.synthetic_shapes import generate_sample
 
     if args.num_images < 1:
@@ -104,12 +107,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"      agreement with the PyTorch reference: {summarize(parity)}")
 
     if args.bench_iters > 0:
-        from deploy_sdk.cli import main as cli_main
-
         print("[5/5] benchmark: this SDK (ONNX Runtime) vs PyTorch eager, same images, alternating")
-        code = cli_main(
+        code = _run_bench(
             [
-                "bench", str(onnx_path), "--checkpoint", str(ckpt), "--compare", "torch",
+                str(onnx_path), "--checkpoint", str(ckpt), "--compare", "torch",
                 "--batch-sizes", "1,4", "--warmup", "1", "--iters", str(args.bench_iters),
                 "--json", str(out / "bench.json"),
             ]
@@ -121,12 +122,28 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _run_bench(argv: List[str]) -> int:
+    """`maskrcnn-deploy bench ARGV...`, run in this process through the bench command module (same layer; the CLI
+    entry point is the layer above). A bench error is reported as `maskrcnn-deploy bench` would report it, one
+    line on stderr, and gives exit code 1, so the demo's summary above stays the last thing before it."""
+    from deploy_sdk.benchmarks.commands import bench
+
+    parser = argparse.ArgumentParser(prog="maskrcnn-deploy bench")
+    bench.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(bench.run(args) or 0)
+    except DeploySdkError as exc:
+        print(f"maskrcnn-deploy bench: error: {exc}", file=sys.stderr)
+        return 1
+
+
 def export_key(checkpoint_sha256: str) -> str:
     """What a reusable export must have been made from: the checkpoint (its sha256) and the exporter, as a sha256
     of the SDK version and the source of ``conversion`` and the metadata writer. A change to either re-exports."""
     import hashlib
 
-    import conversion
+    from deploy_sdk import conversion
     from deploy_sdk import model_metadata
     from deploy_sdk.version import __version__
 

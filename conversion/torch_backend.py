@@ -1,7 +1,10 @@
-"""PyTorch backend: the export's ``DeploymentModule`` itself, eager, on the CPU or a CUDA GPU.
+"""PyTorch backend of :class:`deploy_sdk.Predictor`: the export's ``DeploymentModule`` itself, eager, on the CPU or
+a CUDA GPU.
 
 For development (same graph logic as the ONNX file, debuggable in Python) and for GPU checks on machines without
-TensorRT. torch, torchvision and the ``conversion`` package are imported only here.
+TensorRT. It lives in the conversion layer, next to the module it runs; the runtime finds it by name through
+:data:`deploy_sdk.backends.BACKENDS` (``backend="torch"``). torch and torchvision are imported when a backend is
+made, so importing this module needs neither.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ __all__ = ["TorchBackend"]
 
 
 class TorchBackend(Backend):
-    """Runs ``conversion.deploy_module.DeploymentModule`` built from a checkpoint.
+    """Runs ``deploy_sdk.conversion.deploy_module.DeploymentModule`` built from a checkpoint.
 
-    ``model``: a checkpoint path (anything ``conversion.checkpoint.load_checkpoint`` reads) or an already loaded
-    ``conversion.checkpoint.LoadedModel``. ``device``: "cpu" or "cuda[:N]". ``max_detections``: K of the outputs.
+    ``model``: a checkpoint path (anything ``deploy_sdk.conversion.checkpoint.load_checkpoint`` reads) or an already loaded
+    ``deploy_sdk.conversion.checkpoint.LoadedModel``. ``device``: "cpu" or "cuda[:N]". ``max_detections``: K of the outputs.
     ``threads``: torch intra-op threads (process-wide in PyTorch, so only set when asked).
     ``trust_checkpoint``: passed to ``load_checkpoint``; True lets a checkpoint path that is more than tensors (a
     whole pickled module) be unpickled, which runs code from the file. Only for files you trust; default False.
@@ -42,8 +45,8 @@ class TorchBackend(Backend):
         purpose = "the torch backend"
         torch = require("torch", "convert", purpose)
         require("torchvision", "convert", purpose)
-        checkpoint = require("conversion.checkpoint", "convert", purpose)
-        deploy_module = require("conversion.deploy_module", "convert", purpose)
+        require("onnx", "convert", purpose)  # the deployment module's RoIAlign carries its ONNX function
+        from deploy_sdk.conversion import checkpoint, deploy_module
         self._torch = torch
         kind, index = parse_device(device)
         if kind == "cuda" and not torch.cuda.is_available():

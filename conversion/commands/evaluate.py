@@ -2,6 +2,9 @@
 
 MODEL is a checkpoint (run by the PyTorch reference, i.e. torchvision itself) or an exported ``.onnx`` /
 TensorRT ``.engine``/``.plan`` file (run by ``deploy_sdk.Predictor``).
+
+Part of the conversion layer because a checkpoint is evaluated with the conversion's PyTorch reference; torch is
+imported only for a checkpoint, so evaluating an exported file works on a runtime-only install.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict
 
-from conversion.checkpoint_options import add_checkpoint_arguments, load_checkpoint_from_args
-from deploy_sdk.cli import positive_int
+from deploy_sdk.commands.options import positive_int
+from deploy_sdk.conversion.checkpoint_options import add_checkpoint_arguments, load_checkpoint_from_args
 from deploy_sdk.errors import CheckpointError, DeploySdkError
 
 _EXPORTED_SUFFIXES = (".onnx", ".engine", ".plan")
@@ -47,7 +50,7 @@ def make_predictor(args: argparse.Namespace):
         from deploy_sdk import Predictor
 
         return Predictor(path)
-    from conversion.reference import ReferencePredictor
+    from deploy_sdk.conversion.reference import ReferencePredictor
 
     return ReferencePredictor(load_checkpoint_from_args(path, args), device=args.device)
 

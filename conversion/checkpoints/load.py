@@ -1,0 +1,118 @@
+"""The entry points: load a checkpoint file (dispatching to the importer of its framework), wrap an in-memory
+model, find the shipped model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+
+from deploy_sdk.conversion.architectures import SUPPORTED_ARCHS
+from deploy_sdk.conversion.checkpoints.class_names import resolve_class_names
+from deploy_sdk.conversion.checkpoints.files import (
+    NESTING_KEYS,
+    check_finite,
+    file_sha256,
+    read_file,
+    unwrap_state_dict,
+)
+from deploy_sdk.conversion.checkpoints.loaded_model import LoadedModel
+from deploy_sdk.conversion.checkpoints.settings import read_inference_settings
+from deploy_sdk.conversion.checkpoints.torchvision import build_from_state_dict, set_sizes, wrap_module
+from deploy_sdk.errors import CheckpointError, UnsupportedModelError
+
+__all__ = ["SHIPPED_MODEL", "shipped_model_path", "load_checkpoint", "load_torchvision_model"]
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_MODEL = Path("models") / "shapes_r18" / "model.safetensors"
+
+
+def shipped_model_path() -> Path:
+    """Path of the model shipped in the repository (``models/shapes_r18/model.safetensors``)."""
+    path = _REPO_ROOT / SHIPPED_MODEL
+    if not path.is_file():
+        raise CheckpointError(
+            f"the shipped model {path} is missing; it is produced by 'python models/train_shapes.py' "
+            "(or restore it from the repository with git)"
+        )
+    return path
+
+
+def load_checkpoint(
+    path: Union[str, Path],
+    arch: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    class_names: Union[None, str, Path, Sequence[str]] = None,
+    *,
+    min_size: Optional[int] = None,
+    max_size: Optional[int] = None,
+    trust_checkpoint: bool = False,
+) -> LoadedModel:
+    """Load a Mask R-CNN checkpoint file.
+
+    ``arch`` (one of ``SUPPORTED_ARCHS``) and ``num_classes`` (including the background) override detection;
+    a ``num_classes`` that disagrees with the checkpoint's tensors is an error. ``class_names`` is a list (with
+    or without the leading background) or the path of a JSON list; by default names come from
+    ``<checkpoint>.classes.json``, then from the checkpoint, else ``class_<id>``. ``min_size``/``max_size``
+    override the resize sizes recorded in the checkpoint (torchvision's 800/1333 when none are).
+
+    Trust: by default nothing in the file is executed: ``.pth``/``.pt`` files are read with
+    ``torch.load(weights_only=True)`` (tensors and plain containers only) and safetensors files hold tensors
+    only. A file the safe loader refuses, such as a whole pickled module (``torch.save(model)``), is refused
+    with a ``CheckpointError`` naming ``--trust-checkpoint`` and how to re-save the weights. With
+    ``trust_checkpoint=True`` such a file is unpickled with ``weights_only=False``, which runs any code the file
+    contains (a ``UserWarning`` says so): pass it only for files you trust, e.g. ones you saved yourself.
+
+    Raises ``CheckpointError`` (missing/unreadable file, not a checkpoint, a pickle refused as untrusted, NaN or
+    Inf in a floating-point tensor, keys or shapes that do not fit, class-count mismatch) or
+    ``UnsupportedModelError`` (another model family or an unsupported backbone).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint path is not a file: {path}")
+    if arch is not None and arch not in SUPPORTED_ARCHS:
+        raise UnsupportedModelError(f"unknown architecture '{arch}'; supported: {', '.join(SUPPORTED_ARCHS)}")
+    if num_classes is not None and num_classes < 2:
+        raise CheckpointError(f"num_classes={num_classes} is too small: it counts the background, so at least 2")
+    for name, value in (("min_size", min_size), ("max_size", max_size)):
+        if value is not None and value < 1:
+            raise CheckpointError(f"{name}={value} must be a positive number of pixels")
+    sha256 = file_sha256(path)
+    # Keep this call directly in load_checkpoint: the trust warning's stacklevel counts the frames up to here.
+    obj, info = read_file(path, trust_checkpoint)
+
+    # A whole module, possibly nested in a training checkpoint dict (whose other entries may name the classes).
+    if isinstance(obj, Mapping):
+        for key in NESTING_KEYS:
+            if isinstance(obj.get(key), nn.Module):
+                info = {k: v for k, v in obj.items() if k != key and not isinstance(v, (nn.Module, torch.Tensor))}
+                obj = obj[key]
+                break
+    # Importers: torchvision Mask R-CNN is the only one so far; detectron2 and MMDetection importers will be
+    # siblings of checkpoints.torchvision, chosen here from the module's class or the state dict's keys.
+    if isinstance(obj, nn.Module):
+        check_finite(obj.state_dict(), path)
+        lm = wrap_module(obj, str(path), arch, num_classes)
+        lm.form = "pickled module"
+        if min_size is not None or max_size is not None:
+            set_sizes(lm.model, min_size, max_size)
+            lm.settings = read_inference_settings(lm.model)
+    else:
+        state, more_info = unwrap_state_dict(obj, path)
+        info = {**more_info, **info}
+        lm = build_from_state_dict(state, path, arch, num_classes, info, min_size, max_size)
+    lm.sha256 = sha256
+    lm.class_names = resolve_class_names(class_names, path, info.get("class_names"), lm.num_classes)
+    return lm
+
+
+def load_torchvision_model(model: MaskRCNN, class_names: Union[None, str, Path, Sequence[str]] = None) -> LoadedModel:
+    """Wrap an in-memory torchvision ``MaskRCNN`` (it is switched to eval mode and float32 on the CPU)."""
+    lm = wrap_module(model, "<in memory>", None, None)
+    lm.class_names = resolve_class_names(class_names, None, None, lm.num_classes)
+    return lm
