@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo ">> installing maskrcnn-deploy[dev] into $(VENV) (first run only; torch is large)"
+	@echo ">> installing maskrcnn-deploy[dev] into $(VENV) (first run only; torch is large; compiles the RoIAlign plugin library)"
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
@@ -22,10 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
-# The RoIAlign plugin library with CUDA (and the TensorRT plugins when TensorRT headers are found, or
-# TENSORRT_INCLUDE_DIR=...): builds into ~/.cache/maskrcnn-deploy/ and prints the path for trtexec --dynamicPlugins.
+# The path of the RoIAlign plugin library with CUDA, for trtexec --dynamicPlugins: the one the install compiled into
+# the package (deploy_sdk/_lib/), or, when that one lacks CUDA or the TensorRT plugins that headers found now (or
+# TENSORRT_INCLUDE_DIR=...) allow, or plugins/ changed since, a developer build into ~/.cache/maskrcnn-deploy/.
 plugin: $(STAMP)
 	$(PY) -c "from deploy_sdk import plugins; print(plugins.library_path(cuda=True))"
 
 clean:
-	rm -rf $(VENV) build demo_out
+	rm -rf $(VENV) build dist demo_out

@@ -6,7 +6,7 @@ Workloads (the FPN maps of an 800x1216 image: P2 200x304, P3 100x152, P4 50x76, 
 Both systems get the same thread count and run alternately in one process, so background load hits both alike;
 the reported ratio is torchvision's median time over ours (> 1 = ours faster).
 
-    .venv/bin/python benchmarks/roi_align_bench.py --threads 2 --repeats 15
+    .venv/bin/python -m deploy_sdk.benchmarks.roi_align_bench --threads 2 --repeats 15
 """
 
 from __future__ import annotations
@@ -16,13 +16,10 @@ import statistics
 import sys
 import time
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from deploy_sdk import plugins  # noqa: E402
+from deploy_sdk import plugins
 
 IMAGE_HW = (800, 1216)
 SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
@@ -93,7 +90,7 @@ def main(argv=None) -> int:
     parser.add_argument("--channels", type=int, default=256)
     parser.add_argument("--sampling-ratio", type=int, default=2, help="2 = torchvision Mask R-CNN")
     args = parser.parse_args(argv)
-    plugins.library_path()  # build before timing
+    plugins.library_path()  # found (or, from changed sources in a checkout, built) before timing
     rows = []
     for t in args.threads:
         rows += run(t, args.repeats, args.channels, args.sampling_ratio)

@@ -4,10 +4,10 @@ The C++/CUDA sources live in ``plugins/`` (see plugins/README.md). This module
 
 * names the ONNX op and its attributes in one place (:data:`PLUGIN_DOMAIN`, :data:`MULTILEVEL_OP`, ...), so the
   exporter writes exactly what the TensorRT plugin reads;
-* finds or builds the shared library on first use (:func:`library_path`), cached by a hash of the sources under
-  ``~/.cache/maskrcnn-deploy/`` and guarded by a file lock so concurrent processes build it once; a cached library
-  is only handed out (and loaded) after its sha256 matches the one recorded at build time and its folder is
-  private to the current user;
+* finds the shared library (:func:`library_path`): the one ``pip install`` compiled into the package
+  (``deploy_sdk/_lib/``), or ``$MASKRCNN_DEPLOY_PLUGIN_LIBRARY``; only in a source checkout, when the installed one
+  is missing, stale or lacks a part that was asked for, the developer build of :mod:`deploy_sdk.plugin_build`
+  (CMake at run time, cached and verified);
 * calls the library's CPU implementation on numpy arrays (:func:`roi_align`, :func:`multilevel_roi_align`) and its
   CUDA launchers on torch CUDA tensors (:func:`roi_align_cuda`, :func:`multilevel_roi_align_cuda`) through the
   library's C ABI, so Python runs the very code TensorRT runs.
@@ -18,20 +18,15 @@ Boxes are always x1 y1 x2 y2 in input-image pixels; a level's spatial scale maps
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
 import os
-import shutil
-import stat
-import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
-from deploy_sdk.atomic_file import atomic_path
+from deploy_sdk import plugin_build
 from deploy_sdk.errors import DeploySdkError, PluginError
 
 __all__ = [
@@ -52,6 +47,7 @@ __all__ = [
     "FIELD_SPATIAL_SCALE",
     "FIELD_COORDINATE_TRANSFORMATION_MODE",
     "library_path",
+    "bundled_library",
     "tensorrt_plugin_library",
     "roi_align",
     "multilevel_roi_align",
@@ -109,20 +105,22 @@ _DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}
 _INDEX_CODES = {np.dtype(np.int32): 32, np.dtype(np.int64): 64}
 _STATUS_INVALID_ARGUMENT = 100000
 _ABI_VERSION = 1
-_LIBRARY_NAME = "libmaskrcnn_roi_align.so"
-#: Suffix of the file beside a cached library that records its sha256 (``sha256sum`` format).
-_HASH_SUFFIX = ".sha256"
 _INT32_MAX = 2**31 - 1
 
 #: Most samples per bin and axis (``sampling_ratio``); the adaptive count is capped there too. The same number as
 #: ``kMaxSamplingRatio`` in plugins/roi_align/roiAlignMath.h (tests/test_plugin_roi_align.py keeps them equal).
 MAX_SAMPLING_RATIO = 1024
 
-# ---------------------------------------------------------------------------------------- finding / building
+# --------------------------------------------------------------------------------------------- finding it
 
-_SOURCE_DIR = Path(__file__).resolve().parents[1] / "plugins"
-_build_lock = threading.Lock()
+#: Where the library came from (:func:`library_path`'s lookup order).
+ORIGIN_OVERRIDE = "MASKRCNN_DEPLOY_PLUGIN_LIBRARY"
+ORIGIN_BUNDLED = "bundled"
+ORIGIN_DEVELOPER_BUILD = "developer build"
+
 _loaded: Dict[bool, ctypes.CDLL] = {}
+_capabilities_of: Dict[str, Tuple[bool, bool]] = {}
+_noted: Set[str] = set()
 
 
 def _want_cuda(cuda: Optional[bool]) -> bool:
@@ -131,254 +129,141 @@ def _want_cuda(cuda: Optional[bool]) -> bool:
     return bool(cuda)
 
 
-def _cache_root() -> Path:
-    if os.environ.get("MASKRCNN_DEPLOY_CACHE"):
-        return Path(os.environ["MASKRCNN_DEPLOY_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "maskrcnn-deploy"
+def _package_dirs() -> List[str]:
+    import deploy_sdk
+
+    return [str(d) for d in getattr(deploy_sdk, "__path__", [])]
 
 
-def _source_files() -> list:
-    if not (_SOURCE_DIR / "CMakeLists.txt").is_file():
-        raise PluginError(
-            f"the plugin sources are not at {_SOURCE_DIR} (an install without the plugins/ folder); "
-            "set MASKRCNN_DEPLOY_PLUGIN_LIBRARY to a prebuilt libmaskrcnn_roi_align.so"
-        )
-    exts = {".h", ".cpp", ".cu", ".txt"}
-    return sorted(p for p in _SOURCE_DIR.rglob("*") if p.is_file() and p.suffix in exts)
+def bundled_library() -> Optional[Path]:
+    """The library installed with the package, ``deploy_sdk/_lib/libmaskrcnn_roi_align.so``, or None.
 
-
-def _build_key(cuda: bool, trt_include: str) -> str:
-    h = hashlib.sha256()
-    for path in _source_files():
-        h.update(str(path.relative_to(_SOURCE_DIR)).encode())
-        h.update(path.read_bytes())
-    h.update(f"cuda={int(cuda)};trt={trt_include};py={sys.platform}".encode())
-    return h.hexdigest()[:16]
-
-
-def library_path(cuda: Optional[bool] = None, tensorrt_include_dir: Optional[str] = None) -> Path:
-    """Path of the compiled plugin library, building it on first use.
-
-    ``cuda``: False = CPU-only library (fast to build, what the numpy functions need); True = also the CUDA kernel
-    and, when TensorRT headers are found (``tensorrt_include_dir`` or $TENSORRT_INCLUDE_DIR), the TensorRT
-    plugins: that is the library to hand to ``IPluginRegistry.load_library`` or ``trtexec --dynamicPlugins``.
-    None = $MASKRCNN_DEPLOY_BUILD_CUDA == "1". $MASKRCNN_DEPLOY_PLUGIN_LIBRARY, if set, is returned as is.
-
-    Raises PluginError when the library cannot be built (no compiler, no nvcc when CUDA was asked, build error).
+    A wheel install has it beside this module. An editable install (``pip install -e .``) keeps the Python files in
+    the checkout and the compiled library in site-packages; both folders are on the package's ``__path__``.
     """
+    for folder in _package_dirs():
+        path = Path(folder) / "_lib" / plugin_build.LIBRARY_NAME
+        if path.is_file():
+            return path
+    return None
+
+
+def _capabilities(path: Path) -> Tuple[bool, bool]:
+    """(has CUDA kernels, has TensorRT plugins) of the library at ``path``, asked through its C ABI."""
+    key = str(path)
+    if key not in _capabilities_of:
+        try:
+            lib = ctypes.CDLL(key)
+            has_cuda, has_trt = getattr(lib, "mrd_has_cuda"), getattr(lib, "mrd_has_tensorrt")
+        except (OSError, AttributeError) as exc:
+            raise PluginError(
+                f"cannot load the RoIAlign plugin library {path}: {exc}; reinstall maskrcnn-deploy "
+                "(pip install --force-reinstall --no-deps from its source)"
+            ) from exc
+        has_cuda.restype = has_trt.restype = ctypes.c_int32
+        _capabilities_of[key] = (bool(has_cuda()), bool(has_trt()))
+    return _capabilities_of[key]
+
+
+def _bundled_problem(path: Path, cuda: bool, checkout: bool) -> str:
+    """Why the bundled library at ``path`` does not serve this request ("" when it does).
+
+    In a checkout it must have been built from the sources now in plugins/ (its manifest, written by the
+    install-time build, lists their sha256): after an edit, the developer build has the change and it does not.
+    """
+    if checkout:
+        recorded = plugin_build.read_manifest(path.parent / plugin_build.MANIFEST_NAME)
+        if recorded is None:
+            return f"it has no readable record of the sources it was built from ({plugin_build.MANIFEST_NAME})"
+        current = plugin_build.source_manifest()
+        if recorded != current:
+            changed = sorted(n for n in set(recorded) | set(current) if recorded.get(n) != current.get(n))
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            return f"{plugin_build.source_dir()} changed since it was built ({', '.join(changed[:3])}{more})"
+    if cuda:
+        has_cuda, has_trt = _capabilities(path)
+        if not has_cuda:
+            return "it was built without CUDA (no nvcc was found when maskrcnn-deploy was installed)"
+        if checkout and not has_trt and plugin_build.find_tensorrt_headers():
+            return "it was built without the TensorRT plugins, and TensorRT headers are found now"
+    return ""
+
+
+def _locate(cuda: bool, tensorrt_include_dir: Optional[str] = None) -> Tuple[Path, str]:
+    """(path, origin) of the library for this request; see :func:`library_path`."""
     override = os.environ.get("MASKRCNN_DEPLOY_PLUGIN_LIBRARY")
     if override:
         path = Path(override)
         if not path.is_file():
             raise PluginError(f"MASKRCNN_DEPLOY_PLUGIN_LIBRARY={override} does not exist")
-        return path
-    cuda = _want_cuda(cuda)
-    # The TensorRT plugin needs the CUDA launcher. The header directory is resolved here, not by CMake, so that it
-    # is part of the cache key: installing TensorRT later gives a new build instead of the stale CUDA-only one.
-    trt_include = _tensorrt_include_dir(tensorrt_include_dir) if cuda else ""
-    root = _cache_root()
-    out_dir = root / _build_key(cuda, trt_include)
-    target = out_dir / _LIBRARY_NAME
-    with _build_lock:  # threads of this process
-        # Whatever sits in these folders ends up loaded into this process (ctypes, TensorRT): they must be ours and
-        # writable by nobody else before anything in them is trusted, the lock file included.
-        _private_folder(root)
-        _private_folder(out_dir)
-        if _cached_library_problem(target) is None:
-            return target
-        with open(out_dir / ".lock", "w") as lock_file:
-            _lock_file(lock_file)  # other processes (parallel test workers, CI jobs)
-            problem = _cached_library_problem(target)  # another process may have built it meanwhile
-            if problem is not None:
-                if target.exists():
-                    print(f"maskrcnn-deploy: {problem}; rebuilding it", file=sys.stderr)
-                _install(_build(out_dir, cuda, trt_include), target)
-    return target
+        return path, ORIGIN_OVERRIDE
+    checkout = plugin_build.has_sources()
+    bundled = None
+    if tensorrt_include_dir is not None:
+        why_not = f"tensorrt_include_dir={tensorrt_include_dir} asks for a build against those headers"
+    else:
+        bundled = bundled_library()
+        if bundled is None:
+            why_not = "no library was installed with the package (deploy_sdk/_lib/)"
+        else:
+            why_not = _bundled_problem(bundled, cuda, checkout)
+            if not why_not:
+                return bundled, ORIGIN_BUNDLED
+    if checkout:
+        if bundled is not None and str(bundled) not in _noted:
+            _noted.add(str(bundled))
+            print(
+                f"maskrcnn-deploy: not using the installed plugin library {bundled}: {why_not}; using a developer "
+                f"build of {plugin_build.source_dir()} (reinstall, e.g. `pip install -e .`, to update the installed "
+                "one)",
+                file=sys.stderr,
+            )
+        return plugin_build.jit_library_path(cuda, tensorrt_include_dir), ORIGIN_DEVELOPER_BUILD
+    raise PluginError(
+        f"no usable RoIAlign plugin library: {why_not}. Reinstall maskrcnn-deploy from its source on a machine with "
+        "a C++ compiler and CMake (and the CUDA toolkit for the CUDA kernels, TensorRT headers or "
+        "TENSORRT_INCLUDE_DIR for the TensorRT plugins): the library is compiled at install time; or set "
+        "MASKRCNN_DEPLOY_PLUGIN_LIBRARY to a library built from plugins/ (see plugins/README.md)"
+    )
 
 
-def _private_folder(path: Path) -> None:
-    """Create ``path`` readable and writable by the current user only, or check that an existing one is ours."""
-    if not path.exists():
-        # Mode 0o700 whatever the umask (which can only remove bits): a umask of 002 would otherwise make the
-        # folder group-writable and the check below would refuse the SDK's own cache. Parents are created with
-        # the default mode; they are not ours to police.
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            path.mkdir(mode=0o700)
-        except FileExistsError:
-            pass  # created by a concurrent process: checked below like any existing folder
-    if not path.is_dir():
-        raise PluginError(
-            f"the plugin library cache folder {path} is not a folder; delete it or set MASKRCNN_DEPLOY_CACHE"
-        )
-    _check_private(path, "folder")
+def library_path(cuda: Optional[bool] = None, tensorrt_include_dir: Optional[str] = None) -> Path:
+    """Path of the compiled plugin library. Found in this order:
 
+    1. ``$MASKRCNN_DEPLOY_PLUGIN_LIBRARY``, if set: that file, as given;
+    2. the library installed with the package (:func:`bundled_library`, compiled by ``pip install``) when it has
+       what was asked for: the CUDA kernels for ``cuda=True`` (and, in a source checkout, the TensorRT plugins
+       when TensorRT headers are found) and, in a source checkout, was built from the sources now in plugins/;
+    3. in a source checkout: the developer build (:func:`deploy_sdk.plugin_build.jit_library_path`), compiled on
+       first use into ``~/.cache/maskrcnn-deploy/`` and cached by a hash of the sources.
 
-def _check_private(path: Path, what: str) -> None:
-    """Raise PluginError unless ``path`` is owned by the current user and not writable by group or others."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise PluginError(f"cannot inspect the plugin library cache {what} {path}: {exc}") from exc
-    problem = ""
-    getuid = getattr(os, "getuid", None)  # absent on Windows, where POSIX owners and modes do not apply
-    if getuid is not None and st.st_uid != getuid():
-        problem = f"is owned by uid {st.st_uid}, not by the current user (uid {getuid()})"
-    elif getuid is not None and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        problem = f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
-    if problem:
-        folder = path if what == "folder" else path.parent
-        raise PluginError(
-            f"the plugin library cache {what} {path} {problem}: someone else could replace the library this process "
-            f"would load, so it is not used. Fix: delete {folder} (the library is rebuilt on next use), or "
-            f"'chmod go-w {path}' if you trust its contents, or set MASKRCNN_DEPLOY_CACHE to a folder only you "
-            "can write"
-        )
+    ``cuda``: False = any build (every one has the CPU implementation the numpy functions need); True = one with
+    the CUDA kernel and, when it was built where TensorRT headers were found, the TensorRT plugins: the library
+    for ``IPluginRegistry.load_library`` or ``trtexec --dynamicPlugins``. None = $MASKRCNN_DEPLOY_BUILD_CUDA == "1".
+    ``tensorrt_include_dir``: build against the TensorRT headers in that folder (a developer build, so a source
+    checkout is needed).
 
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _recorded_sha256(target: Path) -> Optional[str]:
-    """The sha256 written beside ``target`` when it was built (first field of a ``sha256sum`` line), or None."""
-    try:
-        fields = (target.parent / (target.name + _HASH_SUFFIX)).read_text().split()
-    except (OSError, UnicodeDecodeError):
-        return None
-    digest = fields[0].lower() if fields else ""
-    if len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
-        return None
-    return digest
-
-
-def _cached_library_problem(target: Path) -> Optional[str]:
-    """None when ``target`` is a library this SDK built and nobody changed since; else why it must be rebuilt.
-
-    Raises PluginError when the file itself is not private (not ours, or group/world-writable): that is not
-    something to paper over with a rebuild.
+    Raises PluginError when no library serves the request (an install without CUDA asked for CUDA) or the
+    developer build fails (no compiler, no nvcc when CUDA was asked, build error).
     """
-    try:
-        mode = os.lstat(target).st_mode
-    except FileNotFoundError:
-        return f"{target} is not built yet"
-    if not stat.S_ISREG(mode):
-        return f"{target} is not a regular file"
-    _check_private(target, "library")
-    recorded = _recorded_sha256(target)
-    if recorded is None:
-        return f"{target} has no recorded sha256 ({target.name}{_HASH_SUFFIX} is missing or unreadable)"
-    try:
-        actual = _file_sha256(target)
-    except OSError as exc:
-        return f"{target} cannot be read ({exc})"
-    if actual != recorded:
-        return f"{target} does not match the sha256 recorded when it was built ({actual} != {recorded})"
-    return None
-
-
-def _install(built: Path, target: Path) -> None:
-    """Copy the freshly built library to ``target`` and record its sha256 beside it (both written atomically)."""
-    # Explicit modes: the temporary files get 0666 minus the umask, and a umask of 002 would leave a group-writable
-    # library that _check_private() then refuses.
-    with atomic_path(target) as tmp:
-        shutil.copyfile(built, tmp)
-        os.chmod(tmp, 0o644)
-        digest = _file_sha256(tmp)  # of the very bytes installed
-    with atomic_path(target.parent / (target.name + _HASH_SUFFIX)) as tmp:
-        tmp.write_text(f"{digest}  {target.name}\n")
-        os.chmod(tmp, 0o644)
-
-
-_TENSORRT_HEADER_DIRS = ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu", "/usr/include",
-                         "/usr/local/TensorRT/include", "/usr/local/tensorrt/include")  # fmt: skip
-
-
-def _tensorrt_include_dir(explicit: Optional[str]) -> str:
-    candidates = [explicit] if explicit else []
-    candidates += [d for d in os.environ.get("TENSORRT_INCLUDE_DIR", "").split(os.pathsep) if d][:1]
-    if explicit and not (Path(explicit) / "NvInferRuntime.h").is_file():
-        raise PluginError(f"no NvInferRuntime.h in tensorrt_include_dir={explicit}; pass TensorRT's include/ folder")
-    for d in candidates + list(_TENSORRT_HEADER_DIRS):
-        if (Path(d) / "NvInferRuntime.h").is_file():
-            return str(Path(d).resolve())
-    return ""
+    return _locate(_want_cuda(cuda), tensorrt_include_dir)[0]
 
 
 def tensorrt_plugin_library() -> Path:
     """The library with the TensorRT plugins (CPU + CUDA + TensorRT build) for ``IPluginRegistry.load_library``.
 
-    Raises PluginError naming the fix when no TensorRT headers were found (the pip ``tensorrt`` wheels have
-    none: install the TensorRT development headers or point $TENSORRT_INCLUDE_DIR at a TensorRT include/).
+    Raises PluginError naming the fix when it was built without TensorRT headers (the pip ``tensorrt`` wheels have
+    none: install the TensorRT development headers or point $TENSORRT_INCLUDE_DIR at a TensorRT include/, then
+    reinstall).
     """
     path = library_path(cuda=True)
     if not _library(cuda=True).mrd_has_tensorrt():
         raise PluginError(
             f"{path} was built without the TensorRT plugins because no TensorRT headers (NvInferRuntime.h) were "
-            "found; install them (e.g. apt-get install libnvinfer-headers-dev) or set TENSORRT_INCLUDE_DIR"
+            "found; install them (e.g. apt-get install libnvinfer-headers-dev) or set TENSORRT_INCLUDE_DIR, then "
+            "reinstall maskrcnn-deploy from its source (a source checkout builds them on next use)"
         )
     return path
-
-
-def _lock_file(handle) -> None:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no concurrent builds there
-        return
-    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file is closed
-
-
-def _build(out_dir: Path, cuda: bool, trt_include: str) -> Path:
-    """Compile the library in ``out_dir``; returns the built file (library_path installs it)."""
-    what = "CPU + CUDA" + (" + TensorRT" if trt_include else "") if cuda else "CPU"
-    print(f"maskrcnn-deploy: building the RoIAlign plugin library ({what}) into {out_dir} (first use)", file=sys.stderr)
-    log_path = out_dir / "build.log"
-    build_dir = out_dir / "build"
-    if cuda and not (shutil.which("nvcc") or Path("/usr/local/cuda/bin/nvcc").is_file()):
-        raise PluginError("the CUDA plugin library was asked for but nvcc is not found; install the CUDA toolkit")
-    if shutil.which("cmake"):
-        cmd_sets = [
-            [
-                "cmake", "-S", str(_SOURCE_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
-                f"-DMRD_WITH_CUDA={'ON' if cuda else 'OFF'}", f"-DTENSORRT_INCLUDE_DIR={trt_include}",
-            ],
-            ["cmake", "--build", str(build_dir), "-j", str(min(4, os.cpu_count() or 1))],
-        ]
-        if cuda:
-            cmd_sets[1].append("--verbose")  # keeps the nvcc -gencode lines in build.log: proof of the archs built
-        if cuda and not shutil.which("nvcc"):
-            cmd_sets[0].append("-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc")
-        built = build_dir / _LIBRARY_NAME
-    elif not cuda and (shutil.which("c++") or shutil.which("g++")):
-        # No cmake: the CPU part is two translation units, compile them directly.
-        cxx = str(shutil.which("c++") or shutil.which("g++"))
-        src = _SOURCE_DIR / "roi_align"
-        built = out_dir / f"{_LIBRARY_NAME}.direct"
-        cmd_sets = [[
-            cxx, "-std=c++17", "-O3", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread",
-            str(src / "roiAlignCpu.cpp"), str(src / "roiAlignCApi.cpp"), "-o", str(built),
-        ]]
-    else:
-        raise PluginError(
-            "cannot build the RoIAlign plugin library: no C++ compiler/cmake found (need g++ or clang++ and cmake "
-            "3.18+; e.g. apt-get install g++ cmake), or set MASKRCNN_DEPLOY_PLUGIN_LIBRARY to a prebuilt library"
-        )
-    with open(log_path, "w") as log:
-        for cmd in cmd_sets:
-            log.write("$ " + " ".join(cmd) + "\n")
-            log.flush()
-            result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-            if result.returncode != 0:
-                break
-    if result.returncode != 0 or not built.is_file():
-        tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-15:])
-        raise PluginError(f"building the RoIAlign plugin library failed; full log: {log_path}\n{tail}")
-    return built
 
 
 # ----------------------------------------------------------------------------------------------- the C ABI
@@ -398,12 +283,13 @@ def _library(cuda: bool = False) -> ctypes.CDLL:
     lib = _loaded.get(cuda)
     if lib is not None:
         return lib
-    path = str(library_path(cuda=cuda))
+    location, origin = _locate(cuda)
+    path = str(location)
     try:
         lib = ctypes.CDLL(path)
     except OSError as exc:
         raise PluginError(f"cannot load the RoIAlign plugin library {path}: {exc}") from exc
-    _bind_symbols(lib, path)
+    _bind_symbols(lib, path, origin)
     if lib.mrd_abi_version() != _ABI_VERSION:
         raise PluginError(f"{path} has C ABI version {lib.mrd_abi_version()}, this SDK needs {_ABI_VERSION}")
     _loaded[cuda] = lib
@@ -426,14 +312,16 @@ _SYMBOLS: Dict[str, Tuple[Optional[list], type]] = {
 }  # fmt: skip
 
 
-def _bind_symbols(lib: ctypes.CDLL, path: str) -> None:
+def _bind_symbols(lib: ctypes.CDLL, path: str, origin: str) -> None:
     """Resolve every symbol up front, so a wrong library fails here with PluginError, not later with AttributeError."""
     for name, (argtypes, restype) in _SYMBOLS.items():
         try:
             fn = getattr(lib, name)
         except AttributeError as exc:
-            if os.environ.get("MASKRCNN_DEPLOY_PLUGIN_LIBRARY"):
+            if origin == ORIGIN_OVERRIDE:
                 fix = "point MASKRCNN_DEPLOY_PLUGIN_LIBRARY at a library built from this SDK's plugins/, or unset it"
+            elif origin == ORIGIN_BUNDLED:
+                fix = "reinstall maskrcnn-deploy (pip install --force-reinstall --no-deps from its source)"
             else:
                 fix = f"delete {Path(path).parent} so that it is rebuilt"
             raise PluginError(

@@ -114,7 +114,7 @@ def test_peak_rss_tracks_an_allocation():
 
     code = (
         "import numpy as np\n"
-        "from benchmarks import harness\n"
+        "from deploy_sdk.benchmarks import harness\n"
         "before = harness.peak_rss_mb()\n"
         "block = np.ones(64 * 2**20, dtype=np.uint8)\n"
         "after = harness.peak_rss_mb()\n"

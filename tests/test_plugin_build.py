@@ -1,4 +1,9 @@
-"""Finding and building the plugin library: cache, lock, missing compiler, the CUDA build and the TensorRT part."""
+"""The developer build of the plugin library (deploy_sdk.plugin_build): cache, lock, missing compiler, the CUDA
+build and the TensorRT part.
+
+These tests drive the builder explicitly (``plugin_build.jit_library_path``), never through
+``plugins.library_path``, which prefers the library the install compiled into the package; the lookup order itself
+is tested in tests/test_plugin_lookup.py."""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import numpy as np
 import pytest
 
 from deploy_sdk import PluginError
-from deploy_sdk import plugins
+from deploy_sdk import plugin_build, plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The architectures plugins/CMakeLists.txt builds by default (SASS for each, PTX for the last).
@@ -31,7 +36,7 @@ def built_library(tmp_path_factory):
     mp.setenv("MASKRCNN_DEPLOY_CACHE", str(root))
     mp.delenv("MASKRCNN_DEPLOY_PLUGIN_LIBRARY", raising=False)
     try:
-        path = plugins.library_path(cuda=False)
+        path = plugin_build.jit_library_path(cuda=False)
     finally:
         mp.undo()
     return path
@@ -41,8 +46,9 @@ def built_library(tmp_path_factory):
 def cache(built_library, tmp_path, monkeypatch):
     """A fresh private cache holding a copy of the built library (and its .sha256), as $MASKRCNN_DEPLOY_CACHE.
 
-    ``plugins._build`` is replaced by a stand-in that counts its calls and returns the pristine build, so a test
-    sees whether a rebuild was decided without compiling again.
+    ``plugin_build._build`` is replaced by a stand-in that counts its calls and returns the pristine build, so a
+    test sees whether a rebuild was decided without compiling again. ``plugins`` loads what the builder hands out
+    (the bundled library is hidden), so a test sees what would be loaded.
     """
     root = tmp_path / "cache"
     root.mkdir(mode=0o700)
@@ -53,13 +59,14 @@ def cache(built_library, tmp_path, monkeypatch):
     monkeypatch.setenv("MASKRCNN_DEPLOY_CACHE", str(root))
     monkeypatch.delenv("MASKRCNN_DEPLOY_PLUGIN_LIBRARY", raising=False)
     monkeypatch.setattr(plugins, "_loaded", {})
+    monkeypatch.setattr(plugins, "bundled_library", lambda: None)
     builds = []
 
     def fake_build(out_dir, cuda, trt_include):
         builds.append(out_dir)
         return built_library
 
-    monkeypatch.setattr(plugins, "_build", fake_build)
+    monkeypatch.setattr(plugin_build, "_build", fake_build)
     return SimpleNamespace(root=root, dir=key_dir, lib=key_dir / built_library.name, builds=builds,
                            pristine=built_library.read_bytes())  # fmt: skip
 
@@ -74,8 +81,8 @@ def test_library_path_is_cached_and_loadable(built_library, monkeypatch):
     assert built_library.is_file() and built_library.name == "libmaskrcnn_roi_align.so"
     monkeypatch.setenv("MASKRCNN_DEPLOY_CACHE", str(built_library.parent.parent))
     monkeypatch.delenv("MASKRCNN_DEPLOY_PLUGIN_LIBRARY", raising=False)
-    monkeypatch.setattr(plugins, "_build", lambda *a: pytest.fail("a verified cached library must not be rebuilt"))
-    assert plugins.library_path() == built_library  # second call: no rebuild, same file
+    monkeypatch.setattr(plugin_build, "_build", lambda *a: pytest.fail("a verified cached library must not be rebuilt"))
+    assert plugin_build.jit_library_path() == built_library  # second call: no rebuild, same file
     lib = ctypes.CDLL(str(built_library))
     assert lib.mrd_abi_version() == 1
     assert lib.mrd_has_cuda() == 0  # the default build is the fast CPU-only one
@@ -114,7 +121,7 @@ def test_changed_cached_library_is_rebuilt_not_loaded(cache, tamper, tmp_path):
         _sha_file(cache.lib).write_text("not a hash\n")
     else:
         _sha_file(cache.lib).unlink()
-    path = plugins.library_path(cuda=False)
+    path = plugin_build.jit_library_path(cuda=False)
     assert path == cache.lib
     assert cache.builds == [cache.dir], "the changed library must be rebuilt"
     assert path.read_bytes() == cache.pristine
@@ -125,7 +132,7 @@ def test_changed_cached_library_is_rebuilt_not_loaded(cache, tamper, tmp_path):
 
 
 def test_unchanged_cached_library_is_used_as_is(cache):
-    assert plugins.library_path(cuda=False) == cache.lib
+    assert plugin_build.jit_library_path(cuda=False) == cache.lib
     assert cache.builds == []
 
 
@@ -143,7 +150,7 @@ def test_cache_folder_writable_by_others_is_refused(cache, which, bits):
 def test_cached_library_writable_by_others_is_refused(cache):
     os.chmod(cache.lib, 0o666)
     with pytest.raises(PluginError, match=r"library .* is writable by group or others"):
-        plugins.library_path(cuda=False)
+        plugin_build.jit_library_path(cuda=False)
     assert cache.builds == []
 
 
@@ -152,7 +159,7 @@ def test_cached_library_writable_by_others_is_refused(cache):
 def test_cache_of_another_user_is_refused(cache, which):
     os.chown(cache.dir if which == "key_folder" else cache.lib, 65534, -1)  # nobody
     with pytest.raises(PluginError, match=r"is owned by uid 65534, not by the current user"):
-        plugins.library_path(cuda=False)
+        plugin_build.jit_library_path(cuda=False)
     assert cache.builds == []
 
 
@@ -161,13 +168,13 @@ def test_new_cache_folders_are_private_under_a_group_writable_umask(cache, tmp_p
     monkeypatch.setenv("MASKRCNN_DEPLOY_CACHE", str(root))
     old = os.umask(0o002)
     try:
-        path = plugins.library_path(cuda=False)
+        path = plugin_build.jit_library_path(cuda=False)
     finally:
         os.umask(old)
     assert cache.builds == [path.parent]
     for p in (root, path.parent, path, _sha_file(path)):
         assert os.stat(p).st_mode & 0o022 == 0, f"{p} is writable by group or others"
-    assert plugins.library_path(cuda=False) == path and len(cache.builds) == 1
+    assert plugin_build.jit_library_path(cuda=False) == path and len(cache.builds) == 1
 
 
 @pytest.mark.parametrize(
@@ -192,9 +199,9 @@ def test_library_missing_a_symbol_raises_plugin_error(tmp_path, monkeypatch, sou
 def test_no_compiler_gives_a_clear_plugin_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MASKRCNN_DEPLOY_CACHE", str(tmp_path))
     monkeypatch.delenv("MASKRCNN_DEPLOY_PLUGIN_LIBRARY", raising=False)
-    monkeypatch.setattr(plugins.shutil, "which", lambda name: None)
+    monkeypatch.setattr(plugin_build.shutil, "which", lambda name: None)
     with pytest.raises(PluginError, match="no C\\+\\+ compiler"):
-        plugins.library_path(cuda=False)
+        plugin_build.jit_library_path(cuda=False)
     assert not list(tmp_path.rglob("*.so")), "a failed build must not leave a library behind"
 
 
@@ -209,7 +216,8 @@ def test_concurrent_first_use_builds_once(tmp_path):
     # Two processes ask for the library in an empty cache at the same moment (parallel test workers do this):
     # the file lock makes one build and the other wait and reuse it.
     code = (
-        "import numpy as np; from deploy_sdk import plugins; p = plugins.library_path(); "
+        "import os, numpy as np; from deploy_sdk import plugin_build, plugins; p = plugin_build.jit_library_path(); "
+        "os.environ['MASKRCNN_DEPLOY_PLUGIN_LIBRARY'] = str(p); "
         "print(p); print(plugins.roi_align(np.ones((1,1,4,4),np.float32), [[0,0,2,2]], [0], 2).sum())"
     )
     env = dict(os.environ, MASKRCNN_DEPLOY_CACHE=str(tmp_path))
@@ -235,10 +243,11 @@ def test_direct_compile_without_cmake(tmp_path, monkeypatch):
         pytest.skip("no C++ compiler on this machine")
     monkeypatch.setenv("MASKRCNN_DEPLOY_CACHE", str(tmp_path))
     real_which = shutil.which
-    monkeypatch.setattr(plugins.shutil, "which", lambda name: None if name == "cmake" else real_which(name))
+    monkeypatch.setattr(plugin_build.shutil, "which", lambda name: None if name == "cmake" else real_which(name))
     monkeypatch.setattr(plugins, "_loaded", {})
-    path = plugins.library_path(cuda=False)
+    path = plugin_build.jit_library_path(cuda=False)
     assert path.is_file() and str(path).startswith(str(tmp_path))
+    monkeypatch.setenv("MASKRCNN_DEPLOY_PLUGIN_LIBRARY", str(path))  # load exactly that build
     features = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     out = plugins.roi_align(features, [[0, 0, 3, 3]], [0], 3, 1.0, 2, False, "max")
     assert out[0, 0, 0, 0] == pytest.approx(3.75)
@@ -251,10 +260,10 @@ def _nvcc():
 @pytest.mark.slow
 def test_cuda_build_compiles_the_kernel_for_sm75_to_sm90():
     # CI has nvcc but no GPU: this proves the kernel (and the C ABI's CUDA entry) compile for every target
-    # architecture. The library is cached, so only the first run pays the ~2-4 minutes.
+    # architecture. The library is cached, so only the first run pays the build.
     if _nvcc() is None:
         pytest.skip("nvcc (CUDA toolkit) not found: cannot compile the CUDA kernel here")
-    path = plugins.library_path(cuda=True)
+    path = plugin_build.jit_library_path(cuda=True)
     import ctypes
 
     assert ctypes.CDLL(str(path)).mrd_has_cuda() == 1
@@ -284,8 +293,7 @@ def test_tensorrt_plugin_compiles_and_its_creators_work_without_a_gpu(tmp_path, 
     if _nvcc() is None:
         pytest.skip("nvcc not found: the TensorRT plugin is built together with the CUDA kernel")
     include = dirs[index]
-    monkeypatch.setattr(plugins, "_loaded", {})
-    lib = plugins.library_path(cuda=True, tensorrt_include_dir=include)
+    lib = plugin_build.jit_library_path(cuda=True, tensorrt_include_dir=include)
     import ctypes
 
     assert ctypes.CDLL(str(lib)).mrd_has_tensorrt() == 1
@@ -392,8 +400,7 @@ def test_tensorrt_creator_refuses_attributes_past_the_limits(tmp_path, monkeypat
         pytest.skip("TensorRT headers not available: set TENSORRT_INCLUDE_DIR to a TensorRT include/ directory")
     if _nvcc() is None:
         pytest.skip("nvcc not found: the TensorRT plugin is built together with the CUDA kernel")
-    monkeypatch.setattr(plugins, "_loaded", {})
-    lib = plugins.library_path(cuda=True, tensorrt_include_dir=dirs[0])
+    lib = plugin_build.jit_library_path(cuda=True, tensorrt_include_dir=dirs[0])
     harness = tmp_path / "creator_limits"
     source = tmp_path / "creator_limits.cpp"
     source.write_text(_CREATOR_LIMITS_SOURCE)

@@ -31,7 +31,19 @@ SHIPPED_MODEL = Path("models") / "shapes_r18" / "model.safetensors"
 
 
 def shipped_model_path() -> Path:
-    """Path of the model shipped in the repository (``models/shapes_r18/model.safetensors``)."""
+    """Path of the model shipped in the repository (``models/shapes_r18/model.safetensors``).
+
+    It is part of the source checkout, not of the installed package: from a checkout or an editable install
+    (``pip install -e .``) it is found; an install from a wheel (``pip install .``) raises CheckpointError saying
+    how to get it.
+    """
+    if not (_REPO_ROOT / "deploy_sdk" / "__init__.py").is_file():
+        # The module lives in site-packages/deploy_sdk/conversion/checkpoints/: no repository around it.
+        raise CheckpointError(
+            f"the shipped model ({SHIPPED_MODEL.as_posix()}) is not part of the installed package; it is in the "
+            "maskrcnn-deploy source repository: clone it and install from the checkout with 'pip install -e .' "
+            "(or 'make demo' there), or pass the path of a checkpoint"
+        )
     path = _REPO_ROOT / SHIPPED_MODEL
     if not path.is_file():
         raise CheckpointError(

@@ -37,9 +37,10 @@ __all__ = ["TensorRTBackend", "import_tensorrt", "load_plugin_library", "PLUGIN_
 #: (op name, plugin version) the engine's RoIAlign layers were built with; see deploy_sdk.plugins.
 PLUGIN_CREATOR = ("MultiLevelRoIAlign", "1")
 _FIX_PLUGIN = (
-    "build it for this TensorRT with CUDA and TensorRT headers present (TENSORRT_INCLUDE_DIR=<TensorRT>/include "
-    "MASKRCNN_DEPLOY_BUILD_CUDA=1 python -c 'import deploy_sdk.plugins as p; print(p.library_path(cuda=True))'), "
-    "or point MASKRCNN_DEPLOY_PLUGIN_LIBRARY at a matching build"
+    "install maskrcnn-deploy where nvcc and this TensorRT's headers are present, so that the library it compiles has "
+    "the plugin (TENSORRT_INCLUDE_DIR=<TensorRT>/include pip install ...; in a source checkout "
+    "TENSORRT_INCLUDE_DIR=<TensorRT>/include python -c 'import deploy_sdk.plugins as p; "
+    "print(p.library_path(cuda=True))' builds it), or point MASKRCNN_DEPLOY_PLUGIN_LIBRARY at a matching build"
 )
 
 
@@ -58,7 +59,7 @@ def import_tensorrt() -> Any:
 def load_plugin_library(registry: "trt.IPluginRegistry", library: Optional[os.PathLike] = None) -> str:
     """Load the RoIAlign plugin library into ``registry`` (a TensorRT ``IPluginRegistry``); return its path.
 
-    ``library`` defaults to ``deploy_sdk.plugins.library_path(cuda=True)`` (found or built on first use). Raises
+    ``library`` defaults to ``deploy_sdk.plugins.library_path(cuda=True)`` (the installed library). Raises
     :class:`PluginError` naming the plugin, the path searched and the fix when the library is missing, fails to
     load (e.g. built against another TensorRT: unresolved symbols), or does not register the creator.
     """
