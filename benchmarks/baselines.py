@@ -5,6 +5,8 @@
 - ``torchvision-onnx``: torchvision's own ONNX export of the same module (``torch.onnx.export`` of the
   ``MaskRCNN`` with a list of one ``[3, H, W]`` image, as torchvision's ``test/test_onnx.py`` does), run in ONNX
   Runtime. That graph takes one image at a time, so a batch of B images is B calls.
+- ``torchvision-onnx-openvino``: the same export compiled by OpenVINO for the CPU (fp32 precision, latency hint,
+  the same thread count), one image per call. OpenVINO 2026.4 reads that graph as it is.
 
 Both return ``Detections`` with masks pasted to the image and thresholded at 0.5, exactly what this SDK's
 ``Predictor`` returns, so the three do the same work end to end.
@@ -22,7 +24,13 @@ import numpy as np
 from deploy_sdk.detections import Detections
 from deploy_sdk.errors import require
 
-__all__ = ["TorchEagerSystem", "TorchvisionOnnxSystem", "export_torchvision_onnx", "detections_from_torchvision"]
+__all__ = [
+    "TorchEagerSystem",
+    "TorchvisionOnnxSystem",
+    "TorchvisionOpenVinoSystem",
+    "export_torchvision_onnx",
+    "detections_from_torchvision",
+]
 
 
 def detections_from_torchvision(
@@ -169,3 +177,52 @@ class TorchvisionOnnxSystem:
             out.append(detections_from_torchvision(d, self.class_names, (int(im.shape[0]), int(im.shape[1]))))
         clock.lap("postprocess")
         return out
+
+
+class TorchvisionOpenVinoSystem(TorchvisionOnnxSystem):
+    """``torchvision-onnx-openvino``: torchvision's own export compiled by OpenVINO, one image per call.
+
+    The graph is read from the file as it is (it has no custom operators). It computes in fp32
+    (``INFERENCE_PRECISION_HINT`` f32; OpenVINO's CPU default on bf16-capable CPUs would be bf16) with the latency
+    hint and ``threads`` inference threads, as this SDK's ``openvino`` backend does. Stages as for
+    ``torchvision-onnx``.
+    """
+
+    def __init__(
+        self,
+        onnx_path: os.PathLike,
+        class_names: Sequence[str],
+        threads: Optional[int] = None,
+        device: str = "cpu",
+        name: str = "torchvision-onnx-openvino",
+    ):
+        ov = require("openvino", "openvino", "the torchvision-onnx-openvino baseline")
+        from deploy_sdk.backends.openvino import openvino_device
+
+        target = openvino_device(device)
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads and target == "CPU":
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = ov.Core()
+        self.compiled = core.compile_model(core.read_model(str(onnx_path)), target, config)
+        self.request = self.compiled.create_infer_request()
+        self._outputs = [o.get_any_name() for o in self.compiled.outputs]
+        self.class_names = list(class_names)
+        self.device = device
+        self.name = name
+        self.notes = "torchvision's own ONNX export compiled by OpenVINO (fp32), one image per call; inference " \
+                     "includes the in-graph resize and mask pasting"
+        self.session = _OpenVinoSession(self.request, self._outputs)
+
+
+class _OpenVinoSession:
+    """The one method of an ONNX Runtime session that :meth:`TorchvisionOnnxSystem.run` calls, on an OpenVINO
+    infer request: ``run(None, {"images": x})`` → the outputs in the graph's order (boxes, labels, scores, masks)."""
+
+    def __init__(self, request: Any, outputs: List[str]):
+        self.request = request
+        self.outputs = outputs
+
+    def run(self, _names: Any, feeds: dict) -> list:
+        self.request.infer(feeds)
+        return [np.array(self.request.get_tensor(name).data, copy=True) for name in self.outputs]

@@ -59,8 +59,8 @@ def _memory_gb() -> Optional[float]:
 
 def _versions() -> Dict[str, Optional[str]]:
     out: Dict[str, Optional[str]] = {"python": platform.python_version()}
-    for dist in ("maskrcnn-deploy", "numpy", "onnxruntime", "onnxruntime-gpu", "onnx", "torch", "torchvision",
-                 "tensorrt", "pillow", "matplotlib"):
+    for dist in ("maskrcnn-deploy", "numpy", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "torch",
+                 "torchvision", "tensorrt", "pillow", "matplotlib"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

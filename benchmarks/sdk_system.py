@@ -31,6 +31,7 @@ class PredictorSystem:
         batch_size: int = 1,
         threads: Optional[int] = None,
         name: Optional[str] = None,
+        backend_options: Optional[dict] = None,
     ):
         from deploy_sdk import Predictor
 
@@ -40,6 +41,8 @@ class PredictorSystem:
             if threads and key in params:
                 kwargs[key] = int(threads)
                 break
+        if backend_options:
+            kwargs["backend_options"] = dict(backend_options)
         self.predictor = Predictor(str(model), **kwargs)
         self.device = device
         meta = getattr(self.predictor, "metadata", None)
@@ -47,7 +50,8 @@ class PredictorSystem:
         self.backend = str(getattr(self.predictor, "backend_name", None) or getattr(self.predictor, "backend", backend))
         self.metadata = meta
         self.name = name or sdk_system_name(self.backend, self.precision)
-        self.notes = f"deploy_sdk.Predictor({os.path.basename(str(model))}, backend={self.backend})"
+        self.notes = f"deploy_sdk.Predictor({os.path.basename(str(model))}, backend={self.backend}" + (
+            f", backend_options={backend_options})" if backend_options else ")")
 
     def run(self, images: Sequence[np.ndarray], clock) -> List[Any]:
         out = self.predictor.predict(list(images))

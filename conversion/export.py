@@ -43,6 +43,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     debug: bool = False,
     trace_size: Optional[tuple] = None,
+    portable: bool = False,
     log: Callable[[str], None] = print,
 ) -> ModelMetadata:
     """Export ``loaded_model`` (a ``deploy_sdk.conversion.checkpoint.LoadedModel``) to ``path``; return the metadata written.
@@ -52,6 +53,11 @@ def export_onnx(
     unless ``height`` and ``width`` fix them. ``debug=True`` adds the intermediate outputs
     ``proposals``/``num_proposals``/``box_features`` used to compare with torchvision. The file is written
     atomically; ``onnx.checker`` (full check) and strict shape inference must pass before it is.
+
+    ``portable=True`` writes the portable form instead: every ``MultiLevelRoIAlign`` node replaced by its function
+    body, standard ONNX operators only, for runtimes that do not expand local functions
+    (:func:`deploy_sdk.conversion.graph_passes.make_portable_graph`). Same outputs and metadata; TensorRT engines
+    need the default form (its plugin replaces the custom node).
     """
     import onnx
 
@@ -115,6 +121,11 @@ def export_onnx(
         log("  checking the graph (onnx.checker full check, strict shape inference) ...")
         onnx.checker.check_model(onnx_model, full_check=True)
         onnx.shape_inference.infer_shapes(onnx_model, check_type=True, strict_mode=True)
+        if portable:
+            from deploy_sdk.conversion.graph_passes import make_portable_graph
+
+            log("  inlining the RoIAlign functions (portable graph; checked again) ...")
+            onnx_model = make_portable_graph(onnx_model)
         onnx.save(onnx_model, str(tmp))
     size_mb = path.stat().st_size / 2**20
     log(f"wrote {path} ({size_mb:.1f} MiB) in {time.time() - t0:.1f} s")

@@ -6,8 +6,10 @@ whose output TensorRT's ONNX parser and ORT's own CPU kernels both understand; N
 job but pulls in torch-side dependencies and a GPU-oriented calibration loop that this CPU-only path does not need.
 
 What gets quantized (``QUANTIZED_OP_TYPES``): the convolutions and matrix products whose weights are constants,
-i.e. backbone, FPN, RPN head, box head and mask head. Weights int8, symmetric, per output channel; activations
-int8, symmetric (zero point 0, as TensorRT requires), one scale per tensor from calibration. Biases stay float
+i.e. backbone, FPN, RPN head, box head and mask head, except the RPN's two prediction convolutions
+(``FLOAT_SCOPES``: objectness logits and box deltas, which go straight into top-k, decoding and NMS). Weights
+int8, symmetric, per output channel; activations int8, symmetric (zero point 0, as TensorRT requires), one scale
+per tensor from calibration. Biases stay float
 (TensorRT adds them in the layer's accumulator precision itself). Everything else, the detection logic (anchors,
 box decoding and clipping, top-k, NMS, RoIAlign level assignment and sampling, mask gather), stays float: its
 tensors are coordinates and scores, where an 8-bit grid of the whole image would move boxes by pixels.
@@ -33,6 +35,7 @@ from deploy_sdk.model_metadata import ModelMetadata
 
 __all__ = [
     "QUANTIZED_OP_TYPES",
+    "FLOAT_SCOPES",
     "CALIBRATION_METHODS",
     "TARGETS",
     "ImageCalibrationReader",
@@ -52,6 +55,12 @@ CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy"
 TARGETS = ("tensorrt", "cpu")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IMAGES, IMAGE_SIZES = "images", "image_sizes"
+# Layers kept float by default (node-name prefixes, the exporter's module scopes): the RPN's prediction convs. Their
+# outputs are the objectness logits and box deltas that feed the per-level top-k, box decoding and NMS directly;
+# on an 8-bit grid the top-k cut and NMS order change. ONNX Runtime's INT8 kernels happened to tolerate that, but
+# OpenVINO, which runs the whole graph in INT8, lost 2.7 box AP points on the shipped model with them quantized and
+# none without (docs/precision.md). They are 1x1 convolutions with 3 and 12 output channels: no measurable time.
+FLOAT_SCOPES = ("/rpn_head/cls_logits", "/rpn_head/bbox_pred")
 
 
 def find_calibration_images(calib_dir: Union[str, os.PathLike], num_images: Optional[int] = None) -> List[Path]:
@@ -159,12 +168,15 @@ def _images_dtype(model) -> type:
 
 
 def _quantizable_nodes(model, exclude: Iterable[str]) -> List[str]:
-    """Names of main-graph nodes of QUANTIZED_OP_TYPES whose weight (input 1) is a constant initializer."""
+    """Names of main-graph nodes of QUANTIZED_OP_TYPES whose weight (input 1) is a constant initializer, less
+    ``exclude`` and the nodes in :data:`FLOAT_SCOPES`."""
     initializers = {init.name for init in model.graph.initializer}
     constants = {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
     excluded = set(exclude)
     names = []
     for node in model.graph.node:
+        if node.name.startswith(FLOAT_SCOPES):
+            continue
         if node.op_type in QUANTIZED_OP_TYPES and len(node.input) > 1 and node.name not in excluded:
             if node.input[1] in initializers or node.input[1] in constants:
                 if not node.name:

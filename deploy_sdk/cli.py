@@ -33,7 +33,9 @@ COMMAND_PACKAGES: Tuple[str, ...] = (
 
 # The order of the top-level help: the order a new user meets the commands. Registered commands not named here
 # follow, in registry order.
-HELP_ORDER: Tuple[str, ...] = ("demo", "data", "eval", "export", "check", "infer", "fp16", "quantize", "build", "bench")
+HELP_ORDER: Tuple[str, ...] = (
+    "demo", "data", "eval", "export", "check", "infer", "inline", "fp16", "quantize", "build", "bench"
+)
 
 
 def _is_missing(exc: ModuleNotFoundError, package: str) -> bool:

@@ -1,4 +1,4 @@
-"""`Predictor`: images in (any count, any size), `Detections` out, on ONNX Runtime, TensorRT or PyTorch.
+"""`Predictor`: images in (any count, any size), `Detections` out, on ONNX Runtime, OpenVINO, TensorRT or PyTorch.
 
 The predictor does everything that is the same for every backend: validate and decode images, resize them as the
 model's preprocessing says (torchvision's resize, reproduced in numpy), pad them into a canvas, split inputs into
@@ -6,7 +6,8 @@ backend-sized batches, map boxes back to original image pixels and paste masks. 
 (:class:`deploy_sdk.backends.base.Backend`).
 
 Thread safety: one ``Predictor`` may be shared by several threads. Pre- and post-processing keep no shared state;
-calls into the backend are serialized by a lock unless the backend allows concurrent calls (ONNX Runtime does).
+calls into the backend are serialized by a lock unless the backend allows concurrent calls (ONNX Runtime and
+OpenVINO do).
 Results do not depend on how calls interleave. ``last_stage_times`` is the one exception: it describes the most
 recent call to finish, from whichever thread.
 """
@@ -35,7 +36,7 @@ from deploy_sdk.preprocessing import PreparedBatch, boxes_to_original, check_res
 
 __all__ = ["Predictor", "BACKENDS", "MASK_FORMATS"]
 
-BACKENDS = ("auto",) + tuple(_BACKEND_REGISTRY)  # ("auto", "onnxruntime", "tensorrt", "torch")
+BACKENDS = ("auto",) + tuple(_BACKEND_REGISTRY)  # ("auto", "onnxruntime", "tensorrt", "openvino", "torch")
 MASK_FORMATS = ("full", "box", "rle", "none")
 PREPROCESS_MODES = ("auto", "numpy", "torch")
 _ONNX_SUFFIXES = (".onnx",)
@@ -81,9 +82,18 @@ def _positive_batch_size(batch_size: Any, default: int) -> int:
 
 
 def _open_backend(
-    model: Any, backend: str, device: str, threads: Optional[int], trust_checkpoint: bool = False
+    model: Any,
+    backend: str,
+    device: str,
+    threads: Optional[int],
+    trust_checkpoint: bool = False,
+    options: Optional[Dict[str, Any]] = None,
 ) -> Backend:
+    options = dict(options or {})
     if isinstance(model, Backend):
+        if options:
+            raise DeploySdkError("backend_options apply when the Predictor opens the model; pass them to the "
+                                 f"{type(model).__name__} you constructed instead")
         return model
     if backend not in BACKENDS:
         raise DeploySdkError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -97,11 +107,17 @@ def _open_backend(
         raise DeploySdkError(f"model file not found: {os.fspath(model)}")
     kind = _backend_for(model, backend)
     cls = backend_class(kind)  # imported now: torch only for the torch backend
-    if kind == "tensorrt":
-        return cls(model, device=device)
-    if kind == "torch":
-        return cls(model, device=device, threads=threads, trust_checkpoint=trust_checkpoint)
-    return cls(model, device=device, threads=threads)
+    try:
+        if kind == "tensorrt":
+            return cls(model, device=device, **options)
+        if kind == "torch":
+            return cls(model, device=device, threads=threads, trust_checkpoint=trust_checkpoint, **options)
+        return cls(model, device=device, threads=threads, **options)
+    except TypeError as exc:
+        if options and "unexpected keyword argument" in str(exc):
+            raise DeploySdkError(f"backend_options {sorted(options)}: the {kind} backend does not take "
+                                 f"{str(exc).rpartition(' ')[2]}") from exc
+        raise
 
 
 class Predictor:
@@ -109,8 +125,10 @@ class Predictor:
 
     - ``model``: an exported ``.onnx`` file, a TensorRT engine file (``maskrcnn-deploy build``), a checkpoint (runs
       the PyTorch deployment module), or an already constructed :class:`~deploy_sdk.backends.base.Backend`.
-    - ``backend``: "auto" (from the file name), "onnxruntime", "tensorrt" or "torch".
-    - ``device``: "cpu" or "cuda[:N]".
+    - ``backend``: "auto" (from the file name), "onnxruntime", "openvino", "tensorrt" or "torch". "auto" picks
+      onnxruntime for a ``.onnx`` file; ``backend="openvino"`` runs the same file on OpenVINO (the ``openvino``
+      extra), often the fastest CPU path.
+    - ``device``: "cpu" or "cuda[:N]"; for the openvino backend "cpu" or "gpu[:N]" (an Intel GPU).
     - ``batch_size``: images per backend call (capped by the model's maximum batch).
     - ``score_threshold``: drop detections scoring below this; the graph already applies the model's own threshold
       (``metadata.score_threshold``), so only a higher value changes anything. Default: no extra filtering.
@@ -126,6 +144,9 @@ class Predictor:
     - ``trust_checkpoint``: for a checkpoint run by the torch backend, allow a file that is more than tensors (a
       whole pickled module) to be unpickled, which runs code from the file; only for files you trust. Default
       False: such files are refused. Ignored by the other backends.
+    - ``backend_options``: further keyword arguments of the backend's constructor, e.g. for openvino
+      ``{"performance_hint": "throughput", "num_requests": 4, "inference_precision": "bf16"}`` (see
+      :class:`deploy_sdk.backends.openvino.OpenVinoBackend`).
     """
 
     def __init__(
@@ -141,6 +162,7 @@ class Predictor:
         preprocess_workers: int = 2,
         preprocess: str = "auto",
         trust_checkpoint: bool = False,
+        backend_options: Optional[Dict[str, Any]] = None,
     ):
         if int(batch_size) < 1:
             raise DeploySdkError(f"batch_size must be at least 1, got {batch_size}")
@@ -154,7 +176,9 @@ class Predictor:
             raise DeploySdkError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, got {preprocess!r}")
         threads = check_threads(threads)
         self._closed = False
-        self.backend: Backend = _open_backend(model, backend, device, threads, bool(trust_checkpoint))
+        self.backend: Backend = _open_backend(
+            model, backend, device, threads, bool(trust_checkpoint), backend_options
+        )
         if preprocess == "torch" and not self.backend.device_inputs:
             name = self.backend.name
             self.close()
@@ -219,8 +243,11 @@ class Predictor:
         """Stream detections for an iterable of images (paths, arrays, PIL images), one per input, in order.
 
         Decoding and resizing of upcoming batches run in ``preprocess_workers`` threads while the current batch is
-        inferred, so for file inputs the backend rarely waits for the disk or the decoder. At most
-        ``preprocess_workers + 1`` batches are in flight, so memory stays bounded for endless iterables.
+        inferred, so for file inputs the backend rarely waits for the disk or the decoder. A backend with a pool of
+        inference requests (openvino: ``backend.async_depth`` > 1) gets the next batches submitted before the
+        current one's results are post-processed, so its inference runs back to back and overlaps the mask
+        pasting; results still come out in input order. At most ``preprocess_workers + async_depth`` batches are in
+        flight, so memory stays bounded for endless iterables.
         Arguments are checked at the call (a bad ``batch_size`` or a closed predictor raises here, not at the
         first ``next()``); images are decoded as the iteration reaches them.
         """
@@ -232,18 +259,31 @@ class Predictor:
 
     def _stream(self, images: Iterable[ImageInput], size: int) -> Iterator[Detections]:
         chunks = self._chunks(images, size)
-        pending: Deque[Any] = collections.deque()
+        pending: Deque[Any] = collections.deque()  # pre-processing futures, in input order
+        running: Deque[Tuple[PreparedBatch, Any]] = collections.deque()  # submitted batches, in input order
+        depth = max(1, int(getattr(self.backend, "async_depth", 1) or 1))
         with ThreadPoolExecutor(max_workers=self.preprocess_workers, thread_name_prefix="maskrcnn-pre") as pool:
             try:
                 for chunk in chunks:
                     pending.append(pool.submit(self._load_and_prepare, chunk))
                     if len(pending) > self.preprocess_workers:
-                        yield from self._finish(pending.popleft().result())
+                        running.append(self._submit(pending.popleft().result()))
+                        if len(running) >= depth:
+                            yield from self._collect(*running.popleft())
                 while pending:
-                    yield from self._finish(pending.popleft().result())
+                    running.append(self._submit(pending.popleft().result()))
+                    if len(running) >= depth:
+                        yield from self._collect(*running.popleft())
+                while running:
+                    yield from self._collect(*running.popleft())
             finally:
                 for fut in pending:
                     fut.cancel()
+                for _, handle in running:  # stopped early: let the backend's requests finish and return to it
+                    try:
+                        handle.result()
+                    except Exception:  # noqa: BLE001 - nobody asked for these results any more
+                        pass
 
     # ------------------------------------------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -284,9 +324,17 @@ class Predictor:
             loaded.append(arr)
         return self._prepare(loaded)
 
-    def _finish(self, batch: PreparedBatch) -> List[Detections]:
+    def _submit(self, batch: PreparedBatch) -> Tuple[PreparedBatch, Any]:
         self._check_open()  # a predict_iter still running when close() was called
-        return self._postprocess(batch, self._infer(batch))
+        if self.backend.thread_safe:
+            return batch, self.backend.submit(batch.images, batch.image_sizes)
+        with self._lock:
+            return batch, self.backend.submit(batch.images, batch.image_sizes)
+
+    def _collect(self, batch: PreparedBatch, handle: Any) -> List[Detections]:
+        outputs = handle.result()
+        self._check_open()
+        return self._postprocess(batch, outputs)
 
     def _prepare(self, images: List[np.ndarray]) -> PreparedBatch:
         meta = self.metadata

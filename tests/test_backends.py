@@ -130,7 +130,7 @@ def test_backends_are_found_by_name_in_the_registry(monkeypatch, tmp_path):
     from deploy_sdk.conversion.torch_backend import TorchBackend
 
     assert backend_class("torch") is TorchBackend and backend_class("onnxruntime") is OnnxRuntimeBackend
-    assert set(REGISTRY) == {"onnxruntime", "tensorrt", "torch"}
+    assert set(REGISTRY) == {"onnxruntime", "tensorrt", "openvino", "torch"}
     with pytest.raises(DeploySdkError, match="unknown backend 'nope'"):
         backend_class("nope")
     ckpt = tmp_path / "model.safetensors"

@@ -93,3 +93,20 @@ def test_torchvision_onnx_matches_the_module_at_the_traced_size(model, images, r
     for r in results:
         assert r.latency.count == 2 and r.latency.p50_ms > 0
         assert r.detections_per_image == pytest.approx(100.0)  # random weights: the per-image cap is reached
+
+
+@pytest.mark.slow
+def test_torchvision_onnx_on_openvino_matches_the_module(model, images, reference, tmp_path):
+    """torchvision's own export compiled by OpenVINO (``torchvision-onnx-openvino``) does what the module does."""
+    pytest.importorskip("openvino", reason="the torchvision-onnx-openvino baseline needs the 'openvino' package")
+    from deploy_sdk.benchmarks.baselines import TorchvisionOpenVinoSystem
+
+    path = export_torchvision_onnx(model, tmp_path / "tv.onnx", sample_hw=SIZE)
+    system = TorchvisionOpenVinoSystem(path, NAMES, threads=2)
+    assert int(system.compiled.get_property("INFERENCE_NUM_THREADS")) == 2
+    clock = CpuClock()
+    clock.start()
+    dets = system.run(images, clock)
+    times = clock.stop()
+    assert {"preprocess", "inference", "postprocess"} <= set(times)
+    _assert_matches_reference(dets, reference, images, tol=1e-3)

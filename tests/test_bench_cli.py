@@ -52,6 +52,34 @@ def test_parse_compare():
         bench.parse_compare("torch-eager=x.pth")
 
 
+def test_openvino_systems_are_accepted_and_find_their_files(tmp_path):
+    """``--compare`` names of the OpenVINO systems: the SDK's openvino backend on MODEL (fp32) and on its INT8 /
+    fp16 siblings, and torchvision's own export compiled by OpenVINO."""
+    import argparse
+
+    assert bench.parse_compare("sdk-openvino-fp32, sdk-openvino-int8=q.onnx,torchvision-onnx-openvino") == [
+        ("sdk-openvino-fp32", None), ("sdk-openvino-int8", "q.onnx"), ("torchvision-onnx-openvino", None)]
+    assert bench.parse_compare("openvino,openvino-int8,tv-openvino=tv.onnx") == [
+        ("sdk-openvino-fp32", None), ("sdk-openvino-int8", None), ("torchvision-onnx-openvino", "tv.onnx")]
+    with pytest.raises(DeploySdkError, match="listed twice"):
+        bench.parse_compare("tv-openvino,torchvision-onnx-openvino")
+    model, ckpt = tmp_path / "m.onnx", tmp_path / "c.pth"
+    for f in (model, tmp_path / "m.int8.onnx", tmp_path / "m.fp16.onnx", ckpt):
+        f.write_bytes(b"")
+    args = argparse.Namespace(model=str(model), checkpoint=str(ckpt))
+    systems, checkpoint = bench.resolve_compare(args, bench.parse_compare(
+        "sdk-openvino-fp32,sdk-openvino-int8,sdk-openvino-fp16,sdk-openvino-bf16,torchvision-onnx,"
+        "torchvision-onnx-openvino"))
+    assert checkpoint == str(ckpt)
+    assert systems == [("sdk-openvino-fp32", str(model)), ("sdk-openvino-int8", str(tmp_path / "m.int8.onnx")),
+                       ("sdk-openvino-fp16", str(tmp_path / "m.fp16.onnx")), ("sdk-openvino-bf16", str(model)),
+                       ("torchvision-onnx", None), ("torchvision-onnx-openvino", None)]
+    with pytest.raises(DeploySdkError, match="torchvision-onnx-openvino needs the PyTorch weights"):
+        bench.resolve_compare(argparse.Namespace(model=str(model), checkpoint=None),
+                              [("torchvision-onnx-openvino", None)])
+    assert "sdk-openvino-fp32" in bench.BASELINES and "torchvision-onnx-openvino[=FILE]" in bench.BASELINES
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

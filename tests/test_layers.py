@@ -221,7 +221,8 @@ def test_runtime_only_install_lists_every_command_and_evaluates_an_onnx_file(tmp
                           (str(model), str(tmp_path / "ds" / "images"), str(tmp_path / "ds" / "annotations.json")))
     assert result["help_rc"] == 0
     listed = [line.split()[0] for line in result["help"].splitlines() if line.startswith("  ")]
-    assert listed == ["demo", "data", "eval", "export", "check", "infer", "fp16", "quantize", "build", "bench"]
+    assert listed == ["demo", "data", "eval", "export", "check", "infer", "inline", "fp16", "quantize", "build",
+                      "bench"]
     assert result["eval_help"] == 0
     # Every command's --help works, or says in one line which extra to install (no traceback).
     for name, (code, err) in result["helps"].items():

@@ -236,3 +236,17 @@ def test_cpu_target_uses_uint8_activations_and_is_refused_by_the_engine_builder(
     assert np.abs(got[0] - ref[0]).max() < 0.08
     with pytest.raises(EngineError, match="--target tensorrt"):
         read_graph(out)
+
+
+def test_rpn_prediction_layers_stay_float():
+    """The RPN's objectness and box-delta convolutions feed top-k and NMS directly: never quantized by default."""
+    from deploy_sdk.conversion.quantize import FLOAT_SCOPES, _quantizable_nodes
+
+    model = make_toy_graph()
+    conv = next(n for n in model.graph.node if n.name == "/rpn_head/conv")
+    assert "/rpn_head/conv" in _quantizable_nodes(model, [])
+    for scope in FLOAT_SCOPES:
+        conv.name = scope + "_2/Conv"  # the exporter's name for the level-3 copy of the shared head
+        names = _quantizable_nodes(model, [])
+        assert conv.name not in names and "/backbone/conv1" in names
+    assert FLOAT_SCOPES == ("/rpn_head/cls_logits", "/rpn_head/bbox_pred")

@@ -25,13 +25,24 @@ BASELINES = {
     "torch-eager": "the torchvision model with the same weights (needs --checkpoint)",
     "torchvision-onnx[=FILE]": "torchvision's own ONNX export of the same model in ONNX Runtime, one image per "
                                "call (needs --checkpoint); =FILE keeps the export there and reuses it next time",
+    "torchvision-onnx-openvino[=FILE]": "the same torchvision export compiled by OpenVINO (fp32), one image per "
+                                        "call (needs --checkpoint and the openvino extra)",
     "sdk-BACKEND[-PRECISION]=FILE": "this SDK's Predictor on another model file, e.g. "
-                                    "sdk-onnxruntime-int8=model.int8.onnx",
+                                    "sdk-onnxruntime-int8=model.int8.onnx, sdk-openvino-int8=model.int8.onnx",
     "sdk-onnxruntime-int8 / sdk-onnxruntime-fp16": "MODEL's sibling file MODEL.int8.onnx / MODEL.fp16.onnx",
+    "sdk-openvino-fp32": "MODEL itself (an .onnx) on the SDK's openvino backend (needs the openvino extra)",
+    "sdk-openvino-int8 / sdk-openvino-fp16": "MODEL.int8.onnx / MODEL.fp16.onnx on the openvino backend",
+    "sdk-openvino-bf16[=FILE]": "MODEL (or FILE, an fp32 graph) on the openvino backend computing in bf16 "
+                                "(inference_precision='bf16'; CPUs with AVX512_BF16 or AMX)",
     "sdk-torch": "this SDK's torch backend on --checkpoint",
 }
 _ALIASES = {"torch": "torch-eager", "eager": "torch-eager", "torchvision": "torchvision-onnx", "tv-onnx":
-            "torchvision-onnx", "int8": "sdk-onnxruntime-int8", "fp16": "sdk-onnxruntime-fp16"}
+            "torchvision-onnx", "tv-openvino": "torchvision-onnx-openvino", "int8": "sdk-onnxruntime-int8",
+            "fp16": "sdk-onnxruntime-fp16", "openvino": "sdk-openvino-fp32", "openvino-int8": "sdk-openvino-int8"}
+# Baselines that run torchvision's model (from --checkpoint) rather than a model file of this SDK.
+_TORCHVISION_SYSTEMS = ("torch-eager", "torchvision-onnx", "torchvision-onnx-openvino")
+# Backends that run an .onnx file, so that sdk-BACKEND-PRECISION can name MODEL or its sibling files.
+_ONNX_BACKENDS = ("onnxruntime", "openvino")
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
 # Ceilings on the synthetic image pool, which is held in memory as uint8 RGB: a side of at most 8192 pixels
 # (an 8192x8192 image is 200 MB; a detector resizes far below that anyway) and 4 GiB for the whole pool.
@@ -46,8 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "(then the SDK's torch backend)")
     parser.add_argument("--checkpoint", help="weights for the PyTorch-based baselines (default: MODEL when it is a "
                                              "checkpoint)")
-    parser.add_argument("--backend", default="auto", help="Predictor backend: auto, onnxruntime, tensorrt, torch")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--backend", default="auto",
+                        help="Predictor backend: auto, onnxruntime, openvino, tensorrt, torch")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (gpu or gpu:N: an Intel GPU, openvino)")
     parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default: 1)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per system and batch size")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations per system and batch size")
@@ -107,8 +119,8 @@ def parse_compare(text: str) -> List[Tuple[str, Optional[str]]]:
             continue
         name, _, path = item.partition("=")
         name = _ALIASES.get(name.strip(), name.strip())
-        if name not in ("torch-eager", "torchvision-onnx") and not re.fullmatch(r"sdk-[a-z]+(-[a-z0-9]+)?", name):
-            known = ", ".join(["torch-eager", "torchvision-onnx", "sdk-BACKEND[-PRECISION][=FILE]"] + list(_ALIASES))
+        if name not in _TORCHVISION_SYSTEMS and not re.fullmatch(r"sdk-[a-z]+(-[a-z0-9]+)?", name):
+            known = ", ".join(list(_TORCHVISION_SYSTEMS) + ["sdk-BACKEND[-PRECISION][=FILE]"] + list(_ALIASES))
             raise DeploySdkError(f"--compare: unknown system {name!r}; known: {known}")
         if path and name == "torch-eager":
             raise DeploySdkError(f"--compare: {name} takes its weights from --checkpoint, not from '={path}'")
@@ -171,7 +183,7 @@ def resolve_compare(args, compare) -> Tuple[List[Tuple[str, Optional[str]]], Opt
         _check_file(checkpoint, "checkpoint")
     resolved: List[Tuple[str, Optional[str]]] = []
     for name, path in compare:
-        if name in ("torch-eager", "torchvision-onnx"):
+        if name in _TORCHVISION_SYSTEMS:
             if checkpoint is None:
                 raise DeploySdkError(f"--compare {name} needs the PyTorch weights: pass --checkpoint CKPT (the "
                                      "checkpoint MODEL was exported from)")
@@ -181,11 +193,15 @@ def resolve_compare(args, compare) -> Tuple[List[Tuple[str, Optional[str]]], Opt
                 if checkpoint is None:
                     raise DeploySdkError("--compare sdk-torch needs the PyTorch weights: pass --checkpoint CKPT")
                 path = checkpoint
-            elif backend == "onnxruntime" and precision in ("int8", "fp16") and args.model.endswith(".onnx"):
+            elif backend in _ONNX_BACKENDS and precision in ("int8", "fp16") and args.model.endswith(".onnx"):
                 path = args.model[: -len(".onnx")] + f".{precision}.onnx"
+            elif backend in _ONNX_BACKENDS and precision == "fp32" and args.model.endswith(".onnx"):
+                path = args.model
+            elif backend == "openvino" and precision == "bf16" and args.model.endswith(".onnx"):
+                path = args.model  # the fp32 graph, computed in bf16 by OpenVINO
             else:
                 raise DeploySdkError(f"--compare {name} needs a model file: write {name}=FILE")
-        if path is not None and name != "torchvision-onnx":
+        if path is not None and name not in ("torchvision-onnx", "torchvision-onnx-openvino"):
             _check_file(path, f"model file for --compare {name}")
         resolved.append((name, path))
     return resolved, checkpoint
@@ -203,7 +219,7 @@ def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workd
     systems = [main]
 
     loaded = None
-    if any(name in ("torch-eager", "torchvision-onnx") for name, _ in compare):
+    if any(name in _TORCHVISION_SYSTEMS for name, _ in compare):
         from deploy_sdk.conversion.checkpoint import load_checkpoint
 
         print(f"loading checkpoint {checkpoint} ...", file=sys.stderr)
@@ -219,21 +235,26 @@ def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workd
             from deploy_sdk.benchmarks.baselines import TorchEagerSystem
 
             systems.append(TorchEagerSystem(loaded.model, loaded.class_names, device=args.device))
-        elif name == "torchvision-onnx":
-            from deploy_sdk.benchmarks.baselines import TorchvisionOnnxSystem, export_torchvision_onnx
+        elif name in ("torchvision-onnx", "torchvision-onnx-openvino"):
+            from deploy_sdk.benchmarks.baselines import (TorchvisionOnnxSystem, TorchvisionOpenVinoSystem,
+                                                          export_torchvision_onnx)
 
-            onnx_path = Path(path) if path else workdir / "torchvision_export.onnx"
+            # Both systems run the same export: a FILE given to either serves both.
+            given = path or dict(compare).get("torchvision-onnx") or dict(compare).get("torchvision-onnx-openvino")
+            onnx_path = Path(given) if given else workdir / "torchvision_export.onnx"
             if onnx_path.is_file():
                 print(f"reusing torchvision's export {onnx_path}", file=sys.stderr)
             else:
                 print(f"exporting the torchvision model with torch.onnx.export (torchvision's own path), traced at "
                       f"{args._image_size[0]}x{args._image_size[1]} ...", file=sys.stderr)
                 export_torchvision_onnx(loaded.model, onnx_path, sample_hw=args._image_size)
-            systems.append(TorchvisionOnnxSystem(onnx_path, loaded.class_names, threads=threads, device=args.device))
+            cls = TorchvisionOnnxSystem if name == "torchvision-onnx" else TorchvisionOpenVinoSystem
+            systems.append(cls(onnx_path, loaded.class_names, threads=threads, device=args.device))
         else:
-            backend = name[len("sdk-"):].partition("-")[0]
+            backend, _, precision = name[len("sdk-"):].partition("-")
+            options = {"inference_precision": "bf16"} if (backend, precision) == ("openvino", "bf16") else None
             systems.append(PredictorSystem(path, backend=backend, device=args.device, batch_size=max_batch,
-                                           threads=threads, name=name))
+                                           threads=threads, name=name, backend_options=options))
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         raise DeploySdkError(f"two systems have the same name: {names}; remove the duplicate from --compare")
@@ -284,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
 
     with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="maskrcnn-bench-") as workdir:
         # torch's thread count is global: set it before any torch module runs, and again after imports.
-        if "torch" in sys.modules or any(n in ("torch-eager", "torchvision-onnx") for n, _ in compare):
+        if "torch" in sys.modules or any(n in _TORCHVISION_SYSTEMS for n, _ in compare):
             import torch
 
             torch.set_num_threads(threads)

@@ -11,6 +11,7 @@ COMMANDS = (
     ("eval", "deploy_sdk.conversion.commands.evaluate", "COCO box and mask AP of a model on a COCO-format data set"),
     ("export", "deploy_sdk.conversion.commands.export", "export a checkpoint to one deployment ONNX graph"),
     ("check", "deploy_sdk.conversion.commands.check", "compare an exported ONNX graph with the PyTorch reference"),
+    ("inline", "deploy_sdk.conversion.commands.inline", "write the portable graph: standard ONNX operators only"),
     ("fp16", "deploy_sdk.conversion.commands.fp16", "convert an exported ONNX graph to fp16"),
     ("quantize", "deploy_sdk.conversion.commands.quantize", "post-training INT8 quantization with explicit Q/DQ"),
     ("build", "deploy_sdk.conversion.commands.build", "build a TensorRT engine from an exported ONNX graph"),

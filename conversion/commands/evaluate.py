@@ -1,7 +1,8 @@
 """`maskrcnn-deploy eval MODEL --images DIR --annotations FILE`: COCO box and mask AP.
 
 MODEL is a checkpoint (run by the PyTorch reference, i.e. torchvision itself) or an exported ``.onnx`` /
-TensorRT ``.engine``/``.plan`` file (run by ``deploy_sdk.Predictor``).
+TensorRT ``.engine``/``.plan`` file (run by ``deploy_sdk.Predictor``; ``--backend openvino`` runs a ``.onnx`` file
+on OpenVINO instead of ONNX Runtime).
 
 Part of the conversion layer because a checkpoint is evaluated with the conversion's PyTorch reference; torch is
 imported only for a checkpoint, so evaluating an exported file works on a runtime-only install.
@@ -31,7 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
     parser.add_argument("--batch-size", type=positive_int, default=4, help="images per predict call (default 4)")
     parser.add_argument("--max-images", type=positive_int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--device", default="cpu", help="torch device of the PyTorch reference (default cpu)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "tensorrt"],
+                        help="Predictor backend for an exported model (default: from the suffix, .onnx -> "
+                             "onnxruntime)")
+    parser.add_argument("--device", default="cpu", help="device: of the PyTorch reference for a checkpoint, of "
+                                                        "--backend for an exported model (default cpu)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="intra-op threads of the backend")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     add_checkpoint_arguments(parser)
 
@@ -49,7 +55,13 @@ def make_predictor(args: argparse.Namespace):
             )
         from deploy_sdk import Predictor
 
-        return Predictor(path)
+        options: Dict[str, Any] = {"threads": args.threads}
+        if args.backend != "auto":
+            options.update(backend=args.backend, device=args.device)
+        return Predictor(path, **options)
+    if args.backend != "auto":
+        raise DeploySdkError(f"--backend {args.backend} runs an exported model; {path} is a checkpoint, which the "
+                             "PyTorch reference evaluates (export it first: maskrcnn-deploy export)")
     from deploy_sdk.conversion.reference import ReferencePredictor
 
     return ReferencePredictor(load_checkpoint_from_args(path, args), device=args.device)

@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--debug-outputs", action="store_true", help="also output RPN proposals and pooled box features"
     )
+    parser.add_argument(
+        "--portable", action="store_true",
+        help="write the portable graph: the RoIAlign nodes' functions inlined, standard ONNX operators only, for "
+        "ONNX runtimes that do not expand local functions. Not for TensorRT engines (they need the custom node); "
+        "ONNX Runtime and the SDK's openvino backend run either form",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         max_detections=args.max_detections,
         opset=args.opset,
         debug=args.debug_outputs,
+        portable=args.portable,
         log=lambda line: print(line, flush=True),
     )
     return 0

@@ -2,6 +2,8 @@
 
 - :mod:`deploy_sdk.backends.onnxruntime`: ``OnnxRuntimeBackend`` (the ``.onnx`` file; CPU or CUDA provider)
 - :mod:`deploy_sdk.backends.tensorrt`: ``TensorRTBackend`` (an engine file; CUDA; imports tensorrt lazily)
+- :mod:`deploy_sdk.backends.openvino`: ``OpenVinoBackend`` (the ``.onnx`` file, inlined in memory; CPU or Intel GPU;
+  imports openvino and onnx lazily; needs the ``openvino`` extra)
 - :mod:`deploy_sdk.conversion.torch_backend`: ``TorchBackend`` (the PyTorch deployment module; part of the
   conversion layer, next to the module it runs; needs the ``convert`` extra)
 
@@ -24,11 +26,12 @@ __all__ = ["Backend", "INPUT_NAMES", "OUTPUT_NAMES", "REGISTRY", "backend_class"
 REGISTRY: Dict[str, str] = {
     "onnxruntime": "deploy_sdk.backends.onnxruntime:OnnxRuntimeBackend",
     "tensorrt": "deploy_sdk.backends.tensorrt:TensorRTBackend",
+    "openvino": "deploy_sdk.backends.openvino:OpenVinoBackend",
     "torch": "deploy_sdk.conversion.torch_backend:TorchBackend",
 }
 
 # The pip extra that provides what a backend's module needs (named when that module cannot be imported).
-_EXTRAS: Dict[str, str] = {"onnxruntime": "", "tensorrt": "gpu", "torch": "convert"}
+_EXTRAS: Dict[str, str] = {"onnxruntime": "", "tensorrt": "gpu", "openvino": "openvino", "torch": "convert"}
 
 
 def backend_class(name: str) -> Callable[..., Backend]:

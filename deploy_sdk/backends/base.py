@@ -8,14 +8,14 @@ padding, batching and mapping results back to image pixels happen once, in :clas
 from __future__ import annotations
 
 import operator
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
 from deploy_sdk.errors import DeploySdkError, EngineError
 from deploy_sdk.model_metadata import ModelMetadata
 
-__all__ = ["Backend", "INPUT_NAMES", "OUTPUT_NAMES", "parse_device", "check_threads"]
+__all__ = ["Backend", "PendingResult", "INPUT_NAMES", "OUTPUT_NAMES", "parse_device", "check_threads"]
 
 INPUT_NAMES = ("images", "image_sizes")
 OUTPUT_NAMES = ("num_detections", "boxes", "scores", "labels", "masks")
@@ -53,6 +53,36 @@ def _is_torch_tensor(obj: Any) -> bool:
     return type(obj).__module__.startswith("torch") and hasattr(obj, "data_ptr")
 
 
+class PendingResult:
+    """The outputs of one batch given to :meth:`Backend.submit`, once :meth:`result` is called.
+
+    ``wait`` is called at most once, by the first :meth:`result`, and returns the outputs or raises; later calls
+    give the same outputs or raise the same error. Backends that run the batch at once (every backend without an
+    inference-request pool) pass a function that returns what they already computed.
+    """
+
+    __slots__ = ("_wait", "_check", "_outputs", "_error")
+
+    def __init__(self, wait: Callable[[], Dict[str, Any]], check: Callable[[Dict[str, Any]], Dict[str, Any]]):
+        self._wait: Optional[Callable[[], Dict[str, Any]]] = wait
+        self._check = check
+        self._outputs: Optional[Dict[str, Any]] = None
+        self._error: Optional[BaseException] = None
+
+    def result(self) -> Dict[str, Any]:
+        """The batch's outputs (as :meth:`Backend.infer` returns them); blocks until they are there."""
+        if self._wait is not None:
+            wait, self._wait = self._wait, None
+            try:
+                self._outputs = self._check(wait())
+            except BaseException as exc:
+                self._error = exc
+        if self._error is not None:
+            raise self._error
+        assert self._outputs is not None
+        return self._outputs
+
+
 class Backend:
     """Base class of the runtime backends.
 
@@ -83,6 +113,7 @@ class Backend:
     max_batch_size: Optional[int] = None
     fixed_size: Optional[Tuple[int, int]] = None
     device: str = "cpu"
+    async_depth: int = 1
 
     def infer(self, images: np.ndarray, image_sizes: np.ndarray) -> Dict[str, Any]:
         """Run the graph on one batch.
@@ -94,11 +125,30 @@ class Backend:
           "scores": [B, K] float32, "labels": [B, K] int32, "masks": [B, K, M, M] float32 probabilities}``
         """
         self.check_inputs(images, image_sizes)
+        return self._check_outputs(self._infer(images, image_sizes), int(images.shape[0]))
+
+    def submit(self, images: np.ndarray, image_sizes: np.ndarray) -> PendingResult:
+        """Start inference of one batch; ``.result()`` of the returned handle gives what :meth:`infer` would.
+
+        The inputs are checked now (a bad batch raises here). Backends with ``async_depth > 1`` return while the
+        batch runs, and the arrays must not be changed until ``.result()`` returns; the others run it now.
+        """
+        self.check_inputs(images, image_sizes)
+        batch = int(images.shape[0])
+        wait = self._start(images, image_sizes)
+        return PendingResult(wait, lambda outputs: self._check_outputs(outputs, batch))
+
+    def _start(self, images: np.ndarray, image_sizes: np.ndarray) -> Callable[[], Dict[str, Any]]:
+        """Start one (already checked) batch; return a function that waits for and returns its outputs.
+
+        Default: run it now (so its errors raise from :meth:`submit`). Pool-based backends override this."""
         outputs = self._infer(images, image_sizes)
+        return lambda: outputs
+
+    def _check_outputs(self, outputs: Dict[str, Any], batch: int) -> Dict[str, Any]:
         missing = [n for n in OUTPUT_NAMES if n not in outputs]
         if missing:
             raise EngineError(f"{self.name} backend: the model did not return the outputs {missing}")
-        batch = images.shape[0]
         for n in OUTPUT_NAMES:
             if tuple(outputs[n].shape[:1]) != (batch,):
                 raise EngineError(

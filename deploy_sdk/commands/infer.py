@@ -34,13 +34,15 @@ RESERVED_NAMES = ("results.json", "images.json", "failures.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=Path, help="model: .onnx (onnxruntime), .engine (tensorrt) or a checkpoint (torch)")
+    parser.add_argument("model", type=Path, help="model: .onnx (onnxruntime, or openvino with --backend openvino), "
+                                                 ".engine (tensorrt) or a checkpoint (torch)")
     parser.add_argument("images", nargs="+", type=Path, help="image files, or directories of images")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--batch-size", type=positive_int, default=4, help="images per inference call (default 4)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"],
+    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "tensorrt", "torch"],
                         help="default: from the model file's suffix")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N; gpu or gpu:N (an Intel GPU) "
+                                                        "for --backend openvino")
     parser.add_argument("--score-threshold", type=float, default=None,
                         help="drop detections below this score (default: the model's own threshold)")
     parser.add_argument("--threads", type=positive_int, default=None, help="intra-op threads of the backend")

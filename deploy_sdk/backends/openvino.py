@@ -1,0 +1,310 @@
+"""OpenVINO backend: the exported ``.onnx`` file, made portable in memory, compiled by OpenVINO for a CPU or an
+Intel GPU.
+
+OpenVINO's ONNX reader does not expand model-local functions, so it refuses the graph's
+``maskrcnn_deploy::MultiLevelRoIAlign`` nodes. The backend reads the file with ``onnx``, replaces each such node by
+its function body (:func:`deploy_sdk.portable_graph.make_portable`, the same pass as ``maskrcnn-deploy inline``)
+and hands the result to OpenVINO from memory, so users keep one file for every runtime. A file that is already
+portable is read the same way. fp32, fp16 and INT8 (Q/DQ) graphs all work: OpenVINO runs the Q/DQ pairs as INT8
+kernels.
+
+Choices:
+
+- ``inference_precision``: what OpenVINO computes in. Default: the graph's own precision, i.e. ``f32`` for fp32
+  and INT8 graphs (the layers INT8 leaves in float stay fp32, as on ONNX Runtime) and ``f16`` for the fp16 graph
+  where the device lists FP16 among its capabilities, else ``f32``. OpenVINO's own CPU default on CPUs with
+  AVX512_BF16 or AMX is bf16, which is faster but changes the results (boxes by ~1 px, masks visibly): it has to be
+  asked for (``inference_precision="bf16"``).
+- ``performance_hint``: ``"latency"`` (default: one stream, every thread on one request; best for ``predict``)
+  or ``"throughput"`` (several streams that each run a request; best for ``predict_iter`` over many batches).
+- Requests: a pool of ``num_requests`` OpenVINO infer requests (default: OpenVINO's optimal number for the hint,
+  at least 2). :meth:`submit` starts a batch on an idle request and returns at once; ``async_depth`` tells the
+  predictor how many to keep in flight, so ``predict_iter`` pre-processes and post-processes some batches while
+  OpenVINO infers others. ``infer`` may be called from several threads at once (each call takes its own request).
+- ``threads``: ``INFERENCE_NUM_THREADS`` of the CPU plugin (default: OpenVINO's, all usable cores).
+
+Ties: ONNX's TopK keeps the lower index among equal values; OpenVINO's only when its ``stable`` attribute is set,
+which its ONNX reader does not do. ``stable_topk=True`` sets it on every value-sorted TopK, so that the same elements
+survive each top-k cut as on ONNX Runtime when scores tie exactly. It is off by default: OpenVINO's stable TopK
+costs about 230 ms per 384x512 image on the shipped model (2.3x the whole inference otherwise), and fp32 scores
+practically never tie (the parity tests pass without it).
+
+Counters for tests and tuning: ``requests_started`` and ``peak_in_flight`` (requests taken from the pool and not
+yet given back: started, running or finished but not yet collected).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from deploy_sdk.backends.base import INPUT_NAMES, OUTPUT_NAMES, Backend, check_threads
+from deploy_sdk.errors import DeploySdkError, EngineError, require
+from deploy_sdk.model_metadata import ModelMetadata
+
+__all__ = ["OpenVinoBackend", "openvino_device", "PERFORMANCE_HINTS", "INFERENCE_PRECISIONS"]
+
+PERFORMANCE_HINTS = ("latency", "throughput")
+INFERENCE_PRECISIONS = ("f32", "f16", "bf16")
+_INPUT_TYPES = {"f32": np.float32, "u8": np.uint8}
+
+
+def openvino_device(device: str) -> str:
+    """``"cpu"`` → ``"CPU"``; ``"gpu"`` → ``"GPU"``; ``"gpu:1"`` / ``"gpu.1"`` → ``"GPU.1"`` (OpenVINO's names).
+
+    CUDA devices are not OpenVINO devices: :class:`DeploySdkError` says which backends run on them.
+    """
+    text = str(device).strip().lower()
+    if text == "cpu":
+        return "CPU"
+    if text == "gpu":
+        return "GPU"
+    for sep in (":", "."):
+        if text.startswith("gpu" + sep) and text[4:].isdigit():
+            return f"GPU.{int(text[4:])}"
+    if text.startswith("cuda"):
+        raise DeploySdkError(
+            f"device {device!r}: the openvino backend runs on CPUs and Intel GPUs ('cpu', 'gpu', 'gpu:N'); for an "
+            "NVIDIA GPU use the tensorrt or onnxruntime backend"
+        )
+    raise DeploySdkError(f"device must be 'cpu', 'gpu' or 'gpu:N' for the openvino backend, got {device!r}")
+
+
+class _Request:
+    """One OpenVINO infer request of the pool and the batch it runs."""
+
+    __slots__ = ("request", "done", "outputs", "error", "inputs")
+
+    def __init__(self, request: Any):
+        self.request = request
+        self.done = threading.Event()
+        self.outputs: Optional[Dict[str, np.ndarray]] = None
+        self.error: Optional[BaseException] = None
+        self.inputs: Any = None  # the batch's arrays, kept alive while OpenVINO reads them without a copy
+
+
+class OpenVinoBackend(Backend):
+    """An OpenVINO compiled model of a deployment graph (see the module docstring for the choices).
+
+    - ``path``: an exported ``.onnx`` (fp32, fp16 or INT8), or its portable form (``maskrcnn-deploy inline``).
+    - ``device``: "cpu" (default) or "gpu" / "gpu:N" for an Intel GPU that OpenVINO sees.
+    - ``threads``: CPU inference threads (None / 0: OpenVINO's default).
+    - ``performance_hint``: "latency" or "throughput".
+    - ``num_requests``: size of the infer-request pool (None: OpenVINO's optimal number, at least 2).
+    - ``inference_precision``: None (the graph's precision), "f32", "f16" or "bf16".
+    - ``stable_topk``: break TopK ties by index as ONNX specifies (slow in OpenVINO; see the module docstring).
+    """
+
+    name = "openvino"
+    thread_safe = True
+
+    def __init__(
+        self,
+        path: "os.PathLike[str] | str",
+        device: str = "cpu",
+        threads: Optional[int] = None,
+        performance_hint: str = "latency",
+        num_requests: Optional[int] = None,
+        inference_precision: Optional[str] = None,
+        stable_topk: bool = False,
+    ):
+        self._closed = True
+        self._pool: List[_Request] = []
+        self.path = os.fspath(path)
+        threads = check_threads(threads)
+        target = openvino_device(device)
+        hint = str(performance_hint).strip().lower()
+        if hint not in PERFORMANCE_HINTS:
+            raise DeploySdkError(f"performance_hint must be one of {', '.join(PERFORMANCE_HINTS)}, got "
+                                 f"{performance_hint!r}")
+        if num_requests is not None and (isinstance(num_requests, bool) or int(num_requests) < 1):
+            raise DeploySdkError(f"num_requests must be a positive integer or None, got {num_requests!r}")
+        if inference_precision is not None and inference_precision not in INFERENCE_PRECISIONS:
+            raise DeploySdkError(f"inference_precision must be one of {', '.join(INFERENCE_PRECISIONS)} or None, "
+                                 f"got {inference_precision!r}")
+        ov = require("openvino", "openvino", "the openvino backend")
+        onnx = require("onnx", "openvino", "the openvino backend (it reads the .onnx file to inline its functions)")
+        from deploy_sdk.portable_graph import is_portable, make_portable
+
+        if not os.path.isfile(self.path):
+            raise EngineError(f"ONNX model not found: {self.path}; export one with: maskrcnn-deploy export CKPT -o "
+                              "MODEL.onnx")
+        core = ov.Core()
+        self.device = target.lower().replace("gpu.", "gpu:")
+        kind = target.partition(".")[0]
+        if not any(d == target or (target == kind and d.startswith(kind)) for d in core.available_devices):
+            raise DeploySdkError(f"OpenVINO sees no {target} device on this machine (it sees: "
+                                 f"{', '.join(core.available_devices) or 'none'})")
+        try:
+            graph = onnx.load(self.path)
+        except Exception as exc:  # onnx raises DecodeError and friends without a common base
+            raise EngineError(f"{self.path} is not a readable ONNX model ({exc}); re-export it") from exc
+        self.metadata = ModelMetadata.from_props({p.key: p.value for p in graph.metadata_props}, source=self.path)
+        if not is_portable(graph):
+            graph = make_portable(graph)
+        try:
+            model = core.read_model(graph.SerializeToString())
+        except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line report
+            raise EngineError(f"OpenVINO cannot read {self.path}: {_first_line(exc)}") from exc
+        del graph
+        self.stable_topk = _onnx_topk_ties(model) if stable_topk else 0
+        names = {p.get_any_name() for p in model.inputs}
+        outs = {p.get_any_name() for p in model.outputs}
+        if set(INPUT_NAMES) - names or set(OUTPUT_NAMES) - outs:
+            raise EngineError(
+                f"{self.path} is not a deployment graph: inputs {sorted(names)} / outputs {sorted(outs)}, "
+                f"expected inputs {list(INPUT_NAMES)} and outputs {list(OUTPUT_NAMES)}"
+            )
+        image_input = next(p for p in model.inputs if p.get_any_name() == "images")
+        type_name = image_input.get_element_type().get_type_name()
+        if type_name not in _INPUT_TYPES:
+            raise EngineError(f"{self.path}: input 'images' is {type_name}; expected float32 or uint8")
+        self.input_dtype = _INPUT_TYPES[type_name]
+        shape = image_input.get_partial_shape()
+        self.max_batch_size = shape[0].get_length() if shape[0].is_static else None
+        if shape[2].is_static and shape[3].is_static:
+            self.fixed_size = (shape[2].get_length(), shape[3].get_length())
+        elif self.metadata.fixed_height and self.metadata.fixed_width:
+            self.fixed_size = (int(self.metadata.fixed_height), int(self.metadata.fixed_width))
+
+        capabilities = set(core.get_property(kind, "OPTIMIZATION_CAPABILITIES"))
+        if inference_precision is None:
+            inference_precision = "f16" if self.metadata.precision == "fp16" and "FP16" in capabilities else "f32"
+        needs = {"f16": "FP16", "bf16": "BF16"}.get(inference_precision)
+        if needs and needs not in capabilities:
+            raise DeploySdkError(f"inference_precision={inference_precision!r}: OpenVINO's {target} device does not "
+                                 f"support {needs} (its capabilities: {', '.join(sorted(capabilities))})")
+        self.performance_hint = hint
+        self.inference_precision = inference_precision
+        config: Dict[str, Any] = {"PERFORMANCE_HINT": hint.upper(), "INFERENCE_PRECISION_HINT": inference_precision}
+        if threads and kind == "CPU":
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = core.compile_model(model, target, config)
+        except Exception as exc:
+            raise EngineError(f"OpenVINO cannot compile {self.path} for {target}: {_first_line(exc)}") from exc
+        optimal = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        size = int(num_requests) if num_requests is not None else max(2, optimal)
+        self._pool = [_Request(self.compiled.create_infer_request()) for _ in range(size)]
+        self._idle: "queue.SimpleQueue[_Request]" = queue.SimpleQueue()
+        for slot in self._pool:
+            slot.request.set_callback(self._finished, slot)
+            self._idle.put(slot)
+        self.async_depth = size
+        self._count_lock = threading.Lock()
+        self._running = 0
+        self.requests_started = 0
+        self.peak_in_flight = 0
+        self._closed = False
+
+    # ---------------------------------------------------------------------------------------------------------
+    def property(self, name: str) -> Any:
+        """A property of the compiled model, e.g. ``INFERENCE_NUM_THREADS``, ``NUM_STREAMS``,
+        ``INFERENCE_PRECISION_HINT``, ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``."""
+        self._check_open()
+        return self.compiled.get_property(name)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DeploySdkError(f"openvino backend for {os.path.basename(self.path)} is closed")
+
+    def _infer(self, images: np.ndarray, image_sizes: np.ndarray) -> Dict[str, Any]:
+        return self._start(images, image_sizes)()
+
+    def _start(self, images: np.ndarray, image_sizes: np.ndarray) -> Callable[[], Dict[str, Any]]:
+        self._check_open()
+        slot = self._idle.get()  # blocks while every request of the pool is running
+        slot.done.clear()
+        slot.outputs, slot.error = None, None
+        slot.inputs = (np.ascontiguousarray(images), np.ascontiguousarray(image_sizes))
+        with self._count_lock:
+            self._running += 1
+            self.requests_started += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._running)
+        try:
+            # share_inputs: OpenVINO reads the arrays in place (they stay referenced by the slot until it is done).
+            slot.request.start_async({"images": slot.inputs[0], "image_sizes": slot.inputs[1]}, share_inputs=True)
+        except Exception as exc:
+            self._release(slot)
+            raise EngineError(f"OpenVINO could not start inference: {_first_line(exc)}") from exc
+        return lambda: self._wait(slot)
+
+    def _finished(self, slot: _Request) -> None:
+        # OpenVINO calls this from its own thread when a request succeeds (not when it fails: then wait() raises).
+        # The outputs are copied out here, before the request goes back to the pool and is reused.
+        try:
+            slot.outputs = {n: np.array(slot.request.get_tensor(n).data, copy=True) for n in OUTPUT_NAMES}
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller, never lost in OpenVINO's thread
+            slot.error = exc
+        finally:
+            slot.done.set()
+
+    def _wait(self, slot: _Request) -> Dict[str, Any]:
+        try:
+            slot.request.wait()  # returns when the request is done; raises what inference raised
+        except Exception as exc:
+            self._release(slot)
+            raise EngineError(f"OpenVINO inference failed: {_first_line(exc)}") from exc
+        slot.done.wait()  # the success callback may still be copying the outputs
+        outputs, error = slot.outputs, slot.error
+        self._release(slot)
+        if error is not None or outputs is None:
+            raise EngineError(f"OpenVINO returned no outputs: {_first_line(error) if error else 'unknown error'}")
+        return outputs
+
+    def _release(self, slot: _Request) -> None:
+        slot.inputs = None
+        slot.outputs, slot.error = None, None
+        with self._count_lock:
+            self._running -= 1
+        self._idle.put(slot)
+
+    def close(self) -> None:
+        """Wait for running requests, then release the compiled model."""
+        if self._closed:
+            return
+        self._closed = True
+        for slot in self._pool:
+            try:
+                slot.request.wait()
+            except Exception:  # noqa: BLE001 - its caller gets the error from its own wait
+                pass
+        self._pool = []
+        self.compiled = None
+
+    def describe(self) -> str:
+        if self._closed:
+            return f"openvino (closed) {os.path.basename(self.path)}"
+        return (f"openvino {self.device} {os.path.basename(self.path)} ({self.performance_hint}, "
+                f"{self.inference_precision}, {len(self._pool)} requests)")
+
+
+def _onnx_topk_ties(model: Any) -> int:
+    """Make every value-sorted TopK of ``model`` (an ``openvino.Model``) break ties as ONNX does; return how many.
+
+    ONNX's TopK returns equal values in index order (the lower index first), and ONNX Runtime does so. OpenVINO's
+    TopK-11 does only with ``stable=True``, which its ONNX reader leaves False, so among equal scores at a top-k cut
+    it may keep other elements than ONNX Runtime. Rare with fp32 scores; common where scores lie on a coarse grid.
+    """
+    changed = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "TopK":
+            continue
+        attrs = op.get_attributes()
+        if attrs.get("sort") == "value" and attrs.get("stable") is False:
+            op.set_attribute("stable", True)
+            changed += 1
+    if changed:
+        model.validate_nodes_and_infer_types()
+    return changed
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # OpenVINO's messages start with "Exception from src/...:NN:" lines; the last line says what went wrong.
+    useful = [line for line in lines if not line.startswith("Exception from ")]
+    return (useful or lines or [type(exc).__name__])[-1 if useful else 0][:400]
