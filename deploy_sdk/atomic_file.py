@@ -5,13 +5,15 @@ Temporary files and folders get the mode a plain ``open(path, "w")`` / ``os.mkdi
 0700. A write that fails for a reason of the file system (a folder or device where a file should go, no such
 folder, not a folder, no space, read-only, no permission) raises :class:`OutputPathError`: one line, "cannot write
 PATH: reason". :func:`check_output_file` and :func:`check_output_dir` ask the same questions up front, so that a
-command can refuse a bad output path before its slow work rather than after it.
+command can refuse a bad output path before its slow work rather than after it. :func:`file_sha256` hashes a
+file the way the checkpoint loader and the plugin cache both record it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Iterable, Iterator, Union
 
 from deploy_sdk.errors import DeploySdkError
 
-__all__ = ["atomic_path", "make_temp_dir", "OutputPathError", "check_output_file", "check_output_dir"]
+__all__ = ["file_sha256", "atomic_path", "make_temp_dir", "OutputPathError", "check_output_file", "check_output_dir"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -149,3 +151,12 @@ def atomic_path(target: Union[str, os.PathLike]) -> Iterator[Path]:
         if _is_write_error(exc, tmp_path, target):
             raise cannot_write(target, exc) from exc
         raise
+
+
+def file_sha256(path: Union[str, os.PathLike]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

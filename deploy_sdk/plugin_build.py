@@ -30,7 +30,7 @@ import threading
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from deploy_sdk.atomic_file import atomic_path
+from deploy_sdk.atomic_file import atomic_path, file_sha256
 from deploy_sdk.errors import PluginError
 
 __all__ = [
@@ -90,7 +90,7 @@ def _source_files() -> List[Path]:
 
 def source_manifest() -> Dict[str, str]:
     """{path relative to plugins/ (posix): sha256} of every source file in the checkout."""
-    return {p.relative_to(_SOURCE_DIR).as_posix(): _file_sha256(p) for p in _source_files()}
+    return {p.relative_to(_SOURCE_DIR).as_posix(): file_sha256(p) for p in _source_files()}
 
 
 def read_manifest(path: Path) -> Optional[Dict[str, str]]:
@@ -189,12 +189,6 @@ def _check_private(path: Path, what: str) -> None:
         )
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _recorded_sha256(target: Path) -> Optional[str]:
@@ -226,7 +220,7 @@ def _cached_library_problem(target: Path) -> Optional[str]:
     if recorded is None:
         return f"{target} has no recorded sha256 ({target.name}{_HASH_SUFFIX} is missing or unreadable)"
     try:
-        actual = _file_sha256(target)
+        actual = file_sha256(target)
     except OSError as exc:
         return f"{target} cannot be read ({exc})"
     if actual != recorded:
@@ -241,7 +235,7 @@ def _install(built: Path, target: Path) -> None:
     with atomic_path(target) as tmp:
         shutil.copyfile(built, tmp)
         os.chmod(tmp, 0o644)
-        digest = _file_sha256(tmp)  # of the very bytes installed
+        digest = file_sha256(tmp)  # of the very bytes installed
     with atomic_path(target.parent / (target.name + _HASH_SUFFIX)) as tmp:
         tmp.write_text(f"{digest}  {target.name}\n")
         os.chmod(tmp, 0o644)

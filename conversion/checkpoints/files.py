@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import pickle
 import re
@@ -33,6 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from deploy_sdk.atomic_file import file_sha256
 from deploy_sdk.errors import CheckpointError, UnsupportedModelError
 
 __all__ = [
@@ -50,13 +50,6 @@ NESTING_KEYS = ("model", "state_dict", "model_state_dict", "model_state", "net")
 MAX_LISTED = 5
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_safetensors(path: Path) -> bool:
