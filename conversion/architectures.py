@@ -30,6 +30,8 @@ __all__ = [
     "build_resnet_fpn_maskrcnn",
     "build_mobilenet_v3_fpn_maskrcnn",
     "build_maskrcnn",
+    "FpnMaskRCNNSpec",
+    "build_fpn_maskrcnn",
 ]
 
 # torchvision builders by name; the FPN takes layer1..layer4.
@@ -176,3 +178,145 @@ def build_maskrcnn(
             **maskrcnn_kwargs,
         )
     raise ValueError(f"unknown architecture {cfg.arch!r}; known: {', '.join(SUPPORTED_ARCHS)}")
+
+
+@dataclass
+class FpnMaskRCNNSpec:
+    """Everything :func:`build_fpn_maskrcnn` needs to build a bottleneck-ResNet-FPN Mask R-CNN of another framework
+    (detectron2, MMDetection) out of torchvision modules, at any widths.
+
+    Widths: the stem has ``stem_channels``; stage i (0..3) outputs ``res2_channels * 2**i`` with a bottleneck of
+    ``bottleneck_channels * 2**i``. ``stride_in_1x1``: a stage's stride sits on the first block's 1x1 conv
+    (detectron2's MSRA ``STRIDE_IN_1X1``, MMDetection's ``style='caffe'``) instead of its 3x3 (torchvision, and
+    MMDetection's ``style='pytorch'``). ``cell_anchors``: per RPN level the [A, 4] anchors around (0, 0), unrounded
+    (set on torchvision's generator in place of its rounded ones). ``image_mean``/``image_std``: RGB, 0-1 units.
+    ``aligned``: half-pixel RoIAlign (``AlignedMultiScaleRoIAlign``) instead of torchvision's legacy one.
+    ``num_classes`` includes the background, which is class 0 (importers reorder weights to this layout).
+    """
+
+    num_classes: int
+    blocks_per_stage: Tuple[int, ...] = (3, 4, 6, 3)
+    stem_channels: int = 64
+    res2_channels: int = 256
+    bottleneck_channels: int = 64
+    stride_in_1x1: bool = False
+    frozen_bn: bool = True
+    fpn_channels: int = 256
+    anchor_sizes: Tuple[Tuple[float, ...], ...] = ((32,), (64,), (128,), (256,), (512,))
+    aspect_ratios: Tuple[Tuple[float, ...], ...] = ((0.5, 1.0, 2.0),) * 5
+    cell_anchors: Optional[Sequence[Sequence[Sequence[float]]]] = None
+    box_pool_size: int = 7
+    mask_pool_size: int = 14
+    box_sampling_ratio: int = 0
+    mask_sampling_ratio: int = 0
+    aligned: bool = True
+    box_head_dim: int = 1024
+    mask_head_dims: Tuple[int, ...] = (256, 256, 256, 256)
+    mask_predictor_dim: int = 256
+    min_size: int = 800
+    max_size: int = 1333
+    image_mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+    rpn_pre_nms_top_n: int = 1000
+    rpn_post_nms_top_n: int = 1000
+    rpn_nms_thresh: float = 0.7
+    rpn_min_size: float = 0.0
+    rpn_weights: Tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    detections_per_img: int = 100
+    box_weights: Tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+
+
+def _bottleneck_stage(in_ch: int, out_ch: int, mid: int, blocks: int, stride: int, stride_in_1x1: bool, norm):
+    """One ResNet stage of torchvision ``Bottleneck`` blocks at explicit widths and stride placement."""
+    layers = []
+    for j in range(blocks):
+        s = stride if j == 0 else 1
+        down = None
+        if j == 0 and (s != 1 or in_ch != out_ch):
+            down = nn.Sequential(resnet.conv1x1(in_ch, out_ch, s), norm(out_ch))
+        block = resnet.Bottleneck(in_ch, max(out_ch // resnet.Bottleneck.expansion, 1), s, down, norm_layer=norm)
+        # Rebuild the three convolutions at the exact widths (torchvision derives them from `planes`).
+        block.conv1 = resnet.conv1x1(in_ch, mid, s if stride_in_1x1 else 1)
+        block.bn1 = norm(mid)
+        block.conv2 = resnet.conv3x3(mid, mid, 1 if stride_in_1x1 else s)
+        block.bn2 = norm(mid)
+        block.conv3 = resnet.conv1x1(mid, out_ch)
+        block.bn3 = norm(out_ch)
+        block.stride = s
+        layers.append(block)
+        in_ch = out_ch
+    return nn.Sequential(*layers)
+
+
+def build_fpn_maskrcnn(spec: FpnMaskRCNNSpec) -> MaskRCNN:
+    """A torchvision ``MaskRCNN`` (random weights) with the shapes and inference settings of ``spec``."""
+    from deploy_sdk.conversion.checkpoints.settings import AlignedMultiScaleRoIAlign
+    from torchvision.models.detection.rpn import RPNHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    norm = misc_ops.FrozenBatchNorm2d if spec.frozen_bn else nn.BatchNorm2d
+    if len(spec.blocks_per_stage) != 4:
+        raise ValueError(f"a ResNet-FPN has 4 stages, got {len(spec.blocks_per_stage)}")
+    body = resnet.ResNet(resnet.Bottleneck, [1, 1, 1, 1], norm_layer=norm)
+    body.conv1 = nn.Conv2d(3, spec.stem_channels, kernel_size=7, stride=2, padding=3, bias=False)
+    body.bn1 = norm(spec.stem_channels)
+    in_ch = spec.stem_channels
+    outs = []
+    for i, blocks in enumerate(spec.blocks_per_stage):
+        out_ch = spec.res2_channels * 2**i
+        stage = _bottleneck_stage(
+            in_ch, out_ch, spec.bottleneck_channels * 2**i, blocks, 1 if i == 0 else 2, spec.stride_in_1x1, norm
+        )
+        setattr(body, f"layer{i + 1}", stage)
+        outs.append(out_ch)
+        in_ch = out_ch
+    del body.fc, body.avgpool
+    backbone = BackboneWithFPN(
+        body,
+        return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        in_channels_list=outs,
+        out_channels=spec.fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
+    anchors = AnchorGenerator(
+        tuple(tuple(int(round(v)) for v in level) for level in spec.anchor_sizes),
+        tuple(tuple(float(r) for r in level) for level in spec.aspect_ratios),
+    )
+    if spec.cell_anchors is not None:
+        anchors.cell_anchors = [torch.tensor(c, dtype=torch.float32).reshape(-1, 4) for c in spec.cell_anchors]
+    num_anchors = int(anchors.cell_anchors[0].shape[0])
+    if any(int(c.shape[0]) != num_anchors for c in anchors.cell_anchors):
+        raise ValueError("every RPN level needs the same number of anchors per location")
+    pool = AlignedMultiScaleRoIAlign if spec.aligned else MultiScaleRoIAlign
+    names = ["0", "1", "2", "3"]
+    c = spec.fpn_channels
+    model = MaskRCNN(
+        backbone,
+        num_classes=None,
+        min_size=spec.min_size,
+        max_size=spec.max_size,
+        image_mean=list(spec.image_mean),
+        image_std=list(spec.image_std),
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(c, num_anchors),
+        rpn_pre_nms_top_n_test=spec.rpn_pre_nms_top_n,
+        rpn_post_nms_top_n_test=spec.rpn_post_nms_top_n,
+        rpn_nms_thresh=spec.rpn_nms_thresh,
+        box_roi_pool=pool(names, spec.box_pool_size, spec.box_sampling_ratio),
+        box_head=TwoMLPHead(c * spec.box_pool_size**2, spec.box_head_dim),
+        box_predictor=FastRCNNPredictor(spec.box_head_dim, spec.num_classes),
+        box_score_thresh=spec.box_score_thresh,
+        box_nms_thresh=spec.box_nms_thresh,
+        box_detections_per_img=spec.detections_per_img,
+        bbox_reg_weights=spec.box_weights,
+        mask_roi_pool=pool(names, spec.mask_pool_size, spec.mask_sampling_ratio),
+        mask_head=MaskRCNNHeads(c, list(spec.mask_head_dims), 1),
+        mask_predictor=MaskRCNNPredictor(
+            spec.mask_head_dims[-1] if spec.mask_head_dims else c, spec.mask_predictor_dim, spec.num_classes
+        ),
+    )
+    model.rpn.min_size = float(spec.rpn_min_size)
+    model.rpn.box_coder.weights = tuple(float(w) for w in spec.rpn_weights)
+    return model.eval()

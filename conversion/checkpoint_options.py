@@ -22,8 +22,8 @@ __all__ = [
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--arch``, ``--num-classes``, ``--class-names``, ``--min-size``, ``--max-size`` and
-    ``--trust-checkpoint``."""
+    """Add ``--arch``, ``--num-classes``, ``--class-names``, ``--min-size``, ``--max-size``, ``--from``, ``--config``
+    and ``--trust-checkpoint``."""
     group = parser.add_argument_group("checkpoint options (used only when the model is a checkpoint)")
     group.add_argument(
         "--arch",
@@ -43,6 +43,20 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--min-size", type=int, default=None, help="override the model's resize min size (pixels)")
     group.add_argument("--max-size", type=int, default=None, help="override the model's resize max size (pixels)")
+    group.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        choices=("torchvision", "detectron2", "mmdet"),
+        help="the framework the checkpoint was trained with (default: detected from its keys, and printed)",
+    )
+    group.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="the framework's own config of the checkpoint (detectron2 config.yaml; read as data, never executed); "
+        "default: the framework's model-zoo defaults",
+    )
     add_trust_checkpoint_argument(group)
 
 
@@ -54,7 +68,7 @@ def load_checkpoint_from_args(path: Union[str, Path], args: argparse.Namespace):
     require("torchvision", "convert", "loading a checkpoint")
     from deploy_sdk.conversion.checkpoint import load_checkpoint
 
-    return load_checkpoint(
+    loaded = load_checkpoint(
         path,
         arch=args.arch,
         num_classes=args.num_classes,
@@ -62,4 +76,7 @@ def load_checkpoint_from_args(path: Union[str, Path], args: argparse.Namespace):
         min_size=args.min_size,
         max_size=args.max_size,
         trust_checkpoint=bool(getattr(args, "trust_checkpoint", False)),
+        source=getattr(args, "source", None),
+        config=getattr(args, "config", None),
     )
+    return loaded

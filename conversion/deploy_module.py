@@ -118,8 +118,14 @@ def _clip_to_sizes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
     return torch.stack([x1, y1, x2, y2], -1)
 
 
-def _not_small(boxes: Tensor, min_size: float) -> Tensor:
-    return ((boxes[..., 2] - boxes[..., 0]) >= min_size) & ((boxes[..., 3] - boxes[..., 1]) >= min_size)
+def _not_small(boxes: Tensor, min_size: float, strict: bool = False) -> Tensor:
+    """Width and height >= min_size (torchvision's remove_small_boxes), or > min_size when ``strict`` (detectron2's
+    ``Boxes.nonempty``, MMDetection's ``min_bbox_size``)."""
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    if strict:
+        return (w > min_size) & (h > min_size)
+    return (w >= min_size) & (h >= min_size)
 
 
 def _take(x: Tensor, idx: Tensor) -> Tensor:
@@ -140,7 +146,9 @@ def _pooler_config(pool: nn.Module, spatial_scales: List[float], what: str) -> R
         output_width=int(ow),
         sampling_ratio=int(pool.sampling_ratio),
         spatial_scales=tuple(spatial_scales),
-        aligned=0,  # torchvision's MultiScaleRoIAlign always calls roi_align(aligned=False)
+        # torchvision's MultiScaleRoIAlign always calls roi_align(aligned=False); importers of half-pixel frameworks
+        # use checkpoints.settings.AlignedMultiScaleRoIAlign, which says so with `aligned = True`.
+        aligned=int(bool(getattr(pool, "aligned", False))),
         mode="avg",
         canonical_scale=float(pool.canonical_scale),
         canonical_level=int(pool.canonical_level),
@@ -165,6 +173,15 @@ class DeploymentModule(nn.Module):
         if max_detections < 1:
             raise ValueError(f"max_detections must be >= 1, got {max_detections}")
         model = model.eval()
+        # How the checkpoint's framework differs from torchvision where the modules cannot say it (fixed anchor
+        # strides, small-box filters): checkpoints.settings.FrameworkSemantics; torchvision's defaults otherwise.
+        from deploy_sdk.conversion.checkpoints.settings import FrameworkSemantics
+
+        semantics = getattr(loaded_model, "semantics", None) or FrameworkSemantics()
+        self.anchor_strides = None if semantics.anchor_strides is None else [int(v) for v in semantics.anchor_strides]
+        self.anchor_offset = float(semantics.anchor_offset)
+        self.rpn_min_size_strict = bool(semantics.rpn_min_box_strict)
+        self.box_min_size = None if semantics.box_min_size is None else float(semantics.box_min_size)
         self.max_detections = int(max_detections)
         self.debug = bool(debug)
         t = model.transform
@@ -179,7 +196,7 @@ class DeploymentModule(nn.Module):
         self.rpn_pre_nms_top_n = int(rpn._pre_nms_top_n["testing"])
         self.rpn_post_nms_top_n = int(rpn._post_nms_top_n["testing"])
         self.rpn_nms_thresh = float(rpn.nms_thresh)
-        self.rpn_min_size = float(rpn.min_size)
+        self.rpn_min_size = float(rpn.min_size if semantics.source == "torchvision" else semantics.rpn_min_box_size)
         self.rpn_score_thresh = float(rpn.score_thresh)
         self.rpn_weights = tuple(float(w) for w in rpn.box_coder.weights)
         self.rpn_clip = float(rpn.box_coder.bbox_xform_clip)
@@ -201,6 +218,10 @@ class DeploymentModule(nn.Module):
         self.detections_per_img = min(int(heads.detections_per_img), self.max_detections)
 
         self.feature_names, spatial_scales = self._probe_features(heads.box_roi_pool)
+        if self.anchor_strides is not None and len(self.anchor_strides) != len(self.cell_anchors):
+            raise UnsupportedModelError(
+                f"{len(self.anchor_strides)} anchor strides for {len(self.cell_anchors)} anchor levels"
+            )
         if len(self.cell_anchors) != len(self.feature_names[1]):
             raise UnsupportedModelError(
                 f"the anchor generator has {len(self.cell_anchors)} levels but the backbone returns "
@@ -250,14 +271,21 @@ class DeploymentModule(nn.Module):
         inside = (rows < image_sizes[:, 0].reshape(-1, 1, 1)) & (cols < image_sizes[:, 1].reshape(-1, 1, 1))
         return torch.where(inside.unsqueeze(1), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
-    def _anchors(self, x: Tensor, feat: Tensor, cell: Tensor) -> Tensor:
+    def _anchors(self, x: Tensor, feat: Tensor, cell: Tensor, level: int = 0) -> Tensor:
         """Anchors [h*w*A, 4] of one level, from the canvas and feature-map shapes (torchvision AnchorGenerator:
-        stride = canvas size // feature size, integer division; order (y, x, anchor))."""
+        stride = canvas size // feature size, integer division; order (y, x, anchor)), or at the level's fixed
+        stride and offset when the framework fixes them (detectron2, MMDetection: shifts (i + offset) * stride)."""
         fh, fw = feat.shape[-2], feat.shape[-1]
-        stride_h = x.shape[-2] // fh
-        stride_w = x.shape[-1] // fw
-        shifts_x = torch.arange(fw, device=x.device).to(torch.float32) * stride_w
-        shifts_y = torch.arange(fh, device=x.device).to(torch.float32) * stride_h
+        if self.anchor_strides is not None:
+            stride = float(self.anchor_strides[level])
+            offset = self.anchor_offset
+            shifts_x = (torch.arange(fw, device=x.device).to(torch.float32) + offset) * stride
+            shifts_y = (torch.arange(fh, device=x.device).to(torch.float32) + offset) * stride
+        else:
+            stride_h = x.shape[-2] // fh
+            stride_w = x.shape[-1] // fw
+            shifts_x = torch.arange(fw, device=x.device).to(torch.float32) * stride_w
+            shifts_y = torch.arange(fh, device=x.device).to(torch.float32) * stride_h
         sy, sx = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
         sx, sy = sx.reshape(-1), sy.reshape(-1)
         shifts = torch.stack([sx, sy, sx, sy], dim=1)
@@ -273,7 +301,7 @@ class DeploymentModule(nn.Module):
             num_a = obj.shape[1]
             obj = obj.permute(0, 2, 3, 1).reshape(batch, -1)
             dlt = dlt.reshape(batch, num_a, 4, dlt.shape[-2], dlt.shape[-1]).permute(0, 3, 4, 1, 2).reshape(batch, -1, 4)
-            anchors = self._anchors(x, feat, cell.to(x.device))
+            anchors = self._anchors(x, feat, cell.to(x.device), level)
             # Per-level top-k on the logits before decoding (decoding is elementwise, so the order does not matter).
             top_obj, top_idx = obj.topk(_min_k(obj, self.rpn_pre_nms_top_n, 1), dim=1)
             top_anchors = anchors[top_idx]  # [B, k, 4]
@@ -284,7 +312,7 @@ class DeploymentModule(nn.Module):
         boxes = _clip_to_sizes(torch.cat(boxes_l, 1), image_sizes)  # [B, N, 4]
         prob = torch.sigmoid(torch.cat(scores_l, 1))  # [B, N]
         levels = torch.cat(level_l, 1)
-        keep = _not_small(boxes, self.rpn_min_size) & (prob >= self.rpn_score_thresh)
+        keep = _not_small(boxes, self.rpn_min_size, self.rpn_min_size_strict) & (prob >= self.rpn_score_thresh)
 
         # NMS independently per level: classes = levels, a box scores only in its own level's row.
         num_levels = len(boxes_l)
@@ -315,7 +343,9 @@ class DeploymentModule(nn.Module):
         boxes = _clip_to_sizes(_decode(deltas, ref, self.box_weights, self.box_clip), image_sizes)
         scores = F.softmax(class_logits, -1).reshape(batch, num_rois, -1)
         boxes, scores = boxes[:, :, 1:], scores[:, :, 1:]  # drop the background class
-        keep = (scores > self.box_score_thresh) & _not_small(boxes, 1e-2) & proposal_valid.unsqueeze(-1)
+        keep = (scores > self.box_score_thresh) & proposal_valid.unsqueeze(-1)
+        if self.box_min_size is not None:  # torchvision's remove_small_boxes(1e-2); detectron2/MMDetection: none
+            keep = keep & _not_small(boxes, self.box_min_size)
         scores = torch.where(keep, scores, torch.tensor(_DROPPED, device=scores.device))
 
         # Class-wise NMS with the class folded into the NMS batch: [B*(C-1), R, 4] boxes, one score row each.

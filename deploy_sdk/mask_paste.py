@@ -11,6 +11,16 @@ Two implementations of the same function:
 - :func:`paste_masks_torch` (torch, any device): all boxes at once as two batched matrix products
   ``rows [N, H, M+2] @ mask [N, M+2, M+2] @ cols [N, M+2, W]``; made for GPUs, where one big product beats a
   hundred small resizes.
+
+A second paste, ``mode="grid_sample"``, is detectron2's (and MMDetection's) ``paste_masks_in_image`` /
+``_do_paste_mask``: every image pixel centre ``(x + 0.5, y + 0.5)`` is mapped into the box,
+``g = (x + 0.5 - x0) / (x1 - x0) * 2 - 1``, and the M×M mask is sampled there as ``F.grid_sample`` does
+(bilinear, ``align_corners=False``: source ``((g + 1) * M - 1) / 2``, zeros outside the mask), on the float box
+(no integer truncation, no padding or box growth), then binarized with ``>= threshold``. Only the box's pixels
+plus one (``floor(x0) - 1`` .. ``ceil(x1) + 1``) are computed, as detectron2 does on the CPU; every pixel outside
+is below 0.5 anyway. The graph metadata selects it (``extra["mask_paste"]``); ``"torchvision"`` stays the
+default. The numpy version writes the sampling as ``rows [h, M] @ mask [M, M] @ cols [M, w]`` with at most two
+non-zero weights per row, the same four products grid_sample sums.
 """
 
 from __future__ import annotations
@@ -21,7 +31,17 @@ import numpy as np
 
 from deploy_sdk.preprocessing import _linear_taps
 
-__all__ = ["MASK_THRESHOLD", "expanded_int_boxes", "paste_masks", "paste_masks_torch", "paste_masks_cropped"]
+__all__ = [
+    "MASK_THRESHOLD",
+    "MASK_PASTE_MODES",
+    "expanded_int_boxes",
+    "paste_masks",
+    "paste_masks_torch",
+    "paste_masks_cropped",
+]
+
+#: Paste modes (graph metadata ``extra["mask_paste"]``): torchvision's, and detectron2/MMDetection's grid_sample.
+MASK_PASTE_MODES = ("torchvision", "grid_sample")
 
 # torchvision's reference evaluation binarizes pasted probabilities with `> 0.5`.
 MASK_THRESHOLD = 0.5
@@ -53,9 +73,60 @@ def _box_regions(ibox: np.ndarray, image_size: Tuple[int, int]):
     return h, w, max(y1, 0), min(y2 + 1, im_h), max(x1, 0), min(x2 + 1, im_w)
 
 
-def _pasted_patches(masks: np.ndarray, boxes: np.ndarray, image_size: Tuple[int, int]):
+def _check_mode(mode: str) -> None:
+    if mode not in MASK_PASTE_MODES:
+        raise ValueError(f"mask paste mode {mode!r} is unknown; known: {', '.join(MASK_PASTE_MODES)}")
+
+
+def _binary(patch: np.ndarray, threshold: float, mode: str) -> np.ndarray:
+    # torchvision's evaluation keeps probability > 0.5; detectron2's paste_masks_in_image keeps >= threshold.
+    return patch >= threshold if mode == "grid_sample" else patch > threshold
+
+
+def _grid_sample_weights(pixels: np.ndarray, lo: np.float32, hi: np.float32, size: int) -> np.ndarray:
+    """[len(pixels), size] weights of grid_sample (bilinear, align_corners=False, zero padding) along one axis for
+    image pixels ``pixels`` of a box spanning ``lo``..``hi``, in float32 as PyTorch computes the coordinates."""
+    centre = pixels.astype(np.float32) + np.float32(0.5)
+    g = (centre - lo) / (hi - lo) * np.float32(2.0) - np.float32(1.0)
+    src = ((g + np.float32(1.0)) * np.float32(size) - np.float32(1.0)) / np.float32(2.0)
+    i0 = np.floor(src).astype(np.int64)
+    w1 = (src - i0.astype(np.float32)).astype(np.float32)
+    w0 = (np.float32(1.0) - w1).astype(np.float32)
+    weights = np.zeros((len(pixels), size), dtype=np.float32)
+    rows = np.arange(len(pixels))
+    for idx, w in ((i0, w0), (i0 + 1, w1)):
+        ok = (idx >= 0) & (idx < size)
+        np.add.at(weights, (rows[ok], idx[ok]), w[ok])
+    return weights
+
+
+def _grid_sample_patches(masks: np.ndarray, boxes: np.ndarray, image_size: Tuple[int, int]):
+    """:func:`_pasted_patches` for detectron2's paste (module docstring)."""
+    im_h, im_w = image_size
+    n, m = masks.shape[0], masks.shape[-1]
+    masks = masks.reshape(n, m, m)
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    for i in range(n):
+        x0f, y0f, x1f, y1f = (np.float32(v) for v in b[i])
+        x0 = max(int(np.floor(x0f)) - 1, 0)
+        y0 = max(int(np.floor(y0f)) - 1, 0)
+        x1 = min(int(np.ceil(x1f)) + 1, im_w)
+        y1 = min(int(np.ceil(y1f)) + 1, im_h)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):  # an empty box samples nothing (NaN -> no weight)
+            rows = _grid_sample_weights(np.arange(y0, y1), y0f, y1f, m)
+            cols = _grid_sample_weights(np.arange(x0, x1), x0f, x1f, m)
+        yield i, y0, y1, x0, x1, (rows @ masks[i]) @ cols.T
+
+
+def _pasted_patches(masks: np.ndarray, boxes: np.ndarray, image_size: Tuple[int, int], mode: str = "torchvision"):
     """Yield (index, y0, y1, x0, x1, probabilities [y1-y0, x1-x0] float32) of each box's visible part."""
+    _check_mode(mode)
     masks = np.asarray(masks, dtype=np.float32)
+    if mode == "grid_sample":
+        yield from _grid_sample_patches(masks, boxes, image_size)
+        return
     n, m = masks.shape[0], masks.shape[-1]
     padded = np.pad(masks.reshape(n, m, m), ((0, 0), (_PADDING, _PADDING), (_PADDING, _PADDING)))
     ibox = expanded_int_boxes(boxes, m)
@@ -78,8 +149,10 @@ def paste_masks(
     boxes: np.ndarray,
     image_size: Tuple[int, int],
     threshold: Optional[float] = MASK_THRESHOLD,
+    mode: str = "torchvision",
 ) -> np.ndarray:
-    """Paste mask probabilities into full-image masks (numpy, CPU).
+    """Paste mask probabilities into full-image masks (numpy, CPU); ``mode``: torchvision's paste or detectron2's
+    ``"grid_sample"`` (module docstring).
 
     - ``masks``: [N, M, M] (or [N, 1, M, M]) float probabilities in the box frame (the graph's ``masks`` output)
     - ``boxes``: [N, 4] float32 x1 y1 x2 y2 in the pixels of the image to paste into (original image pixels)
@@ -89,8 +162,8 @@ def paste_masks(
     im_h, im_w = int(image_size[0]), int(image_size[1])
     n = int(np.asarray(masks).shape[0])
     out = np.zeros((n, im_h, im_w), dtype=np.float32 if threshold is None else bool)
-    for i, y0, y1, x0, x1, patch in _pasted_patches(masks, boxes, (im_h, im_w)):
-        out[i, y0:y1, x0:x1] = patch if threshold is None else patch > threshold
+    for i, y0, y1, x0, x1, patch in _pasted_patches(masks, boxes, (im_h, im_w), mode):
+        out[i, y0:y1, x0:x1] = patch if threshold is None else _binary(patch, threshold, mode)
     return out
 
 
@@ -99,6 +172,7 @@ def paste_masks_cropped(
     boxes: np.ndarray,
     image_size: Tuple[int, int],
     threshold: float = MASK_THRESHOLD,
+    mode: str = "torchvision",
 ) -> Tuple[List[np.ndarray], np.ndarray]:
     """Like :func:`paste_masks`, but each mask cropped to its own box (memory ~ box area instead of image area).
 
@@ -112,8 +186,8 @@ def paste_masks_cropped(
     n = boxes.shape[0]
     crops: List[np.ndarray] = [np.zeros((0, 0), dtype=bool)] * n
     offsets = np.zeros((n, 2), dtype=np.int64)
-    for i, y0, y1, x0, x1, patch in _pasted_patches(masks, boxes, (im_h, im_w)):
-        crops[i] = patch > threshold
+    for i, y0, y1, x0, x1, patch in _pasted_patches(masks, boxes, (im_h, im_w), mode):
+        crops[i] = _binary(patch, threshold, mode)
         offsets[i] = (x0, y0)
     for i in range(n):
         if crops[i].size == 0:
@@ -122,13 +196,24 @@ def paste_masks_cropped(
     return crops, offsets
 
 
-def paste_masks_torch(masks: Any, boxes: Any, image_size: Tuple[int, int], threshold: Optional[float] = MASK_THRESHOLD):
+def paste_masks_torch(
+    masks: Any,
+    boxes: Any,
+    image_size: Tuple[int, int],
+    threshold: Optional[float] = MASK_THRESHOLD,
+    mode: str = "torchvision",
+):
     """Torch version of :func:`paste_masks` on the tensors' device: [N, M, M] masks, [N, 4] boxes → [N, H, W].
 
     Each box's bilinear resize is written as a [H, M+2] row-weight matrix and a [M+2, W] column-weight matrix that
     are zero outside the box, so all boxes paste in two batched matmuls. Agrees with torchvision to float rounding.
+    ``mode="grid_sample"`` runs detectron2's paste itself (``F.grid_sample`` over the whole image, its GPU path).
     """
     import torch
+
+    _check_mode(mode)
+    if mode == "grid_sample":
+        return _grid_sample_torch(masks, boxes, image_size, threshold)
 
     im_h, im_w = int(image_size[0]), int(image_size[1])
     n = int(masks.shape[0])
@@ -173,3 +258,27 @@ def _weight_matrix(start: Any, stop: Any, length: int, size: int):
     weights.scatter_add_(2, i0[..., None], (w0 * keep)[..., None])
     weights.scatter_add_(2, i1[..., None], (w1 * keep)[..., None])
     return weights
+
+
+def _grid_sample_torch(masks: Any, boxes: Any, image_size: Tuple[int, int], threshold: Optional[float]):
+    """detectron2's ``_do_paste_mask`` over the whole image (its GPU path), in chunks of 16 boxes."""
+    import torch
+    import torch.nn.functional as F
+
+    im_h, im_w = int(image_size[0]), int(image_size[1])
+    n, m = int(masks.shape[0]), int(masks.shape[-1])
+    dev = masks.device
+    out = torch.zeros((n, im_h, im_w), dtype=torch.float32 if threshold is None else torch.bool, device=dev)
+    ys = torch.arange(im_h, device=dev, dtype=torch.float32) + 0.5
+    xs = torch.arange(im_w, device=dev, dtype=torch.float32) + 0.5
+    b = boxes.reshape(n, 4).float()
+    for start in range(0, n, 16):
+        x0, y0, x1, y1 = torch.split(b[start: start + 16], 1, dim=1)
+        gy = (ys[None] - y0) / (y1 - y0) * 2 - 1
+        gx = (xs[None] - x0) / (x1 - x0) * 2 - 1
+        k = gx.shape[0]
+        grid = torch.stack([gx[:, None, :].expand(k, im_h, im_w), gy[:, :, None].expand(k, im_h, im_w)], dim=3)
+        chunk = masks[start: start + 16].reshape(k, 1, m, m).float()
+        probs = F.grid_sample(chunk, grid, align_corners=False)[:, 0]
+        out[start: start + k] = probs if threshold is None else probs >= threshold
+    return out

@@ -358,16 +358,23 @@ def batch_layout(
     max_size: int,
     size_divisible: int = 32,
     fixed: Optional[Tuple[int, int]] = None,
+    resize: str = "torchvision",
 ) -> Tuple[List[Tuple[int, int]], Tuple[int, int]]:
     """Resized (height, width) of each image of ``shapes`` and the (H, W) of their common canvas.
 
     With a ``fixed`` canvas, an image whose resized size does not fit is scaled down further to fit, keeping its
     aspect ratio. Shared by the numpy and the torch (GPU) pre-processing, so both lay a batch out identically.
     """
+    # resize: the framework's resize mode (deploy_sdk.resize_modes; the model's metadata extra["resize"]).
+    size_of = resized_size
+    if resize != "torchvision":
+        from deploy_sdk.resize_modes import resized_size_for
+
+        size_of = resized_size_for(resize)
     sizes = []
     for h, w in shapes:
         h, w = int(h), int(w)
-        rh, rw = resized_size(h, w, min_size, max_size)
+        rh, rw = size_of(h, w, min_size, max_size)
         if fixed is not None and (rh > fixed[0] or rw > fixed[1]):
             scale = min(fixed[0] / h, fixed[1] / w)
             rh = min(max(int(math.floor(h * scale)), 1), fixed[0])
@@ -398,6 +405,7 @@ def prepare_batch(
     size_divisible: int = 32,
     fixed: Optional[Tuple[int, int]] = None,
     dtype: Any = np.float32,
+    resize: str = "torchvision",
 ) -> PreparedBatch:
     """Resize validated ``[H, W, 3]`` uint8 RGB images and pad them into one canvas batch.
 
@@ -405,10 +413,15 @@ def prepare_batch(
     its aspect ratio (the graph cannot take anything larger). ``dtype`` is the graph's input type: float32 keeps the
     resize exact; uint8 rounds it.
     """
-    sizes, (ch, cw) = batch_layout([img.shape[:2] for img in images], min_size, max_size, size_divisible, fixed)
+    sizes, (ch, cw) = batch_layout([img.shape[:2] for img in images], min_size, max_size, size_divisible, fixed, resize)
+    resize_image = resize_bilinear
+    if resize != "torchvision":
+        from deploy_sdk.resize_modes import resize_for
+
+        resize_image = resize_for(resize)
     batch = np.zeros((len(images), 3, ch, cw), dtype=dtype)
     for i, (img, (rh, rw)) in enumerate(zip(images, sizes)):
-        resized = resize_bilinear(img, rh, rw)
+        resized = resize_image(img, rh, rw)
         if batch.dtype == np.uint8:
             resized = np.clip(np.rint(resized), 0, 255)
         batch[i, :, :rh, :rw] = resized

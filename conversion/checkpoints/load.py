@@ -3,8 +3,10 @@ model, find the shipped model."""
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -23,8 +25,49 @@ from deploy_sdk.conversion.checkpoints.loaded_model import LoadedModel
 from deploy_sdk.conversion.checkpoints.settings import read_inference_settings
 from deploy_sdk.conversion.checkpoints.torchvision import build_from_state_dict, set_sizes, wrap_module
 from deploy_sdk.errors import CheckpointError, UnsupportedModelError
+from deploy_sdk.local_paths import refuse_url
 
-__all__ = ["SHIPPED_MODEL", "shipped_model_path", "load_checkpoint", "load_torchvision_model"]
+__all__ = [
+    "SHIPPED_MODEL",
+    "IMPORTERS",
+    "SOURCES",
+    "ImportRequest",
+    "detect_source",
+    "shipped_model_path",
+    "load_checkpoint",
+    "load_torchvision_model",
+]
+
+# Importers of other frameworks' state dicts: --from name -> module. Each module has SOURCE (its name),
+# looks_like(keys) -> bool (auto-detection from the key names) and import_state_dict(state, path, request) ->
+# LoadedModel (docs/architecture.md, "Where to add ..."). torchvision is the fallback when none claims the keys.
+IMPORTERS: Dict[str, str] = {
+    "detectron2": "deploy_sdk.conversion.checkpoints.detectron2",
+    "mmdet": "deploy_sdk.conversion.checkpoints.mmdet",
+}
+SOURCES = ("torchvision", *IMPORTERS)
+
+
+@dataclass
+class ImportRequest:
+    """What the caller asked of an importer besides the weights: overrides, the framework config file, the
+    file's own settings (``info``) and its whole top-level object (``raw``, e.g. MMDetection's ``meta``)."""
+
+    arch: Optional[str] = None
+    num_classes: Optional[int] = None
+    min_size: Optional[int] = None
+    max_size: Optional[int] = None
+    config: Optional[Path] = None
+    info: Dict[str, Any] = field(default_factory=dict)
+    raw: Any = None
+
+
+def detect_source(keys: Sequence[str]) -> str:
+    """The framework whose key names a state dict has: the importer that claims them, else torchvision."""
+    claimed = [name for name, module in IMPORTERS.items() if importlib.import_module(module).looks_like(keys)]
+    if len(claimed) > 1:
+        raise CheckpointError(f"the checkpoint's keys look like several frameworks ({', '.join(claimed)}); pass --from")
+    return claimed[0] if claimed else "torchvision"
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_MODEL = Path("models") / "shapes_r18" / "model.safetensors"
@@ -62,6 +105,8 @@ def load_checkpoint(
     min_size: Optional[int] = None,
     max_size: Optional[int] = None,
     trust_checkpoint: bool = False,
+    source: Optional[str] = None,
+    config: Union[None, str, Path] = None,
 ) -> LoadedModel:
     """Load a Mask R-CNN checkpoint file.
 
@@ -78,10 +123,16 @@ def load_checkpoint(
     ``trust_checkpoint=True`` such a file is unpickled with ``weights_only=False``, which runs any code the file
     contains (a ``UserWarning`` says so): pass it only for files you trust, e.g. ones you saved yourself.
 
+    ``source`` (``--from``) names the training framework (one of :data:`SOURCES`); by default it is detected from
+    the state dict's key names (``LoadedModel.semantics.source`` says which). ``config`` is the framework's own
+    config file (detectron2: ``config.yaml``), read as data, never executed. ``.pkl`` files (detectron2's model zoo)
+    are plain pickles of numpy arrays, read with a restricted unpickler (``checkpoints.numpy_pickle``).
+
     Raises ``CheckpointError`` (missing/unreadable file, not a checkpoint, a pickle refused as untrusted, NaN or
     Inf in a floating-point tensor, keys or shapes that do not fit, class-count mismatch) or
     ``UnsupportedModelError`` (another model family or an unsupported backbone).
     """
+    refuse_url(path, "checkpoint")
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint file not found: {path}")
@@ -94,9 +145,19 @@ def load_checkpoint(
     for name, value in (("min_size", min_size), ("max_size", max_size)):
         if value is not None and value < 1:
             raise CheckpointError(f"{name}={value} must be a positive number of pixels")
+    if source is not None and source not in SOURCES:
+        raise CheckpointError(f"--from {source!r} is not a known source; known: {', '.join(SOURCES)}")
+    if config is not None and not Path(config).is_file():
+        raise CheckpointError(f"config file not found: {config}")
     sha256 = file_sha256(path)
-    # Keep this call directly in load_checkpoint: the trust warning's stacklevel counts the frames up to here.
-    obj, info = read_file(path, trust_checkpoint)
+    if path.suffix == ".pkl":
+        from deploy_sdk.conversion.checkpoints.numpy_pickle import numpy_to_torch, read_numpy_pickle
+
+        obj, info = numpy_to_torch(read_numpy_pickle(path)), {}
+    else:
+        # Keep this call directly in load_checkpoint: the trust warning's stacklevel counts the frames up to here.
+        obj, info = read_file(path, trust_checkpoint)
+    raw = obj
 
     # A whole module, possibly nested in a training checkpoint dict (whose other entries may name the classes).
     if isinstance(obj, Mapping):
@@ -105,9 +166,10 @@ def load_checkpoint(
                 info = {k: v for k, v in obj.items() if k != key and not isinstance(v, (nn.Module, torch.Tensor))}
                 obj = obj[key]
                 break
-    # Importers: torchvision Mask R-CNN is the only one so far; detectron2 and MMDetection importers will be
-    # siblings of checkpoints.torchvision, chosen here from the module's class or the state dict's keys.
+    # A pickled module is torchvision's; a state dict goes to the importer of --from, else of its key names.
     if isinstance(obj, nn.Module):
+        if source not in (None, "torchvision"):
+            raise CheckpointError(f"{path} holds a pickled torch module, not a {source} checkpoint")
         check_finite(obj.state_dict(), path)
         lm = wrap_module(obj, str(path), arch, num_classes)
         lm.form = "pickled module"
@@ -117,7 +179,15 @@ def load_checkpoint(
     else:
         state, more_info = unwrap_state_dict(obj, path)
         info = {**more_info, **info}
-        lm = build_from_state_dict(state, path, arch, num_classes, info, min_size, max_size)
+        chosen = source or detect_source(list(state))
+        if chosen == "torchvision":
+            if config is not None:
+                raise CheckpointError("--config applies to detectron2 / MMDetection checkpoints, not torchvision ones")
+            lm = build_from_state_dict(state, path, arch, num_classes, info, min_size, max_size)
+        else:
+            importer = importlib.import_module(IMPORTERS[chosen])
+            request = ImportRequest(arch, num_classes, min_size, max_size, Path(config) if config else None, info, raw)
+            lm = importer.import_state_dict(state, path, request)
     lm.sha256 = sha256
     lm.class_names = resolve_class_names(class_names, path, info.get("class_names"), lm.num_classes)
     return lm

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from torchvision.models.detection import MaskRCNN
 
 from deploy_sdk.conversion.architectures import ArchConfig
-from deploy_sdk.conversion.checkpoints.settings import InferenceSettings
+from deploy_sdk.conversion.checkpoints.settings import FrameworkSemantics, InferenceSettings
 from deploy_sdk.model_metadata import ModelMetadata
 
 __all__ = ["LoadedModel"]
@@ -22,7 +22,9 @@ class LoadedModel:
     ``model`` is a torchvision ``MaskRCNN`` in eval mode, float32, on the CPU. ``class_names[i]`` is the name of
     label id ``i``; ``[0]`` is ``"__background__"``. ``sha256`` is the checkpoint file's hash ("" for a model
     that came from memory). ``config`` is the rebuilt architecture (``None`` for a pickled module whose
-    architecture was not recognized: it is then used as is).
+    architecture was not recognized: it is then used as is). ``semantics`` says how the checkpoint's framework
+    runs inference where torchvision's modules cannot (``checkpoints.settings.FrameworkSemantics``; torchvision's
+    defaults for a torchvision checkpoint); ``source`` of it names the importer.
     """
 
     model: MaskRCNN
@@ -34,6 +36,7 @@ class LoadedModel:
     source: str = "<in memory>"
     config: Optional[ArchConfig] = None
     form: str = "module"
+    semantics: FrameworkSemantics = field(default_factory=FrameworkSemantics)
 
     def metadata(self, **overrides: Any) -> ModelMetadata:
         """The ``ModelMetadata`` an export of this model carries; keyword arguments override fields."""
@@ -47,6 +50,7 @@ class LoadedModel:
             "aspect_ratios": s.aspect_ratios,
             "box_roi_align": dataclasses.asdict(s.box_roi_align),
             "mask_roi_align": dataclasses.asdict(s.mask_roi_align),
+            **self.semantics.metadata_extra(),
         }
         values: Dict[str, Any] = dict(
             class_names=list(self.class_names),

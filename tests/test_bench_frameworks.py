@@ -1,0 +1,122 @@
+"""``bench --checkpoint`` of a detectron2 or MMDetection checkpoint: torch-eager is that framework's own model.
+
+Live where the framework imports (detectron2: its source on PYTHONPATH with fvcore, iopath, omegaconf, ...;
+MMDetection: mmdet 3.3 with mmengine and the full mmcv): the benchmark's system must reproduce the committed
+fixture outputs the framework produced itself (tests/reference/*_reference.py). Where it does not import (CI), the
+command must say so in one line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploy_sdk.conversion.parity import compare_detections
+
+FIXTURES = Path(__file__).parent / "fixtures" / "detectron2"
+MMDET_FIXTURES = Path(__file__).parent / "fixtures" / "mmdet"
+HAVE_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
+
+
+def _have_mmdet() -> bool:
+    try:
+        import mmcv.ops  # noqa: F401
+        import mmdet  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+HAVE_MMDET = _have_mmdet()
+
+
+class _Clock:
+    def __init__(self):
+        self.stages = []
+
+    def lap(self, stage):
+        self.stages.append(stage)
+
+
+@pytest.mark.skipif(not HAVE_DETECTRON2, reason="detectron2 is not importable (not on the package index; put its "
+                                                "source tree and its Python dependencies on PYTHONPATH to run this)")
+@pytest.mark.parametrize("variant", ["zoo_pkl", "custom_pth"])
+def test_detectron2_eager_system_reproduces_default_predictor(variant):
+    from test_import_detectron2 import THRESHOLDS, VARIANTS, _images, _load, _reference
+
+    from deploy_sdk.benchmarks.framework_baselines import framework_eager_system
+
+    ckpt, config = VARIANTS[variant]
+    loaded = _load(variant)
+    system = framework_eager_system(loaded, FIXTURES / ckpt, FIXTURES / config if config else None, "cpu")
+    outputs = np.load(FIXTURES / f"{variant}.outputs.npz")
+    clock = _Clock()
+    dets = system.run(_images(), clock)  # one batched call, as the fixture's batch3_* outputs
+    assert clock.stages == ["preprocess", "inference", "postprocess"]
+    checked = 0
+    for i, det in enumerate(dets):
+        result = compare_detections(det, _reference(outputs, f"batch3_{i}", det.class_names), THRESHOLDS)
+        assert not result.problems, f"image {i}: {result}"
+        checked += result.num_reference
+    assert checked >= 10
+
+
+@pytest.mark.skipif(HAVE_DETECTRON2, reason="detectron2 is importable here: the missing-framework message is not "
+                                            "reachable")
+def test_bench_says_detectron2_is_needed_for_its_torch_eager(tmp_path, capsys):
+    from deploy_sdk.cli import main
+
+    rc = main(["bench", str(FIXTURES / "zoo_pkl.pkl"), "--compare", "torch-eager", "--warmup", "0", "--iters", "1",
+               "--image-size", "64x64", "--quiet"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert rc == 1 and len(lines) == 1, err
+    assert "detectron2 is not importable" in lines[0] and "torch-eager" in lines[0]
+
+
+def test_bench_refuses_torchvision_export_of_a_detectron2_checkpoint(capsys):
+    from deploy_sdk.cli import main
+
+    rc = main(["bench", str(FIXTURES / "zoo_pkl.pkl"), "--compare", "torchvision-onnx", "--warmup", "0", "--iters",
+               "1", "--image-size", "64x64", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "detectron2 checkpoint" in err and "torch-eager" in err, err
+
+
+@pytest.mark.skipif(not HAVE_MMDET, reason="MMDetection is not importable (mmdet 3.3, mmengine and mmcv built with "
+                                           "its ops are not in the dev install; mmcv has no wheel)")
+def test_mmdet_eager_system_reproduces_mmdetection():
+    from test_import_mmdet import CHECKPOINT, THRESHOLDS, _images, _load, _reference
+
+    from deploy_sdk.benchmarks.framework_baselines import framework_eager_system
+
+    loaded = _load()
+    system = framework_eager_system(loaded, CHECKPOINT, None, "cpu")
+    outputs = np.load(MMDET_FIXTURES / "reference.npz")
+    clock = _Clock()
+    dets = system.run(_images(), clock)  # one test_step on the batch, as the fixture's batch3_* outputs
+    assert clock.stages == ["preprocess", "inference", "postprocess"]
+    checked = 0
+    for i, det in enumerate(dets):
+        ref = _reference({k: outputs[f"batch3_{k}_{i}"] for k in ("boxes", "scores", "labels", "masks",
+                                                                    "mask_shape")}, "", det.class_names)
+        result = compare_detections(det, ref, THRESHOLDS)
+        assert not result.problems, f"image {i}: {result}"
+        checked += result.num_reference
+    assert checked >= 10
+
+
+@pytest.mark.skipif(HAVE_MMDET, reason="MMDetection is importable here: the missing-framework message is not "
+                                       "reachable")
+def test_bench_says_mmdetection_is_needed_for_its_torch_eager(capsys):
+    from deploy_sdk.cli import main
+
+    rc = main(["bench", str(MMDET_FIXTURES / "mask_rcnn_r50_fpn_tiny.pth"), "--compare", "torch-eager", "--warmup",
+               "0", "--iters", "1", "--image-size", "64x64", "--quiet"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert rc == 1 and len(lines) == 1, err
+    assert "MMDetection" in lines[0] and "not importable" in lines[0] and "torch-eager" in lines[0]
