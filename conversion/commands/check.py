@@ -11,7 +11,6 @@ every batch to its canvas, and the reference is padded to the same canvas.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -27,8 +26,17 @@ HELD_OUT_SEED = 2026  # synthetic images from this seed were never used in train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="exported .onnx file (maskrcnn-deploy export)")
-    parser.add_argument("--checkpoint", required=True, help="the checkpoint the graph was exported from")
+    parser.add_argument(
+        "model", help="the model to check: an exported .onnx file (fp32, fp16 or INT8), an engine or a checkpoint"
+    )
+    parser.add_argument(
+        "--against", default=None, metavar="MODEL",
+        help="the model to compare with (the reference): a checkpoint (torchvision's model), a .onnx file (ONNX "
+        "Runtime) or an engine (TensorRT), e.g. check model.fp16.onnx --against model.onnx, "
+        "check model.engine --against model.onnx",
+    )
+    parser.add_argument("--checkpoint", default=None, help="the checkpoint the graph was exported from (the same as "
+                        "--against CHECKPOINT)")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--images", type=Path, help="folder of images to compare on")
     src.add_argument(
@@ -39,55 +47,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box-iou", type=float, default=0.98, help="required box IoU of matched pairs (0.98)")
     parser.add_argument("--score-diff", type=float, default=0.01, help="allowed |score difference| (0.01)")
     parser.add_argument("--mask-iou", type=float, default=0.95, help="required pasted-mask IoU (0.95)")
+    # --target tensorrt: a static check of the graph against TensorRT's ONNX parser (deploy_sdk.conversion.
+    # tensorrt_support); no reference, no images, no TensorRT needed.
+    parser.add_argument("--target", choices=["tensorrt"], default=None,
+                        help="instead of comparing detections, list the nodes TensorRT's ONNX parser would refuse "
+                        "(the graph as the engine builder strips it); exit 1 if any")
+    parser.add_argument("--trt-version", choices=["10", "11"], default=None,
+                        help="TensorRT major version for --target tensorrt (default: both)")
     add_checkpoint_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from deploy_sdk.conversion.checkpoint_options import load_checkpoint_from_args
-    from deploy_sdk.conversion.parity import ParityThresholds, compare_detections, summarize
-    from deploy_sdk.predictor import Predictor
+    from deploy_sdk.conversion.detection_sources import compare_sources, open_source
+    from deploy_sdk.conversion.parity import ParityThresholds
 
+    if getattr(args, "target", None) == "tensorrt":
+        from deploy_sdk.conversion.tensorrt_support import run_check
+
+        return run_check(args)
+    if getattr(args, "trt_version", None):
+        raise DeploySdkError("--trt-version goes with --target tensorrt, e.g. check model.onnx --target tensorrt "
+                             "--trt-version 10")
     if args.batch_size < 1:
         raise DeploySdkError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.against is not None and args.checkpoint is not None and args.against != args.checkpoint:
+        raise DeploySdkError("give one reference: --against MODEL or --checkpoint CKPT, not both")
+    against = args.against if args.against is not None else args.checkpoint
+    if against is None:
+        raise DeploySdkError("nothing to compare with: give --against MODEL (a checkpoint, .onnx or engine), "
+                             "e.g. maskrcnn-deploy check model.onnx --against model.pth")
     images, names = _load_images(args)
     thresholds = ParityThresholds(
         min_score=args.min_score, box_iou=args.box_iou, score_diff=args.score_diff, mask_iou=args.mask_iou
     )
-    loaded = load_checkpoint_from_args(args.checkpoint, args)
-    predictor = Predictor(str(args.model), backend="onnxruntime", batch_size=args.batch_size)
-    if predictor.metadata.class_names != loaded.class_names:
-        raise DeploySdkError(
-            f"{args.model} has classes {predictor.metadata.class_names} but {args.checkpoint} has "
-            f"{loaded.class_names}; check a graph against the checkpoint it was exported from"
-        )
-    meta = predictor.metadata
-    fixed = (meta.fixed_height, meta.fixed_width) if meta.fixed_height else None
-    print(f"comparing {args.model} (ONNX Runtime) with {args.checkpoint} (PyTorch) on {len(images)} image(s), "
-          f"batch {args.batch_size}")
-    results = []
-    t_graph = t_ref = 0.0
-    for start in range(0, len(images), args.batch_size):
-        chunk = images[start: start + args.batch_size]
-        t0 = time.time()
-        got = predictor.predict(chunk)
-        t1 = time.time()
-        ref = reference_detections(loaded, chunk, canvas=fixed)
-        t_ref += time.time() - t1
-        t_graph += t1 - t0
-        for offset, (g, r) in enumerate(zip(got, ref)):
-            res = compare_detections(g, r, thresholds)
-            results.append(res)
-            print(f"  [{'ok' if res.ok else 'FAIL'}] {names[start + offset]}: {res.summary()}", flush=True)
-    print(summarize(results))
-    print(f"time: graph {t_graph:.1f} s, reference {t_ref:.1f} s")
-    return 0 if all(r.ok for r in results) else 1
+    candidate = open_source(args.model, args, batch_size=args.batch_size)
+    try:
+        reference = open_source(against, args, batch_size=args.batch_size)
+        try:
+            print(f"comparing {candidate.label} with {reference.label} on {len(images)} image(s), "
+                  f"batch {args.batch_size}", flush=True)
+            comparison = compare_sources(candidate, reference, images, names, thresholds, args.batch_size,
+                                         log=lambda line: print(line, flush=True))
+        finally:
+            reference.close()
+    finally:
+        candidate.close()
+    print(comparison.summary())
+    print(f"time: {candidate.path.name} {comparison.candidate_seconds:.1f} s, {reference.path.name} "
+          f"{comparison.reference_seconds:.1f} s")
+    return 0 if comparison.ok else 1
 
 
 def reference_detections(
-    loaded_model, images: Sequence[np.ndarray], canvas: Optional[Tuple[int, int]] = None, mask_threshold: float = 0.5
+    loaded_model, images: Sequence[np.ndarray], canvas: Optional[Tuple[int, int]] = None,
+    mask_threshold: Optional[float] = 0.5,
 ) -> List:
     """torchvision's Mask R-CNN eval path on ``images`` (a list of [H, W, 3] uint8 RGB) as ONE batch -> one
-    ``Detections`` per image (boxes x1 y1 x2 y2 in original pixels, masks pasted, bool).
+    ``Detections`` per image (boxes x1 y1 x2 y2 in original pixels, masks pasted: bool ``> mask_threshold``, or
+    the float32 probabilities when ``mask_threshold`` is None).
 
     The steps are ``GeneralizedRCNN.forward``'s (transform, backbone, rpn, roi_heads, transform.postprocess),
     with one optional change: ``canvas`` (H, W) pads the batch further, with zeros, to the canvas a fixed-size
@@ -99,7 +116,12 @@ def reference_detections(
     from deploy_sdk.detections import Detections
 
     model = loaded_model.model.eval()
-    tensors = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div_(255.0) for im in images]
+    # torch.from_numpy warns on a read-only array (decoded images often are, e.g. np.asarray of a PIL image);
+    # np.require copies only such arrays, and the tensor is converted to float (a copy) right away anyway.
+    tensors = [
+        torch.from_numpy(np.require(im, requirements=("C", "W"))).permute(2, 0, 1).float().div_(255.0)
+        for im in images
+    ]
     with torch.inference_mode():
         batch, _ = model.transform(tensors)
         if canvas is not None:
@@ -119,7 +141,7 @@ def reference_detections(
             boxes=out["boxes"].numpy().astype(np.float32),
             scores=out["scores"].numpy().astype(np.float32),
             labels=out["labels"].numpy().astype(np.int64),
-            masks=(out["masks"][:, 0] > mask_threshold).numpy(),
+            masks=(out["masks"][:, 0] if mask_threshold is None else out["masks"][:, 0] > mask_threshold).numpy(),
             class_names=list(loaded_model.class_names),
             image_size=(int(im.shape[0]), int(im.shape[1])),
         )
