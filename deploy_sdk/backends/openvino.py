@@ -12,7 +12,8 @@ Choices:
 
 - ``inference_precision``: what OpenVINO computes in. Default: the graph's own precision, i.e. ``f32`` for fp32
   and INT8 graphs (the layers INT8 leaves in float stay fp32, as on ONNX Runtime) and ``f16`` for the fp16 graph
-  where the device lists FP16 among its capabilities, else ``f32``. OpenVINO's own CPU default on CPUs with
+  on a GPU that lists FP16 among its capabilities, else ``f32`` (the fp16 weights upcast). ``f16`` on the CPU is
+  refused: OpenVINO 2026.4 never finished compiling these graphs with f16 compute on an AVX512-FP16 Xeon. OpenVINO's own CPU default on CPUs with
   AVX512_BF16 or AMX is bf16, which is faster but changes the results (boxes by ~1 px, masks visibly): it has to be
   asked for (``inference_precision="bf16"``).
 - ``performance_hint``: ``"latency"`` (default: one stream, every thread on one request; best for ``predict``)
@@ -173,7 +174,16 @@ class OpenVinoBackend(Backend):
 
         capabilities = set(core.get_property(kind, "OPTIMIZATION_CAPABILITIES"))
         if inference_precision is None:
-            inference_precision = "f16" if self.metadata.precision == "fp16" and "FP16" in capabilities else "f32"
+            # f16 compute for the fp16 graph on devices that have it, except the CPU (see the refusal below)
+            fp16_compute = self.metadata.precision == "fp16" and "FP16" in capabilities and kind != "CPU"
+            inference_precision = "f16" if fp16_compute else "f32"
+        if inference_precision == "f16" and kind == "CPU":
+            # OpenVINO 2026.4's CPU plugin never finished compiling these graphs with f16 compute on an AVX512-FP16
+            # Xeon (Sapphire Rapids): compile_model spun for over 20 minutes, for the fp32 and fp16 graphs alike.
+            # A refusal beats a hang; bf16 (AMX/AVX512_BF16) is the fast reduced-precision path on those CPUs.
+            raise DeploySdkError("inference_precision='f16' on OpenVINO's CPU device is refused: OpenVINO 2026.4 "
+                                 "does not finish compiling this graph with f16 compute on CPUs with AVX512-FP16; "
+                                 "use 'bf16' (faster, about 1 AP point lower) or 'f32'")
         needs = {"f16": "FP16", "bf16": "BF16"}.get(inference_precision)
         if needs and needs not in capabilities:
             raise DeploySdkError(f"inference_precision={inference_precision!r}: OpenVINO's {target} device does not "
