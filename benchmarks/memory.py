@@ -1,11 +1,30 @@
-"""Memory probes: the process's peak resident set size and the peak memory torch allocated on a GPU."""
+"""Memory probes: the process's resident set size (now and its peak) and the peak memory torch allocated on a GPU.
+
+Every system of a benchmark lives in the same process, so the process's peak says little about one system. What
+is attributed to a system (``deploy_sdk.benchmarks.side_by_side``): the resident memory that appeared while it
+was constructed (weights, sessions) and while it ran its warm-up iterations (arenas, caches), plus the highest
+transient rise above the resident set while one of its timed iterations ran (the peak-RSS mark is reset before
+each, Linux ``clear_refs``).
+"""
 
 from __future__ import annotations
 
 import sys
 from typing import Optional
 
-__all__ = ["peak_rss_mb", "reset_peak_rss", "gpu_peak_reset", "gpu_peak_mb"]
+__all__ = ["peak_rss_mb", "current_rss_mb", "reset_peak_rss", "gpu_peak_reset", "gpu_peak_mb"]
+
+
+def current_rss_mb() -> Optional[float]:
+    """Resident set size of this process now, in MiB (Linux ``/proc``; None elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
 
 
 def peak_rss_mb() -> Optional[float]:

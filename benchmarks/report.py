@@ -8,11 +8,17 @@ JSON document (``SCHEMA`` = ``"maskrcnn-deploy-bench/1"``)::
      "results": [{"system": "sdk-onnxruntime-fp32", "device": "cpu", "batch_size": 1, "iterations", "warmup",
                   "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "throughput_ips",
                   "stages": {"preprocess": {"p50_ms", "mean_ms", "std_ms"}, "inference": ..., "postprocess": ...},
-                  "peak_rss_mb", "peak_gpu_mem_mb", "detections_per_image", "image_sizes", "samples_ms", "notes"}],
+                  "rsd", "peak_rss_mb", "memory_mb", "run_peak_mb", "peak_gpu_mem_mb", "detections_per_image",
+                  "image_sizes", "samples_ms", "notes"}],
      "comparisons": [{"system", "baseline", "batch_size", "speedup_p50", "speedup_mean", "speedup_paired_median"}]}
 
 Latencies are per batch in milliseconds; throughput is images per second. A speedup above 1 means ``system``
-is faster than ``baseline``.
+is faster than ``baseline``. ``rsd`` is the relative standard deviation of the batch latency (std / mean); above
+:data:`NOISY_RSD` the command warns (:func:`noise_warnings`). ``peak_rss_mb`` is the whole process's peak while
+the system ran (every system lives in the process); ``memory_mb`` is the system's own: the resident memory it
+added when built and warmed up, plus ``run_peak_mb``, the highest rise above the resident set during one of its
+timed iterations (:mod:`deploy_sdk.benchmarks.memory`; None where the OS cannot measure it). The full schema is
+in docs/json_schemas.md and docs/schemas/bench.schema.json.
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ import numpy as np
 from deploy_sdk.atomic_file import atomic_path
 from deploy_sdk.errors import require
 
-__all__ = ["SCHEMA", "REQUIRED_RESULT_KEYS", "comparisons", "format_table", "build_document", "write_json",
-           "write_plot"]
+__all__ = ["SCHEMA", "REQUIRED_RESULT_KEYS", "NOISY_RSD", "comparisons", "format_table", "build_document",
+           "write_json", "write_plot", "noise_warnings"]
+
+# Relative standard deviation of the batch latency above which a system's figures are called noisy.
+NOISY_RSD = 0.20
 
 SCHEMA = "maskrcnn-deploy-bench/1"
 REQUIRED_RESULT_KEYS = ("system", "batch_size", "p50_ms", "p90_ms", "p99_ms", "throughput_ips", "stages")
@@ -73,7 +82,7 @@ def format_table(results: Sequence[Mapping[str, Any]], comps: Optional[Sequence[
     """Markdown table of the results (times in ms per batch), followed by the speedup rows if given."""
     stage_names = list(dict.fromkeys(s for r in results for s in r.get("stages", {})))
     head = ["system", "device", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "img/s"]
-    head += [f"{s} p50" for s in stage_names] + ["peak RSS MB", "dets/img"]
+    head += [f"{s} p50" for s in stage_names] + ["own MB", "peak RSS MB", "dets/img"]
     if any(r.get("peak_gpu_mem_mb") is not None for r in results):
         head.append("GPU MB")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -82,7 +91,7 @@ def format_table(results: Sequence[Mapping[str, Any]], comps: Optional[Sequence[
                _fmt(r["p99_ms"]), f"{_fmt(r.get('mean_ms'))} ± {_fmt(r.get('std_ms'))}",
                _fmt(r["throughput_ips"], 2)]
         row += [_fmt(r["stages"].get(s, {}).get("p50_ms")) for s in stage_names]
-        row += [_fmt(r.get("peak_rss_mb"), 0), _fmt(r.get("detections_per_image"), 1)]
+        row += [_fmt(r.get("memory_mb"), 0), _fmt(r.get("peak_rss_mb"), 0), _fmt(r.get("detections_per_image"), 1)]
         if "GPU MB" in head:
             row.append(_fmt(r.get("peak_gpu_mem_mb"), 0))
         lines.append("| " + " | ".join(row) + " |")
@@ -96,6 +105,24 @@ def format_table(results: Sequence[Mapping[str, Any]], comps: Optional[Sequence[
                 f"{'-' if c['speedup_paired_median'] is None else format(c['speedup_paired_median'], '.2f') + '×'} |"
             )
     return "\n".join(lines)
+
+
+def noise_warnings(results: Sequence[Mapping[str, Any]], iters: int, limit: float = NOISY_RSD) -> List[str]:
+    """One line per system and batch size whose latency varies by more than ``limit`` (std / mean), suggesting
+    more iterations; empty when every figure is steady."""
+    lines = []
+    for r in results:
+        mean, std = r.get("mean_ms"), r.get("std_ms")
+        if not mean or std is None:
+            continue
+        rsd = float(std) / float(mean)
+        if rsd > limit:
+            lines.append(
+                f"{r['system']} at batch {r['batch_size']}: the latency varies by {rsd:.0%} (std / mean, over "
+                f"{limit:.0%}): the machine is busy or the runs differ; the percentiles are less certain. Run more "
+                f"iterations (--iters {max(2 * int(iters), 20)}) or on a quieter machine"
+            )
+    return lines
 
 
 def build_document(

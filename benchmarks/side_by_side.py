@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Protocol, Sequence
 
 import numpy as np
 
-from deploy_sdk.benchmarks.memory import gpu_peak_mb, gpu_peak_reset, peak_rss_mb, reset_peak_rss
+from deploy_sdk.benchmarks.memory import current_rss_mb, gpu_peak_mb, gpu_peak_reset, peak_rss_mb, reset_peak_rss
 from deploy_sdk.benchmarks.timing import LatencyStats, StageClock, make_clock
 from deploy_sdk.progress import ProgressBar
 
@@ -52,6 +52,8 @@ class SystemResult:
     detections_per_image: float
     image_sizes: List[List[int]]
     notes: str = ""
+    memory_mb: Optional[float] = None
+    run_peak_mb: Optional[float] = None
 
     def to_json(self) -> Dict[str, Any]:
         lat = self.latency
@@ -73,7 +75,10 @@ class SystemResult:
                 name: {"p50_ms": s.p50_ms, "mean_ms": s.mean_ms, "std_ms": s.std_ms}
                 for name, s in self.stages.items()
             },
+            "rsd": lat.std_ms / lat.mean_ms if lat.mean_ms > 0 else 0.0,
             "peak_rss_mb": self.peak_rss_mb,
+            "memory_mb": self.memory_mb,
+            "run_peak_mb": self.run_peak_mb,
             "peak_gpu_mem_mb": self.peak_gpu_mem_mb,
             "detections_per_image": self.detections_per_image,
             "image_sizes": self.image_sizes,
@@ -113,15 +118,22 @@ def run_side_by_side(
         raise ValueError(f"iters must be >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
     results = [] if results is None else results
     clocks = {s.name: make_clock(s.device) for s in systems}
+    # Resident memory each system brought (construction, measured by the caller as ``load_rss_mb``, and warm-up).
+    resident: Dict[str, Optional[float]] = {s.name: getattr(s, "load_rss_mb", None) for s in systems}
     for batch_size in batch_sizes:
         bar = ProgressBar((warmup + iters) * len(systems), f"batch {batch_size}", unit="runs", enabled=progress)
         for w in range(warmup):
             batch = _batch_for(images, w, batch_size)
             for system in systems:
+                before = current_rss_mb()
                 system.run(batch, clocks[system.name])
+                after = current_rss_mb()
+                if before is not None and after is not None and resident[system.name] is not None:
+                    resident[system.name] = resident[system.name] + max(0.0, after - before)  # type: ignore[operator]
                 bar.update()
         samples: Dict[str, List[Dict[str, float]]] = {s.name: [] for s in systems}
         peaks: Dict[str, List[float]] = {s.name: [] for s in systems}
+        rises: Dict[str, List[float]] = {s.name: [] for s in systems}
         gpu_peaks: Dict[str, List[float]] = {s.name: [] for s in systems}
         dets: Dict[str, List[int]] = {s.name: [] for s in systems}
         for i in range(iters):
@@ -129,7 +141,8 @@ def run_side_by_side(
             k = i % len(systems)
             for system in list(systems[k:]) + list(systems[:k]):
                 clock = clocks[system.name]
-                reset_peak_rss()
+                base = current_rss_mb()
+                reset_ok = reset_peak_rss()
                 gpu_peak_reset(system.device)
                 clock.start()
                 out = system.run(batch, clock)
@@ -140,6 +153,8 @@ def run_side_by_side(
                 rss = peak_rss_mb()
                 if rss is not None:
                     peaks[system.name].append(rss)
+                    if reset_ok and base is not None:
+                        rises[system.name].append(max(0.0, rss - base))
                 gpu = gpu_peak_mb(system.device)
                 if gpu is not None:
                     gpu_peaks[system.name].append(gpu)
@@ -165,6 +180,9 @@ def run_side_by_side(
                     detections_per_image=float(np.mean(dets[system.name])) if dets[system.name] else 0.0,
                     image_sizes=[list(s) for s in image_sizes],
                     notes=getattr(system, "notes", ""),
+                    run_peak_mb=max(rises[system.name]) if rises[system.name] else None,
+                    memory_mb=(resident[system.name] + max(rises[system.name])
+                               if rises[system.name] and resident[system.name] is not None else None),
                 )
             )
     return results

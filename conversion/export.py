@@ -19,18 +19,16 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from deploy_sdk.conversion.export_options import DEFAULT_OPSET, SIZE_DIVISIBLE, check_export_options
 from deploy_sdk.conversion.deploy_module import DEBUG_OUTPUT_NAMES, OUTPUT_NAMES, DeploymentModule
 from deploy_sdk.conversion.roi_align_function import ROI_ALIGN_DOMAIN, ROI_ALIGN_OP, make_roi_align_function
 from deploy_sdk.atomic_file import atomic_path
-from deploy_sdk.errors import DeploySdkError, UnsupportedModelError
+from deploy_sdk.errors import UnsupportedModelError
 from deploy_sdk.model_metadata import ModelMetadata
 
-__all__ = ["export_onnx", "DEFAULT_OPSET", "INPUT_NAMES"]
+__all__ = ["export_onnx", "check_export_options", "DEFAULT_OPSET", "INPUT_NAMES"]
 
 INPUT_NAMES = ["images", "image_sizes"]
-DEFAULT_OPSET = 17
-# 16 brings RoiAlign's coordinate_transformation_mode; the TorchScript exporter goes up to 20.
-_MIN_OPSET, _MAX_OPSET = 16, 20
 
 
 def export_onnx(
@@ -44,6 +42,7 @@ def export_onnx(
     debug: bool = False,
     trace_size: Optional[tuple] = None,
     portable: bool = False,
+    input_dtype: str = "float32",
     log: Callable[[str], None] = print,
 ) -> ModelMetadata:
     """Export ``loaded_model`` (a ``deploy_sdk.conversion.checkpoint.LoadedModel``) to ``path``; return the metadata written.
@@ -58,20 +57,18 @@ def export_onnx(
     body, standard ONNX operators only, for runtimes that do not expand local functions
     (:func:`deploy_sdk.conversion.graph_passes.make_portable_graph`). Same outputs and metadata; TensorRT engines
     need the default form (its plugin replaces the custom node).
+
+    ``input_dtype`` "uint8" declares ``images`` as uint8 (a quarter of the bytes per upload; the runtime then
+    rounds the resized pixels), see :mod:`deploy_sdk.conversion.graph_io`. The outputs are declared with K =
+    ``max_detections`` and the mask size fixed: [B, K, 4], [B, K], [B, K], [B, K, M, M], [B].
     """
+    from deploy_sdk.conversion.graph_io import check_input_dtype, declare_output_shapes, mask_resolution
+    from deploy_sdk.conversion.graph_io import trace_images_as
+
+    check_input_dtype(input_dtype)
     import onnx
 
-    if (height is None) != (width is None):
-        raise DeploySdkError("give both --height and --width for a fixed input size, or neither")
-    divisible = 32
-    if height is not None:
-        if height % divisible or width % divisible or height <= 0 or width <= 0:
-            raise DeploySdkError(
-                f"--height {height} --width {width}: both must be positive multiples of {divisible} "
-                "(the FPN halves the resolution five times)"
-            )
-    if not _MIN_OPSET <= opset <= _MAX_OPSET:
-        raise DeploySdkError(f"--opset {opset} is not supported; use {_MIN_OPSET}..{_MAX_OPSET}")
+    check_export_options(height=height, width=width, max_detections=max_detections, opset=opset)
 
     model = loaded_model.model
     t0 = time.time()
@@ -82,9 +79,11 @@ def export_onnx(
         th, tw = trace_size
     else:
         # Any multiple of 32 works; the model's own min size keeps the RPN realistic while tracing.
+        divisible = SIZE_DIVISIBLE
         side = max(divisible, (min(int(model.transform.min_size[0]), 512) // divisible) * divisible)
         th, tw = side, side + divisible
     images, image_sizes = _trace_inputs(th, tw)
+    images = trace_images_as(images, input_dtype)
 
     output_names = OUTPUT_NAMES + (DEBUG_OUTPUT_NAMES if debug else [])
     dynamic = {"images": {0: "batch"}, "image_sizes": {0: "batch"}}
@@ -117,6 +116,7 @@ def export_onnx(
         _attach_roi_align_function(onnx_model, opset)
         metadata = _metadata(loaded_model, module, height, width)
         onnx.helper.set_model_props(onnx_model, metadata.to_props())
+        declare_output_shapes(onnx_model, module.max_detections, mask_resolution(module))
         onnx_model.producer_name = "maskrcnn-deploy"
         log("  checking the graph (onnx.checker full check, strict shape inference) ...")
         onnx.checker.check_model(onnx_model, full_check=True)

@@ -195,6 +195,21 @@ def _constant_arrays(model) -> Dict[str, np.ndarray]:
     return arrays
 
 
+def _tag_as_preprocessed(model) -> None:
+    """Record in ``model`` that it has had the pre-processing ONNX Runtime's quantizer asks for.
+
+    ``quantize_static`` logs "Please consider pre-processing before quantization" (twice) for a model without
+    ONNX Runtime's pre-processing tag. Its pre-processing step (``quant_pre_process``) is shape inference plus
+    graph optimization, chiefly batch-norm folding. For this graph the folding is done by
+    :func:`fold_channel_affine_into_conv` just before (frozen batch norms export as Mul + Add, which ORT's
+    optimizer folds only in the float graph), and ``quantize_static`` runs ONNX shape inference on its input
+    itself; so the model is tagged as pre-processed rather than the warning being filtered.
+    """
+    from onnxruntime.quantization.quant_utils import add_pre_process_metadata
+
+    add_pre_process_metadata(model)
+
+
 def fold_channel_affine_into_conv(model) -> int:
     """Fold ``Conv → Mul(per-channel constant) → Add(per-channel constant)`` into the Conv's weight and bias.
 
@@ -303,6 +318,7 @@ def quantize_int8(
     require_fp32(metadata, src, "quantize")
     images = find_calibration_images(calib_dir, num_images)
     folded = fold_channel_affine_into_conv(model)
+    _tag_as_preprocessed(model)
     nodes = _quantizable_nodes(model, exclude_nodes)
     if not nodes:
         raise DeploySdkError(f"{src} has no {'/'.join(QUANTIZED_OP_TYPES)} node with constant weights to quantize")

@@ -18,7 +18,8 @@ import sys
 from typing import List, Optional, Sequence, Tuple
 
 from deploy_sdk.commands.options import Terminated, positive_int, sigterm_unwinds
-from deploy_sdk.errors import DeploySdkError
+from deploy_sdk.errors import DeploySdkError, MissingDependencyError
+from deploy_sdk.local_paths import refuse_url
 from deploy_sdk.version import __version__
 
 __all__ = ["COMMAND_PACKAGES", "Terminated", "commands", "main", "positive_int", "sigterm_unwinds"]
@@ -34,8 +35,32 @@ COMMAND_PACKAGES: Tuple[str, ...] = (
 # The order of the top-level help: the order a new user meets the commands. Registered commands not named here
 # follow, in registry order.
 HELP_ORDER: Tuple[str, ...] = (
-    "demo", "data", "eval", "export", "check", "infer", "inline", "fp16", "quantize", "build", "bench"
+    "demo", "data", "convert", "eval", "export", "check", "infer", "inspect", "inline", "fp16", "quantize", "build",
+    "bench"
 )
+
+
+# Optional packages and the pip extra that installs each: a command that needs one on an install without it ends
+# in one line naming the extra, not in a ModuleNotFoundError traceback.
+OPTIONAL_PACKAGES = {
+    "torch": "convert", "torchvision": "convert", "onnx": "convert", "safetensors": "convert",
+    "pycocotools": "convert", "tensorrt": "gpu", "openvino": "openvino", "matplotlib": "bench",
+}
+
+
+# Options whose value is a network address, not a path (Ray's ``ray://head:10001``): never refused as a URL.
+_ADDRESS_OPTIONS = ("--address", "--url", "--endpoint")
+
+
+def _refuse_urls(arguments: Sequence[str]) -> None:
+    """Every path this CLI takes is local: a URL is refused by name before argparse turns it into a Path
+    (which would collapse ``https://`` into ``https:/``). Values of :data:`_ADDRESS_OPTIONS` are exempt."""
+    previous = ""
+    for value in arguments:
+        option, _, inline = value.partition("=") if value.startswith("--") else ("", "", "")
+        if previous not in _ADDRESS_OPTIONS and option not in _ADDRESS_OPTIONS:
+            refuse_url(inline if option and inline else value, "argument")
+        previous = value
 
 
 def _is_missing(exc: ModuleNotFoundError, package: str) -> bool:
@@ -91,6 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     prefix = f"maskrcnn-deploy {argv[0]}"
     try:
         with sigterm_unwinds():
+            _refuse_urls(argv[1:])
             module = importlib.import_module(module_name)
             parser = argparse.ArgumentParser(prog=prefix, description=text)
             module.add_arguments(parser)
@@ -98,6 +124,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return int(module.run(args) or 0)
     except DeploySdkError as exc:
         print(f"{prefix}: error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        extra = OPTIONAL_PACKAGES.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise  # not an optional dependency: a broken installation or a bug, keep the traceback
+        # A command reached an optional package its extra provides (a code path without its own require()).
+        package = (exc.name or "").split(".")[0]
+        print(f"{prefix}: error: {MissingDependencyError(package, extra, prefix)}", file=sys.stderr)
         return 1
     except OSError as exc:
         if exc.filename is None:

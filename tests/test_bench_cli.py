@@ -152,4 +152,13 @@ def test_tiny_end_to_end_run_writes_json_and_png(tmp_path, capsys):
         ("sdk-onnxruntime-fp32", "torch-eager", 1), ("sdk-onnxruntime-fp32", "torch-eager", 2)]
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| sdk-onnxruntime-fp32 | cpu | 1 |" in captured.out
+    # The document conforms to docs/schemas/bench.schema.json; memory is per system; noisy figures are warned.
+    from schema_check import schema_errors
+
+    assert schema_errors(doc, "bench.schema.json") == []
+    for r in doc["results"]:
+        assert r["rsd"] == pytest.approx(r["std_ms"] / r["mean_ms"])
+        assert r["memory_mb"] is None or r["memory_mb"] >= r["run_peak_mb"] >= 0
+        warned = f"warning: {r['system']} at batch {r['batch_size']}: the latency varies" in captured.err
+        assert warned == (r["rsd"] > 0.2), (r["rsd"], captured.err)
     assert not list((tmp_path / "out").glob("*.partial"))

@@ -187,3 +187,155 @@ def test_data_command_bad_input(capsys, tmp_path):
     assert "not a data set of this tool" in err
     assert (tmp_path / "full" / "mine.txt").read_text() == "keep me"
     assert not (tmp_path / "d").exists()
+
+
+# ------------------------------------------------------------------ what a new user passes by mistake (issue 17)
+
+
+def test_url_is_refused_as_typed(capsys):
+    """A URL is named as the user typed it (Path would make it https:/...), with how to download it."""
+    err = _run_error(capsys, ["export", "https://example.com/models/r50.pth", "-o", "m.onnx"])
+    assert "https://example.com/models/r50.pth is a URL" in err and "https:/e" not in err
+    assert "curl -L -o r50.pth" in err
+    err = _run_error(capsys, ["infer", "s3://bucket/model.onnx", "x.png", "--out", "o"])
+    assert "s3://bucket/model.onnx is a URL" in err
+    err = _run_error(capsys, ["infer", "m.onnx", "--out=https://host/dir"])
+    assert "https://host/dir is a URL" in err
+
+
+def test_network_addresses_are_not_taken_for_urls():
+    from deploy_sdk.cli import _refuse_urls
+
+    _refuse_urls(["m.onnx", "--address", "ray://head:10001", "--address=ray://head:10001"])  # no error
+    with pytest.raises(Exception, match="ray://head:10001 is a URL"):
+        _refuse_urls(["ray://head:10001", "--address", "auto"])
+
+
+def test_files_that_are_not_checkpoints_say_what_they_are(capsys, tmp_path, narrow_state):
+    sd, path = narrow_state
+    out = str(tmp_path / "m.onnx")
+    (tmp_path / "notes.pth").write_text("epoch 3: loss 0.2\nepoch 4: loss 0.1\n")
+    err = _run_error(capsys, ["export", str(tmp_path / "notes.pth"), "-o", out])
+    assert "is a text file (it starts with 'epoch 3: loss 0.2')" in err and "(101)" not in err
+    # an ONNX file, by its bytes, whatever its name
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, producer_name="pytorch"), str(tmp_path / "exported.pth"))
+    err = _run_error(capsys, ["export", str(tmp_path / "exported.pth"), "-o", out])
+    assert "is an ONNX file, not a checkpoint: use it with infer, eval, check or inspect" in err
+    assert "weights_only" not in err
+    # a .pth cut off mid-download: says so, whole sentences
+    data = path.read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    err = _run_error(capsys, ["export", str(tmp_path / "cut.pth"), "-o", out])
+    assert "is an incomplete PyTorch checkpoint" in err and err.endswith("fetch the file again")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (["--max-detections", "0"], "--max-detections must be at least 1, got 0"),
+        (["--opset", "11"], "--opset 11 is not supported; use 16..20"),
+        (["--height", "500", "--width", "512"], "--height 500 --width 512: both must be positive multiples of 32"),
+        (["--height", "512"], "give both --height and --width"),
+        (["-o", "model.txt"], "-o/--output model.txt must end in .onnx"),
+    ],
+)
+def test_export_checks_options_before_loading(capsys, monkeypatch, tmp_path, narrow_state, extra, expected):
+    """Refused before the checkpoint loader runs (it would fail the test), i.e. in well under a second."""
+    import deploy_sdk.conversion.checkpoint_options as options
+
+    def no_load(*_a, **_k):
+        raise AssertionError("the checkpoint was loaded before the options were checked")
+
+    monkeypatch.setattr(options, "load_checkpoint_from_args", no_load)
+    monkeypatch.chdir(tmp_path)
+    argv = ["export", str(narrow_state[1])] + (extra if "-o" in extra else ["-o", "m.onnx"] + extra)
+    assert expected in _run_error(capsys, argv)
+    assert not list(tmp_path.iterdir())
+
+
+_NO_TORCH = r'''
+import importlib.abc, json, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    blocked = tuple(sys.argv[1].split(","))
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.blocked:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+
+if sys.argv[1]:
+    sys.meta_path.insert(0, Block())
+import contextlib, io
+from deploy_sdk.cli import main
+results = []
+for argv in json.loads(sys.argv[2]):
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            rc = main(argv)
+    except SystemExit as exc:
+        rc = exc.code
+    results.append({"argv": argv, "rc": rc, "err": err.getvalue()})
+print("RESULT " + json.dumps({"results": results, "torch_imported": "torch" in sys.modules}))
+'''
+
+
+def _run_isolated(tmp_path, blocked, commands):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "isolated.py"
+    script.write_text(_NO_TORCH)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(root)
+    proc = subprocess.run([sys.executable, str(script), ",".join(blocked), json.dumps(commands)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[0][len("RESULT "):])
+
+
+def test_runtime_only_install_names_the_extra(tmp_path, narrow_state):
+    """torch, torchvision and onnx missing: the commands that need them end in one line naming the extra."""
+    from toy_deployment_graph import write_toy_graph
+
+    ckpt = str(narrow_state[1])
+    write_toy_graph(tmp_path / "m.onnx")  # a graph to check against the checkpoint: fine until torch is needed
+    commands = [
+        ["export", "--help"],
+        ["export", ckpt, "-o", "m.onnx"],
+        ["convert", ckpt],
+        ["demo", "--out", "demo_out"],
+        ["check", "m.onnx", "--against", ckpt],
+        ["bench", "m.onnx", "--compare", "torch-eager", "--checkpoint", ckpt, "--iters", "1"],
+    ]
+    result = _run_isolated(tmp_path, ("torch", "torchvision", "onnx"), commands)
+    for r in result["results"]:
+        lines = r["err"].strip().splitlines()
+        assert r["rc"] == 1 and len(lines) == 1, r
+        assert "pip install 'maskrcnn-deploy[convert]'" in lines[0] and "Traceback" not in r["err"], r
+
+
+def test_build_without_tensorrt_answers_at_once(tmp_path):
+    """No torch import before saying that TensorRT (and a GPU) is missing, and where TensorRT comes from."""
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here; this tests the machine without it")
+    except ImportError:
+        pass
+    result = _run_isolated(tmp_path, (), [["build", "model.onnx", "-o", "model.engine"]])
+    (r,) = result["results"]
+    assert r["rc"] == 1 and len(r["err"].strip().splitlines()) == 1, r
+    assert "needs TensorRT and an NVIDIA GPU" in r["err"] and "pip install tensorrt" in r["err"]
+    assert "developer.nvidia.com/tensorrt" in r["err"]
+    assert not result["torch_imported"]

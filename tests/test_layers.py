@@ -168,7 +168,9 @@ def test_runtime_layer_imports_without_conversion_benchmarks_or_torch(tmp_path):
     cli = result["cli"]
     assert "error" not in cli, cli["error"]
     assert cli["help_rc"] == 0 and "infer" in cli["help"] and "data" in cli["help"], cli["help"]
-    assert set(cli["commands"]) == {"data", "infer"}, cli["commands"]  # the upper layers' packages are absent
+    # the upper layers' packages are absent; the serving commands are the runtime's (Ray imported when they run)
+    # inspect is the runtime's too: .onnx files and engines are read without onnx, torch or TensorRT
+    assert set(cli["commands"]) == {"data", "infer", "inspect", "serve", "batch", "triton-repo"}, cli["commands"]
     for name in cli["commands"]:
         assert cli[name] == 0, f"maskrcnn-deploy {name} --help: {cli[name]}"
     assert cli["torch_backend"].startswith("MissingDependencyError")
@@ -221,8 +223,8 @@ def test_runtime_only_install_lists_every_command_and_evaluates_an_onnx_file(tmp
                           (str(model), str(tmp_path / "ds" / "images"), str(tmp_path / "ds" / "annotations.json")))
     assert result["help_rc"] == 0
     listed = [line.split()[0] for line in result["help"].splitlines() if line.startswith("  ")]
-    assert listed == ["demo", "data", "eval", "export", "check", "infer", "inline", "fp16", "quantize", "build",
-                      "bench"]
+    assert listed == ["demo", "data", "convert", "eval", "export", "check", "infer", "inspect", "inline", "fp16",
+                      "quantize", "build", "bench", "serve", "batch", "triton-repo"]
     assert result["eval_help"] == 0
     # Every command's --help works, or says in one line which extra to install (no traceback).
     for name, (code, err) in result["helps"].items():

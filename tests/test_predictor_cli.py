@@ -32,7 +32,7 @@ def test_infer_writes_overlays_and_coco_results(tmp_path, capsys):
     assert overlay.shape == (100, 40, 3) and (overlay != 41).any()
 
     images = json.loads((out / "images.json").read_text())["images"]
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())["annotations"]
     assert [im["file_name"].split("/")[-1] for im in images] == ["img0.png", "img1.png", "img2.png", "black.png"]
     assert len(results) == 6 and {r["image_id"] for r in results} == {1, 2, 3}
     first = results[0]
@@ -64,3 +64,19 @@ def test_infer_errors_are_one_line_and_leave_no_output(tmp_path, capsys):
     assert "cannot read image file" in capsys.readouterr().err
     assert not (out / "results.json").exists()
     assert not [p for p in out.glob("*") if p.name.endswith(".partial")] if out.exists() else True
+
+
+def test_model_argument_errors_name_the_fix(tmp_path, capsys):
+    img = tmp_path / "i.png"
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(img)
+    url = "https://example.com/models/m.onnx"
+    assert main(["infer", url, str(img), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{url} is a URL" in err and "https:/example" not in err and "curl -L -o m.onnx" in err
+    odd = tmp_path / "model.xyz"
+    odd.write_bytes(b"\x00" * 8)
+    assert main(["infer", str(odd), str(img), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "cannot tell the backend" in err and "--backend on the command line" in err
+    assert not (tmp_path / "o").exists()

@@ -18,6 +18,7 @@ import numpy as np
 
 from deploy_sdk.commands.options import TRUST_CHECKPOINT_HELP, Terminated, positive_int, sigterm_unwinds
 from deploy_sdk.errors import CheckpointError, DeploySdkError, EngineError
+from deploy_sdk.predictor import CHECKPOINT_SUFFIXES as _CHECKPOINT_SUFFIXES
 
 __all__ = ["add_arguments", "run", "BASELINES"]
 
@@ -34,7 +35,8 @@ BASELINES = {
     "sdk-openvino-int8 / sdk-openvino-fp16": "MODEL.int8.onnx / MODEL.fp16.onnx on the openvino backend",
     "sdk-openvino-bf16[=FILE]": "MODEL (or FILE, an fp32 graph) on the openvino backend computing in bf16 "
                                 "(inference_precision='bf16'; CPUs with AVX512_BF16 or AMX)",
-    "sdk-torch": "this SDK's torch backend on --checkpoint",
+    "sdk-torch[-PRECISION[cg]]": "this SDK's torch backend on --checkpoint; PRECISION fp32/fp16/bf16, 'cg' = CUDA "
+                                 "graphs (e.g. sdk-torch-fp16cg; --device cuda)",
 }
 _ALIASES = {"torch": "torch-eager", "eager": "torch-eager", "torchvision": "torchvision-onnx", "tv-onnx":
             "torchvision-onnx", "tv-openvino": "torchvision-onnx-openvino", "int8": "sdk-onnxruntime-int8",
@@ -43,7 +45,6 @@ _ALIASES = {"torch": "torch-eager", "eager": "torch-eager", "torchvision": "torc
 _TORCHVISION_SYSTEMS = ("torch-eager", "torchvision-onnx", "torchvision-onnx-openvino")
 # Backends that run an .onnx file, so that sdk-BACKEND-PRECISION can name MODEL or its sibling files.
 _ONNX_BACKENDS = ("onnxruntime", "openvino")
-_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
 # Ceilings on the synthetic image pool, which is held in memory as uint8 RGB: a side of at most 8192 pixels
 # (an 8192x8192 image is 200 MB; a detector resizes far below that anyway) and 4 GiB for the whole pool.
 MAX_IMAGE_SIDE = 8192
@@ -56,13 +57,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="the model to benchmark: an exported .onnx, a TensorRT engine, or a checkpoint "
                                       "(then the SDK's torch backend)")
     parser.add_argument("--checkpoint", help="weights for the PyTorch-based baselines (default: MODEL when it is a "
-                                             "checkpoint)")
+                                             "checkpoint); a torchvision or detectron2 checkpoint: torch-eager is "
+                                             "then that framework's own model")
+    parser.add_argument("--config", metavar="FILE",
+                        help="the detectron2 config.yaml of --checkpoint (read as data by the SDK's loader, by "
+                             "detectron2 itself for torch-eager; default: the model zoo's R50-FPN 3x)")
     parser.add_argument("--backend", default="auto",
                         help="Predictor backend: auto, onnxruntime, openvino, tensorrt, torch")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (gpu or gpu:N: an Intel GPU, openvino)")
     parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default: 1)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per system and batch size")
-    parser.add_argument("--iters", type=int, default=10, help="timed iterations per system and batch size")
+    parser.add_argument("--iters", type=int, default=10,
+                        help="timed iterations per system and batch size (default 10); a system whose latency "
+                             "varies by more than 20%% (std / mean) is warned about with a suggested --iters. The "
+                             "table's 'own MB' is each system's own memory (resident memory it added when built "
+                             "and warmed up, plus its peak rise during one iteration), 'peak RSS MB' the "
+                             "process's")
     parser.add_argument("--image-size", help="HxW of the benchmark images, sides 16..%d (default: the model's native "
                                              "size, min_size x max_size, so that the resize is the identity)"
                                              % MAX_IMAGE_SIDE)
@@ -207,23 +217,44 @@ def resolve_compare(args, compare) -> Tuple[List[Tuple[str, Optional[str]]], Opt
     return resolved, checkpoint
 
 
+def _torch_backend_options(name: str, precision: str) -> dict:
+    """sdk-torch-fp16 / -bf16 / -fp32, with a "cg" suffix for CUDA graphs (sdk-torch-fp16cg): the torch
+    backend's precision= and cuda_graphs= (deploy_sdk.conversion.torch_backend)."""
+    graphs = precision.endswith("cg")
+    dtype = precision[:-2] if graphs else precision
+    if dtype not in ("fp32", "fp16", "bf16"):
+        raise DeploySdkError(f"--compare {name}: the torch backend takes sdk-torch-fp32/-fp16/-bf16, with 'cg' "
+                             "appended for CUDA graphs (e.g. sdk-torch-fp16cg)")
+    return {"precision": dtype, "cuda_graphs": graphs}
+
+
 def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workdir: Path, max_batch: int):
+    from deploy_sdk.benchmarks.memory import current_rss_mb
     from deploy_sdk.benchmarks.sdk_system import PredictorSystem
 
+    def grown(mark: Optional[float]) -> Optional[float]:
+        now = current_rss_mb()
+        return None if mark is None or now is None else max(0.0, now - mark)
+
+    mark = current_rss_mb()
     main_backend = args.backend
     if main_backend == "auto" and _is_checkpoint(args.model):
         main_backend = "torch"
     print(f"loading {args.model} ...", file=sys.stderr)
     main = PredictorSystem(args.model, backend=main_backend, device=args.device, batch_size=max_batch,
                            threads=threads)
+    main.load_rss_mb = grown(mark)  # memory per system: see deploy_sdk.benchmarks.memory
     systems = [main]
+    checkpoint_mb: Optional[float] = None
 
     loaded = None
     if any(name in _TORCHVISION_SYSTEMS for name, _ in compare):
         from deploy_sdk.conversion.checkpoint import load_checkpoint
 
         print(f"loading checkpoint {checkpoint} ...", file=sys.stderr)
-        loaded = load_checkpoint(checkpoint, trust_checkpoint=args.trust_checkpoint)
+        mark = current_rss_mb()
+        loaded = load_checkpoint(checkpoint, trust_checkpoint=args.trust_checkpoint, config=args.config)
+        checkpoint_mb = grown(mark)  # torch and the weights: charged to the first torchvision-based system
         sdk_sha = getattr(main.metadata, "checkpoint_sha256", "") if main.metadata is not None else ""
         if sdk_sha and loaded.sha256 and sdk_sha != loaded.sha256:
             print(f"warning: {args.model} was exported from a checkpoint with sha256 {sdk_sha[:12]}…, but "
@@ -231,7 +262,19 @@ def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workd
                   file=sys.stderr)
 
     for name, path in compare:
-        if name == "torch-eager":
+        mark = current_rss_mb()
+        framework = loaded.semantics.source if loaded is not None else "torchvision"
+        if name in _TORCHVISION_SYSTEMS and framework != "torchvision":
+            if name != "torch-eager":
+                raise DeploySdkError(f"{name} is torchvision's own export of a torchvision model; {checkpoint} is a "
+                                     f"{framework} checkpoint: compare it with torch-eager ({framework}'s "
+                                     "own model) instead")
+            from deploy_sdk.benchmarks.framework_baselines import framework_eager_system
+
+            print(f"torch-eager: {framework}'s own model", file=sys.stderr)
+            systems.append(framework_eager_system(loaded, Path(checkpoint),
+                                                  Path(args.config) if args.config else None, args.device))
+        elif name == "torch-eager":
             from deploy_sdk.benchmarks.baselines import TorchEagerSystem
 
             systems.append(TorchEagerSystem(loaded.model, loaded.class_names, device=args.device))
@@ -253,8 +296,14 @@ def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workd
         else:
             backend, _, precision = name[len("sdk-"):].partition("-")
             options = {"inference_precision": "bf16"} if (backend, precision) == ("openvino", "bf16") else None
+            if backend == "torch" and precision:
+                options = _torch_backend_options(name, precision)
             systems.append(PredictorSystem(path, backend=backend, device=args.device, batch_size=max_batch,
                                            threads=threads, name=name, backend_options=options))
+        load_mb = grown(mark)
+        if name in _TORCHVISION_SYSTEMS and checkpoint_mb is not None and load_mb is not None:
+            load_mb, checkpoint_mb = load_mb + checkpoint_mb, None
+        systems[-1].load_rss_mb = load_mb
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         raise DeploySdkError(f"two systems have the same name: {names}; remove the duplicate from --compare")
@@ -349,6 +398,10 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"{machine['cpu_model']}, {threads} threads, images {size[0]}x{size[1]}; times in ms per batch")
     print(format_table(rows, doc["comparisons"]))
+    from deploy_sdk.benchmarks.report import noise_warnings
+
+    for line in noise_warnings(rows, iters=args.iters):
+        print(f"warning: {line}", file=sys.stderr)
     if args.json:
         write_json(args.json, doc)
         print(f"wrote {args.json}", file=sys.stderr)

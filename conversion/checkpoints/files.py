@@ -64,6 +64,9 @@ def _is_safetensors(path: Path) -> bool:
 
 def read_file(path: Path, trust_checkpoint: bool = False) -> Tuple[Any, Dict[str, Any]]:
     """(object, info): the tensors/object in the file and the settings recorded with them."""
+    other = _other_file_kind(path)
+    if other:  # a file this SDK writes, or plain text: say what it is rather than what torch.load trips on
+        raise CheckpointError(other)
     if _is_safetensors(path):
         return _read_safetensors(path)
     if path.suffix == ".safetensors":
@@ -98,16 +101,21 @@ def _torch_load(path: Path, trust_checkpoint: bool = False) -> Any:
         safe_error: BaseException = exc
     except Exception as exc:
         # On arbitrary bytes the (safe) unpickler fails with whatever it trips on: IndexError, EOFError,
-        # RuntimeError, ... All of them mean the same thing here.
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint or safetensors file ({_first_line(exc)})") from exc
+        # RuntimeError, ... All of them mean the same thing here, unless the file is a damaged checkpoint.
+        raise CheckpointError(_unreadable(path, exc)) from exc
 
     # The safe loader refused the file. Find out what it names, from the pickle's opcodes (nothing is run).
     names = _pickled_globals(path, safe_error)
     if not names:  # not refused for naming code: the bytes are not a pickle torch can read
-        raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint or safetensors file ({_safe_loader_reason(safe_error)})"
-        ) from safe_error
+        raise CheckpointError(_unreadable(path, safe_error, _safe_loader_reason(safe_error))) from safe_error
     if not trust_checkpoint:
+        from deploy_sdk.conversion.checkpoints.training_state import load_with_stand_ins, only_training_state
+
+        if only_training_state(names):  # e.g. mmengine's logs next to MMDetection weights: read, never run
+            try:
+                return load_with_stand_ins(path, names)
+            except Exception as exc:
+                raise CheckpointError(_unreadable(path, exc)) from exc
         family = _other_detector_in(names)
         if family:
             raise UnsupportedModelError(f"{path} is a pickled torchvision {family[0]} module: this checkpoint is "
@@ -201,9 +209,66 @@ def _safe_loader_reason(exc: BaseException) -> str:
     return (useful or lines or [type(exc).__name__])[0][:200]
 
 
-def _first_line(exc: BaseException) -> str:
+# What the first bytes of a file say it is, for files that are not checkpoints but are easily mistaken for one.
+_ONNX_SUFFIXES = (".onnx",)
+_ENGINE_MAGIC = b"MRCNNTRT"  # deploy_sdk.engine_file.MAGIC
+_ZIP_MAGIC = b"PK\x03\x04"
+_TEXT_BYTES = frozenset(range(32, 127)) | {9, 10, 13}
+
+
+def _other_file_kind(path: Path) -> Optional[str]:
+    """A one-line error when ``path`` is clearly not a checkpoint: an ONNX graph, an engine, a text file."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if path.suffix.lower() in _ONNX_SUFFIXES or _looks_like_onnx(head):
+        return (f"{path} is an ONNX file, not a checkpoint: use it with infer, eval, check or inspect; export, "
+                "check --checkpoint and convert take the training checkpoint (.pth, .pt or .safetensors)")
+    if head.startswith(_ENGINE_MAGIC):
+        return (f"{path} is a TensorRT engine built by maskrcnn-deploy build, not a checkpoint: use it with infer, "
+                "eval or inspect; export takes the training checkpoint (.pth, .pt or .safetensors)")
+    if head and all(b in _TEXT_BYTES for b in head):
+        first = head.decode("ascii").strip().splitlines()
+        start = (first[0][:40] + ("..." if len(first[0]) > 40 else "")) if first else ""
+        return (f"{path} is a text file (it starts with {start!r}), not a PyTorch checkpoint or safetensors file: "
+                "pass the weights file (.pth, .pt or .safetensors)")
+    return None
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """An ONNX ModelProto starts with field 1 (ir_version, a small varint) and soon names its producer or graph."""
+    return len(head) > 2 and head[0] == 0x08 and 3 <= head[1] <= 20 and (
+        b"pytorch" in head[:64] or b"onnx" in head[:64].lower())
+
+
+def _unreadable(path: Path, exc: BaseException, reason: Optional[str] = None) -> str:
+    """The message for bytes torch.load cannot read: a damaged (incomplete) file when its start says checkpoint."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    size = path.stat().st_size
+    if head == _ZIP_MAGIC and not zipfile.is_zipfile(path):
+        # torch's zip checkpoints end with the archive's directory: a cut-off copy has the start but not the end.
+        return (f"{path} is an incomplete PyTorch checkpoint ({size} bytes: a zip archive whose end is missing); "
+                "the download or copy was cut off: fetch the file again")
+    if head[:1] == b"\x80" and (isinstance(exc, EOFError) or "truncated" in str(exc).lower()):
+        return (f"{path} is an incomplete PyTorch checkpoint ({size} bytes: the pickle stops before its end); "
+                "the download or copy was cut off: fetch the file again")
+    if size == 0:
+        return f"{path} is empty (0 bytes), not a PyTorch checkpoint or safetensors file"
+    why = reason if reason is not None else _first_sentence(exc)
+    return f"{path} is not a PyTorch checkpoint or safetensors file (torch.load: {why})"
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """The first sentence of an exception's first line, whole (never cut mid-sentence)."""
+    line = _first_line(exc, limit=None)
+    m = re.match(r"(.+?[.:;])(\s|$)", line)
+    sentence = m.group(1).rstrip(".:;") if m else line
+    return sentence if len(sentence) <= 160 else type(exc).__name__
+
+
+def _first_line(exc: BaseException, limit: Optional[int] = 200) -> str:
     text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    return (text[0][:limit] if limit else text[0]) if text else type(exc).__name__
 
 
 def unwrap_state_dict(obj: Any, path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:

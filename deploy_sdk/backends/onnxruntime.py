@@ -8,7 +8,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from deploy_sdk.backends.base import INPUT_NAMES, OUTPUT_NAMES, Backend, check_threads, parse_device
-from deploy_sdk.errors import DeploySdkError, EngineError, MissingDependencyError, require
+from deploy_sdk.backends.onnxruntime_packages import cuda_provider_missing, warn_if_several_installed
+from deploy_sdk.errors import DeploySdkError, EngineError, require
 from deploy_sdk.model_metadata import ModelMetadata
 
 __all__ = ["OnnxRuntimeBackend", "session_options"]
@@ -53,9 +54,10 @@ class OnnxRuntimeBackend(Backend):
         self.device = f"cuda:{index}" if kind == "cuda" else "cpu"
         if not os.path.isfile(self.path):
             raise EngineError(f"ONNX model not found: {self.path}; export one with: maskrcnn-deploy export CKPT -o MODEL.onnx")
+        warn_if_several_installed()
         if kind == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise MissingDependencyError("onnxruntime-gpu", "gpu", "device='cuda' with the onnxruntime backend")
+                raise cuda_provider_missing("device='cuda' with the onnxruntime backend", ort.get_available_providers())
             providers: list = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]

@@ -9,4 +9,8 @@ the benchmarks with them (:mod:`deploy_sdk.benchmarks.commands`). Shared flags: 
 COMMANDS = (
     ("data", "deploy_sdk.commands.data", "generate a synthetic instance-segmentation data set (COCO format)"),
     ("infer", "deploy_sdk.commands.infer", "run a model on images; write overlays and COCO results"),
+    ("inspect", "deploy_sdk.commands.inspect", "what a .onnx, engine or checkpoint holds: classes, shapes, ops"),
+    ("serve", "deploy_sdk.commands.serve", "serve a model over HTTP on Ray Serve (dynamic batching, replicas)"),
+    ("batch", "deploy_sdk.commands.batch", "offline batch inference on Ray Data: sharded, resumable COCO results"),
+    ("triton-repo", "deploy_sdk.commands.triton_repo", "write a Triton Inference Server model repository"),
 )
