@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test venv plugin clean
+.PHONY: demo test lint venv plugin clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+# ruff (lint + format, pyproject.toml) for the Python, clang-format (plugins/.clang-format) for plugins/; CI runs it.
+# `ruff check --fix . && ruff format .` and clang-format -i on the same files apply the style.
+PLUGIN_SOURCES = $(shell git ls-files 'plugins/*.h' 'plugins/*.hpp' 'plugins/*.cpp' 'plugins/*.cu' 'plugins/*.cuh')
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(PLUGIN_SOURCES)
 
 # The path of the RoIAlign plugin library with CUDA, for trtexec --dynamicPlugins: the one the install compiled into
 # the package (deploy_sdk/_lib/), or, when that one lacks CUDA or the TensorRT plugins that headers found now (or

@@ -33,9 +33,7 @@ __all__ = [
 ]
 
 
-def detections_from_torchvision(
-    out: dict, class_names: Sequence[str], image_size: Tuple[int, int]
-) -> Detections:
+def detections_from_torchvision(out: dict, class_names: Sequence[str], image_size: Tuple[int, int]) -> Detections:
     """Convert one torchvision (or torchvision-ONNX) result dict to :class:`Detections`.
 
     out: ``boxes`` [N, 4] x1 y1 x2 y2 in original image pixels, ``scores`` [N], ``labels`` [N], ``masks``
@@ -78,8 +76,11 @@ class TorchEagerSystem:
         model = self.model
         with torch.inference_mode():
             # torch.from_numpy refuses to share a read-only array (e.g. one from PIL) without a warning; copy those.
-            tensors = [torch.from_numpy(im if im.flags.writeable else im.copy()).to(self.device).permute(2, 0, 1)
-                       .float() / 255.0 for im in images]
+            tensors = [
+                torch.from_numpy(im if im.flags.writeable else im.copy()).to(self.device).permute(2, 0, 1).float()
+                / 255.0
+                for im in images
+            ]
             original_sizes = [(int(im.shape[0]), int(im.shape[1])) for im in images]
             batch, _ = model.transform(tensors)
             clock.lap("preprocess")
@@ -101,7 +102,8 @@ def export_torchvision_onnx(model: Any, path: os.PathLike, sample_hw: Tuple[int,
     The graph input ``images`` is one ``[3, H, W]`` float32 image in 0..1 with dynamic H and W; outputs are
     ``boxes`` [N, 4] (original pixels), ``labels`` [N], ``scores`` [N], ``masks`` [N, 1, H, W] pasted
     probabilities. The graph is traced at ``sample_hw``: benchmark it on images of that size (its in-graph
-    resize is only reliable near the traced aspect ratio). It uses the TorchScript-based exporter (``dynamo=False``): that is the path torchvision
+    resize is only reliable near the traced aspect ratio). It uses the TorchScript-based exporter (``dynamo=False``):
+    that is the path torchvision
     supports for detection models, whose data-dependent control flow the dynamo exporter does not capture.
     """
     import warnings
@@ -156,15 +158,18 @@ class TorchvisionOnnxSystem:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else [
-            "CPUExecutionProvider"]
+        providers = (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+        )
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
         self.class_names = list(class_names)
         # ONNX Runtime quietly falls back to the CPU when its CUDA provider is missing; report where it really ran.
         self.device = device if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
         self.name = name
-        self.notes = "torchvision's own ONNX export in ONNX Runtime, one image per call; inference includes the "\
-                     "in-graph resize and mask pasting"
+        self.notes = (
+            "torchvision's own ONNX export in ONNX Runtime, one image per call; inference includes the "
+            "in-graph resize and mask pasting"
+        )
 
     def run(self, images: Sequence[np.ndarray], clock) -> List[Detections]:
         inputs = [np.ascontiguousarray(im.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0) for im in images]
@@ -210,8 +215,10 @@ class TorchvisionOpenVinoSystem(TorchvisionOnnxSystem):
         self.class_names = list(class_names)
         self.device = device
         self.name = name
-        self.notes = "torchvision's own ONNX export compiled by OpenVINO (fp32), one image per call; inference " \
-                     "includes the in-graph resize and mask pasting"
+        self.notes = (
+            "torchvision's own ONNX export compiled by OpenVINO (fp32), one image per call; inference "
+            "includes the in-graph resize and mask pasting"
+        )
         self.session = _OpenVinoSession(self.request, self._outputs)
 
 

@@ -40,8 +40,7 @@ def framework_eager_system(loaded: Any, checkpoint: Path, config: Optional[Path]
     """The ``torch-eager`` system of a checkpoint whose ``loaded.source`` is not torchvision."""
     source = loaded.semantics.source
     if source == "detectron2":
-        return Detectron2EagerSystem(checkpoint, loaded.num_classes, loaded.class_names, config=config,
-                                     device=device)
+        return Detectron2EagerSystem(checkpoint, loaded.num_classes, loaded.class_names, config=config, device=device)
     if source == "mmdet":
         return MMDetEagerSystem(checkpoint, loaded.class_names, device=device)
     raise DeploySdkError(f"torch-eager has no baseline for {source} checkpoints; leave it out of --compare")
@@ -49,7 +48,7 @@ def framework_eager_system(loaded: Any, checkpoint: Path, config: Optional[Path]
 
 def _import_detectron2() -> Any:
     try:
-        import detectron2  # noqa: F401  (imported for the check; the submodules are imported where used)
+        import detectron2
         from detectron2.modeling import build_model  # noqa: F401
     except ImportError as exc:
         raise DeploySdkError(
@@ -64,14 +63,18 @@ def _import_detectron2() -> Any:
 
 def _zoo_config_file(detectron2: Any) -> Path:
     """The model zoo's Mask R-CNN R50-FPN 3x config: the installed package's copy, else the source tree's."""
-    candidates = [Path(detectron2.__file__).resolve().parent / "model_zoo" / "configs",
-                  Path(detectron2.__file__).resolve().parents[1] / "configs"]
+    candidates = [
+        Path(detectron2.__file__).resolve().parent / "model_zoo" / "configs",
+        Path(detectron2.__file__).resolve().parents[1] / "configs",
+    ]
     for base in candidates:
         path = base.joinpath(*_ZOO_CONFIG)
         if path.is_file():
             return path
-    raise DeploySdkError(f"detectron2's model-zoo config {'/'.join(_ZOO_CONFIG)} not found under "
-                         f"{', '.join(map(str, candidates))}; pass the checkpoint's config.yaml with --config")
+    raise DeploySdkError(
+        f"detectron2's model-zoo config {'/'.join(_ZOO_CONFIG)} not found under "
+        f"{', '.join(map(str, candidates))}; pass the checkpoint's config.yaml with --config"
+    )
 
 
 def _read_weights(checkpoint: Path) -> dict:
@@ -90,6 +93,7 @@ def _read_weights(checkpoint: Path) -> dict:
 def _widths_from_weights(cfg: Any, state: dict) -> None:
     """Without a config, the model zoo's R50-FPN with the depth and widths the weights have (as the SDK's importer
     reads them), so a checkpoint trained with other widths still builds."""
+
     def out_channels(key: str) -> Optional[int]:
         return int(state[key].shape[0]) if key in state else None
 
@@ -118,8 +122,15 @@ class Detectron2EagerSystem:
     postprocess = ``detector_postprocess`` (boxes to the original size, mask pasting) and ``Detections``.
     """
 
-    def __init__(self, checkpoint: Path, num_classes: int, class_names: Sequence[str], config: Optional[Path] = None,
-                 device: str = "cpu", name: str = "torch-eager"):
+    def __init__(
+        self,
+        checkpoint: Path,
+        num_classes: int,
+        class_names: Sequence[str],
+        config: Optional[Path] = None,
+        device: str = "cpu",
+        name: str = "torch-eager",
+    ):
         self._torch = require("torch", "convert", "the torch-eager baseline")
         detectron2 = _import_detectron2()
         from detectron2.config import get_cfg
@@ -142,17 +153,21 @@ class Detectron2EagerSystem:
         expected_missing = {k for k in result.missing_keys if k.startswith(("pixel_mean", "pixel_std"))}
         missing = [k for k in result.missing_keys if k not in expected_missing]
         if missing:
-            raise DeploySdkError(f"detectron2's model from {config or 'the model-zoo config'} lacks weights in "
-                                 f"{checkpoint}: {missing[:3]} ({len(missing)} in all); pass the checkpoint's "
-                                 "config.yaml with --config")
+            raise DeploySdkError(
+                f"detectron2's model from {config or 'the model-zoo config'} lacks weights in "
+                f"{checkpoint}: {missing[:3]} ({len(missing)} in all); pass the checkpoint's "
+                "config.yaml with --config"
+            )
         self.model = model
         self.cfg = cfg
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.class_names = list(class_names)
         self.device = device
         self.name = name
-        self.notes = (f"detectron2 {getattr(detectron2, '__version__', '?')} GeneralizedRCNN (DefaultPredictor's "
-                      "pre-processing), torch.no_grad(), same weights, one batched model call")
+        self.notes = (
+            f"detectron2 {getattr(detectron2, '__version__', '?')} GeneralizedRCNN (DefaultPredictor's "
+            "pre-processing), torch.no_grad(), same weights, one batched model call"
+        )
 
     def run(self, images: Sequence[np.ndarray], clock) -> List[Detections]:
         torch = self._torch
@@ -171,14 +186,16 @@ class Detectron2EagerSystem:
             out = []
             for instances, item in zip(raw, inputs):
                 inst = detector_postprocess(instances, item["height"], item["width"]).to("cpu")
-                out.append(Detections(
-                    boxes=inst.pred_boxes.tensor.numpy().astype(np.float32),
-                    scores=inst.scores.numpy().astype(np.float32),
-                    labels=inst.pred_classes.numpy().astype(np.int64) + 1,  # background first in the SDK
-                    masks=inst.pred_masks.numpy().astype(bool),
-                    class_names=self.class_names,
-                    image_size=(item["height"], item["width"]),
-                ))
+                out.append(
+                    Detections(
+                        boxes=inst.pred_boxes.tensor.numpy().astype(np.float32),
+                        scores=inst.scores.numpy().astype(np.float32),
+                        labels=inst.pred_classes.numpy().astype(np.int64) + 1,  # background first in the SDK
+                        masks=inst.pred_masks.numpy().astype(bool),
+                        class_names=self.class_names,
+                        image_size=(item["height"], item["width"]),
+                    )
+                )
             clock.lap("postprocess")
         return out
 
@@ -209,10 +226,10 @@ class MMDetEagerSystem:
         self._torch = require("torch", "convert", "the torch-eager baseline")
         _import_mmdet()
         import mmdet
-        from mmengine.config import Config
-        from mmengine.dataset import Compose
         from mmdet.registry import MODELS
         from mmdet.utils import get_test_pipeline_cfg, register_all_modules
+        from mmengine.config import Config
+        from mmengine.dataset import Compose
 
         from deploy_sdk.conversion.checkpoints.files import read_file, unwrap_state_dict
         from deploy_sdk.conversion.checkpoints.mmdet import read_config
@@ -222,8 +239,10 @@ class MMDetEagerSystem:
         cfg_text = meta.get("cfg") if isinstance(meta, dict) else None
         cfg_dict = read_config(cfg_text)
         if "model" not in cfg_dict:
-            raise DeploySdkError(f"{checkpoint} carries no readable MMDetection config (meta.cfg) to build "
-                                 "MMDetection's own model from; leave torch-eager out of --compare")
+            raise DeploySdkError(
+                f"{checkpoint} carries no readable MMDetection config (meta.cfg) to build "
+                "MMDetection's own model from; leave torch-eager out of --compare"
+            )
         register_all_modules()
         cfg = Config(cfg_dict)
         model = MODELS.build(cfg.model)
@@ -237,15 +256,18 @@ class MMDetEagerSystem:
         self.class_names = list(class_names)
         self.device = device
         self.name = name
-        self.notes = (f"MMDetection {mmdet.__version__} detector from the checkpoint's config, its test pipeline, "
-                      "model.test_step on the batch, torch.no_grad(), same weights")
+        self.notes = (
+            f"MMDetection {mmdet.__version__} detector from the checkpoint's config, its test pipeline, "
+            "model.test_step on the batch, torch.no_grad(), same weights"
+        )
 
     def run(self, images: Sequence[np.ndarray], clock) -> List[Detections]:
         torch = self._torch
         from mmengine.dataset import pseudo_collate
 
-        batch = pseudo_collate([self.pipeline(dict(img=np.ascontiguousarray(rgb[:, :, ::-1]), img_id=i))
-                                for i, rgb in enumerate(images)])
+        batch = pseudo_collate(
+            [self.pipeline(dict(img=np.ascontiguousarray(rgb[:, :, ::-1]), img_id=i)) for i, rgb in enumerate(images)]
+        )
         clock.lap("preprocess")
         with torch.no_grad():
             samples = self.model.test_step(batch)
@@ -253,13 +275,15 @@ class MMDetEagerSystem:
         out = []
         for sample, rgb in zip(samples, images):
             pred = sample.pred_instances.to("cpu")
-            out.append(Detections(
-                boxes=pred.bboxes.numpy().astype(np.float32),
-                scores=pred.scores.numpy().astype(np.float32),
-                labels=pred.labels.numpy().astype(np.int64) + 1,  # background first in the SDK
-                masks=pred.masks.numpy().astype(bool),
-                class_names=self.class_names,
-                image_size=(int(rgb.shape[0]), int(rgb.shape[1])),
-            ))
+            out.append(
+                Detections(
+                    boxes=pred.bboxes.numpy().astype(np.float32),
+                    scores=pred.scores.numpy().astype(np.float32),
+                    labels=pred.labels.numpy().astype(np.int64) + 1,  # background first in the SDK
+                    masks=pred.masks.numpy().astype(bool),
+                    class_names=self.class_names,
+                    image_size=(int(rgb.shape[0]), int(rgb.shape[1])),
+                )
+            )
         clock.lap("postprocess")
         return out

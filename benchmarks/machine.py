@@ -59,8 +59,19 @@ def _memory_gb() -> Optional[float]:
 
 def _versions() -> Dict[str, Optional[str]]:
     out: Dict[str, Optional[str]] = {"python": platform.python_version()}
-    for dist in ("maskrcnn-deploy", "numpy", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "torch",
-                 "torchvision", "tensorrt", "pillow", "matplotlib"):
+    for dist in (
+        "maskrcnn-deploy",
+        "numpy",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "onnx",
+        "openvino",
+        "torch",
+        "torchvision",
+        "tensorrt",
+        "pillow",
+        "matplotlib",
+    ):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -74,21 +85,29 @@ def _gpus() -> List[Dict[str, Any]]:
         gpus = []
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            gpus.append({
-                "name": p.name,
-                "compute_capability": f"{p.major}.{p.minor}",
-                "memory_gb": round(p.total_memory / 2**30, 1),
-                "cuda": torch.version.cuda,
-            })
+            gpus.append(
+                {
+                    "name": p.name,
+                    "compute_capability": f"{p.major}.{p.minor}",
+                    "memory_gb": round(p.total_memory / 2**30, 1),
+                    "cuda": torch.version.cuda,
+                }
+            )
         return gpus
     if shutil.which("nvidia-smi"):
         try:
             text = subprocess.run(
                 ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=10, check=True,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
             ).stdout
-            return [dict(zip(("name", "memory", "driver"), (c.strip() for c in line.split(","))))
-                    for line in text.strip().splitlines() if line.strip()]
+            return [
+                dict(zip(("name", "memory", "driver"), (c.strip() for c in line.split(","))))
+                for line in text.strip().splitlines()
+                if line.strip()
+            ]
         except (OSError, subprocess.SubprocessError):
             pass
     return []

@@ -53,13 +53,16 @@ def measure_latency(models: Dict[str, Path], eval_dir: Path, num_images: int, th
         if index == 0:  # warm-up: first runs allocate and pick kernels
             for session in sessions.values():
                 session.run(None, feeds)
-        order = names[index % len(names):] + names[: index % len(names)]  # rotate who goes first
+        order = names[index % len(names) :] + names[: index % len(names)]  # rotate who goes first
         for name in order:
             start = time.perf_counter()
             sessions[name].run(None, feeds)
             times[name].append((time.perf_counter() - start) * 1000.0)
-        print(f"latency {index + 1}/{len(images)}: " + ", ".join(f"{n} {times[n][-1]:.0f} ms" for n in names),
-              file=sys.stderr, flush=True)
+        print(
+            f"latency {index + 1}/{len(images)}: " + ", ".join(f"{n} {times[n][-1]:.0f} ms" for n in names),
+            file=sys.stderr,
+            flush=True,
+        )
     return {
         name: {
             "median_ms": statistics.median(values),
@@ -85,12 +88,14 @@ def measure_accuracy(
     images the AP of the images done so far is computed and handed to ``on_checkpoint``: a run cut short still
     leaves a paired comparison on a common prefix of the set. ``num_images[name]`` caps each model's images.
     """
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
     from deploy_sdk.evaluation import coco_metrics, detections_to_coco
     from deploy_sdk.predictor import Predictor
     from deploy_sdk.preprocessing import load_image
-    from pycocotools.coco import COCO
-    import contextlib
-    import io
 
     data = json.loads((eval_dir / "annotations.json").read_text())
     with contextlib.redirect_stdout(io.StringIO()):
@@ -98,7 +103,10 @@ def measure_accuracy(
         coco_gt.dataset = data
         coco_gt.createIndex()
     entries = sorted(data["images"], key=lambda e: e["id"])[: max(num_images.values())]
-    predictors = {name: Predictor(str(path), backend="onnxruntime", batch_size=1, threads=threads) for name, path in models.items()}
+    predictors = {
+        name: Predictor(str(path), backend="onnxruntime", batch_size=1, threads=threads)
+        for name, path in models.items()
+    }
     found: Dict[str, List] = {name: [] for name in models}
     done: Dict[str, List[int]] = {name: [] for name in models}
     seconds: Dict[str, float] = {name: 0.0 for name in models}
@@ -180,7 +188,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         acc = results.get("accuracy", {}).get(name, {})  # type: ignore[union-attr]
         box = f"{100 * acc['box_ap']:.2f}" if acc else "-"
         mask = f"{100 * acc['mask_ap']:.2f}" if acc else "-"
-        print(f"{name:<6} {lat['median_ms']:>10.0f} {lat['p90_ms']:>8.0f} {box:>8} {mask:>8} {acc.get('num_images', '-'):>7}")
+        print(
+            f"{name:<6} {lat['median_ms']:>10.0f} {lat['p90_ms']:>8.0f} {box:>8} {mask:>8} "
+            f"{acc.get('num_images', '-'):>7}"
+        )
     print(f"INT8 speed-up over fp32 (ratio of medians): {results['int8_speedup_vs_fp32']:.2f}x")
     if "accuracy" in results:
         acc = results["accuracy"]  # type: ignore[assignment]

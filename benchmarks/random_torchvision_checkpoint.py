@@ -21,8 +21,9 @@ __all__ = ["write_random_checkpoint"]
 ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
 
 
-def write_random_checkpoint(path: str, arch: str = "maskrcnn_resnet50_fpn", num_classes: int = 91,
-                            seed: int = 0) -> None:
+def write_random_checkpoint(
+    path: str, arch: str = "maskrcnn_resnet50_fpn", num_classes: int = 91, seed: int = 0
+) -> None:
     """Build ``torchvision.models.detection.<arch>`` (no pretrained weights) seeded with ``seed`` and save its
     state dict to ``path`` atomically."""
     torch = require("torch", "convert", "writing a random-weight checkpoint")

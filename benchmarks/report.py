@@ -32,8 +32,17 @@ import numpy as np
 from deploy_sdk.atomic_file import atomic_path
 from deploy_sdk.errors import require
 
-__all__ = ["SCHEMA", "REQUIRED_RESULT_KEYS", "NOISY_RSD", "comparisons", "format_table", "build_document",
-           "write_json", "write_plot", "noise_warnings"]
+__all__ = [
+    "SCHEMA",
+    "REQUIRED_RESULT_KEYS",
+    "NOISY_RSD",
+    "comparisons",
+    "format_table",
+    "build_document",
+    "write_json",
+    "write_plot",
+    "noise_warnings",
+]
 
 # Relative standard deviation of the batch latency above which a system's figures are called noisy.
 NOISY_RSD = 0.20
@@ -63,14 +72,16 @@ def comparisons(results: Sequence[Mapping[str, Any]], prefix: str = "sdk-") -> L
                 xs, ys = sys_r.get("samples_ms") or [], base_r.get("samples_ms") or []
                 if xs and len(xs) == len(ys):
                     paired = float(np.median(np.asarray(ys) / np.asarray(xs)))
-                rows.append({
-                    "system": s,
-                    "baseline": b,
-                    "batch_size": batch,
-                    "speedup_p50": base_r["p50_ms"] / sys_r["p50_ms"],
-                    "speedup_mean": base_r["mean_ms"] / sys_r["mean_ms"],
-                    "speedup_paired_median": paired,
-                })
+                rows.append(
+                    {
+                        "system": s,
+                        "baseline": b,
+                        "batch_size": batch,
+                        "speedup_p50": base_r["p50_ms"] / sys_r["p50_ms"],
+                        "speedup_mean": base_r["mean_ms"] / sys_r["mean_ms"],
+                        "speedup_paired_median": paired,
+                    }
+                )
     return rows
 
 
@@ -87,17 +98,27 @@ def format_table(results: Sequence[Mapping[str, Any]], comps: Optional[Sequence[
         head.append("GPU MB")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in results:
-        row = [r["system"], r.get("device", "cpu"), str(r["batch_size"]), _fmt(r["p50_ms"]), _fmt(r["p90_ms"]),
-               _fmt(r["p99_ms"]), f"{_fmt(r.get('mean_ms'))} ± {_fmt(r.get('std_ms'))}",
-               _fmt(r["throughput_ips"], 2)]
+        row = [
+            r["system"],
+            r.get("device", "cpu"),
+            str(r["batch_size"]),
+            _fmt(r["p50_ms"]),
+            _fmt(r["p90_ms"]),
+            _fmt(r["p99_ms"]),
+            f"{_fmt(r.get('mean_ms'))} ± {_fmt(r.get('std_ms'))}",
+            _fmt(r["throughput_ips"], 2),
+        ]
         row += [_fmt(r["stages"].get(s, {}).get("p50_ms")) for s in stage_names]
         row += [_fmt(r.get("memory_mb"), 0), _fmt(r.get("peak_rss_mb"), 0), _fmt(r.get("detections_per_image"), 1)]
         if "GPU MB" in head:
             row.append(_fmt(r.get("peak_gpu_mem_mb"), 0))
         lines.append("| " + " | ".join(row) + " |")
     if comps:
-        lines += ["", "| system | vs baseline | batch | speedup (p50) | speedup (mean) | speedup (paired median) |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| system | vs baseline | batch | speedup (p50) | speedup (mean) | speedup (paired median) |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in comps:
             lines.append(
                 f"| {c['system']} | {c['baseline']} | {c['batch_size']} | {c['speedup_p50']:.2f}× | "

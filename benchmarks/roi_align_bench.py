@@ -53,12 +53,13 @@ def run(threads: int, repeats: int, channels: int, sampling_ratio: int) -> list:
         tv_feats = OrderedDict((n, torch.from_numpy(f)) for n, f in zip(names, feats))
         tv_boxes = [torch.from_numpy(boxes[0])]
 
-        def ours():
+        # Bound as defaults: each workload's closures keep its own inputs (the loop rebinds the names).
+        def ours(feats=feats, boxes=boxes, out=out):
             return plugins.multilevel_roi_align(
                 feats, boxes, out, SCALES, sampling_ratio, False, "avg", num_threads=threads
             )
 
-        def theirs():
+        def theirs(pooler=pooler, tv_feats=tv_feats, tv_boxes=tv_boxes):
             with torch.inference_mode():
                 return pooler(tv_feats, tv_boxes, [IMAGE_HW])
 

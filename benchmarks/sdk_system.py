@@ -51,7 +51,8 @@ class PredictorSystem:
         self.metadata = meta
         self.name = name or sdk_system_name(self.backend, self.precision)
         self.notes = f"deploy_sdk.Predictor({os.path.basename(str(model))}, backend={self.backend}" + (
-            f", backend_options={backend_options})" if backend_options else ")")
+            f", backend_options={backend_options})" if backend_options else ")"
+        )
 
     def run(self, images: Sequence[np.ndarray], clock) -> List[Any]:
         out = self.predictor.predict(list(images))

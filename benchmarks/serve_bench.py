@@ -80,8 +80,9 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def run_in_process(model: Path, images: List[np.ndarray], requests: int, threads: int,
-                   batch_sizes: Sequence[int], quiet: bool = False) -> Dict[int, Dict[str, float]]:
+def run_in_process(
+    model: Path, images: List[np.ndarray], requests: int, threads: int, batch_sizes: Sequence[int], quiet: bool = False
+) -> Dict[int, Dict[str, float]]:
     """images/s of ``Predictor`` over ``requests`` images (cycling ``images``) at each batch size."""
     from deploy_sdk import Predictor
 
@@ -94,18 +95,20 @@ def run_in_process(model: Path, images: List[np.ndarray], requests: int, threads
             started = time.perf_counter()
             for s in range(0, len(stream), batch):
                 t = time.perf_counter()
-                predictor.predict(stream[s: s + batch])
+                predictor.predict(stream[s : s + batch])
                 latencies.append((time.perf_counter() - t) * 1000.0)
             seconds = time.perf_counter() - started
         out[batch] = {"images_per_s": len(stream) / seconds, **percentiles(latencies)}
         if not quiet:
-            print(f"  in process, batch {batch}: {out[batch]['images_per_s']:.2f} images/s", file=sys.stderr,
-                  flush=True)
+            print(
+                f"  in process, batch {batch}: {out[batch]['images_per_s']:.2f} images/s", file=sys.stderr, flush=True
+            )
     return out
 
 
-def run_load(port: int, bodies: List[bytes], expected: List[int], requests: int, concurrency: int,
-             timeout: float = 300.0) -> Dict[str, Any]:
+def run_load(
+    port: int, bodies: List[bytes], expected: List[int], requests: int, concurrency: int, timeout: float = 300.0
+) -> Dict[str, Any]:
     """``requests`` POSTs spread over ``concurrency`` client threads, each with its own keep-alive connection."""
     next_index = [0]
     lock = threading.Lock()
@@ -156,8 +159,14 @@ def run_load(port: int, bodies: List[bytes], expected: List[int], requests: int,
         t.join()
     seconds = time.perf_counter() - started
     ok = requests - len(errors)
-    return {"images_per_s": ok / seconds, "requests": requests, "ok": ok, "errors": errors,
-            "samples_ms": latencies, **(percentiles(latencies) if latencies else {})}
+    return {
+        "images_per_s": ok / seconds,
+        "requests": requests,
+        "ok": ok,
+        "errors": errors,
+        "samples_ms": latencies,
+        **(percentiles(latencies) if latencies else {}),
+    }
 
 
 def _free_port() -> int:
@@ -166,9 +175,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_service(model: Path, images: List[np.ndarray], expected: List[int], requests: int,
-                concurrency: Sequence[int], waits: Sequence[float], max_batch: int, threads: int, cpus: int,
-                paired_batch: int) -> List[Dict[str, Any]]:
+def run_service(
+    model: Path,
+    images: List[np.ndarray],
+    expected: List[int],
+    requests: int,
+    concurrency: Sequence[int],
+    waits: Sequence[float],
+    max_batch: int,
+    threads: int,
+    cpus: int,
+    paired_batch: int,
+) -> List[Dict[str, Any]]:
     """One row per (batch wait, concurrency); after each, the same images through ``Predictor`` in process at
     ``paired_batch`` (``in_process_paired``), so each row's ratio compares two runs a few seconds apart."""
     import ray
@@ -183,8 +201,14 @@ def run_service(model: Path, images: List[np.ndarray], expected: List[int], requ
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         for wait in waits:
-            app = build_app(model, max_batch_size=max_batch, batch_wait_ms=wait, threads=threads, num_cpus=1,
-                            max_ongoing_requests=4 * max_batch)
+            app = build_app(
+                model,
+                max_batch_size=max_batch,
+                batch_wait_ms=wait,
+                threads=threads,
+                num_cpus=1,
+                max_ongoing_requests=4 * max_batch,
+            )
             serve.run(app, name="bench", route_prefix="/")
             warm = run_load(port, bodies, expected, min(len(bodies), 4), 1)  # first model call, connections
             if warm["errors"]:
@@ -195,10 +219,13 @@ def run_service(model: Path, images: List[np.ndarray], expected: List[int], requ
                 paired = run_in_process(model, images, requests, threads, [paired_batch], quiet=True)
                 row["in_process_paired"] = paired[paired_batch]
                 rows.append(row)
-                print(f"  service, wait {wait:g} ms, concurrency {c}: {row['images_per_s']:.2f} images/s, "
-                      f"p50 {row.get('p50_ms', float('nan')):.0f} ms, {len(row['errors'])} failed; in process at "
-                      f"batch {paired_batch} right after: {paired[paired_batch]['images_per_s']:.2f} images/s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  service, wait {wait:g} ms, concurrency {c}: {row['images_per_s']:.2f} images/s, "
+                    f"p50 {row.get('p50_ms', float('nan')):.0f} ms, {len(row['errors'])} failed; in process at "
+                    f"batch {paired_batch} right after: {paired[paired_batch]['images_per_s']:.2f} images/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             serve.delete("bench")
     finally:
         serve.shutdown()
@@ -216,47 +243,70 @@ def _float_list(text: str) -> List[float]:
 
 def format_table(in_process: Dict[int, Dict[str, float]], rows: List[Dict[str, Any]], requests: int) -> str:
     best_batch = max(in_process, key=lambda b: in_process[b]["images_per_s"])
-    lines = ["| system | batch wait (ms) | concurrency / batch | images/s | in process right after (images/s) | "
-             "ratio | p50 ms | p90 ms | p99 ms | failed |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| system | batch wait (ms) | concurrency / batch | images/s | in process right after (images/s) | "
+        "ratio | p50 ms | p90 ms | p99 ms | failed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     best = in_process[best_batch]["images_per_s"]
     for b in sorted(in_process):
         r = in_process[b]
-        lines.append(f"| Predictor in process | - | batch {b} | {r['images_per_s']:.2f} | - | "
-                     f"{r['images_per_s'] / best:.2f} | {r['p50_ms']:.0f} | {r['p90_ms']:.0f} | {r['p99_ms']:.0f} "
-                     "| - |")
+        lines.append(
+            f"| Predictor in process | - | batch {b} | {r['images_per_s']:.2f} | - | "
+            f"{r['images_per_s'] / best:.2f} | {r['p50_ms']:.0f} | {r['p90_ms']:.0f} | {r['p99_ms']:.0f} "
+            "| - |"
+        )
     for r in rows:
         paired = r["in_process_paired"]["images_per_s"]
-        lines.append(f"| service | {r['batch_wait_ms']:g} | concurrency {r['concurrency']} | {r['images_per_s']:.2f} "
-                     f"| {paired:.2f} | {r['images_per_s'] / paired:.2f} | {r.get('p50_ms', float('nan')):.0f} | "
-                     f"{r.get('p90_ms', float('nan')):.0f} | {r.get('p99_ms', float('nan')):.0f} | "
-                     f"{r['requests'] - r['ok']} |")
+        lines.append(
+            f"| service | {r['batch_wait_ms']:g} | concurrency {r['concurrency']} | {r['images_per_s']:.2f} "
+            f"| {paired:.2f} | {r['images_per_s'] / paired:.2f} | {r.get('p50_ms', float('nan')):.0f} | "
+            f"{r.get('p90_ms', float('nan')):.0f} | {r.get('p99_ms', float('nan')):.0f} | "
+            f"{r['requests'] - r['ok']} |"
+        )
     lines.append("")
-    lines.append(f"In process: the ratio is to the best batch size ({best_batch}). Service rows: the ratio is to "
-                 f"Predictor in process at batch {best_batch} run right after that row. Latencies: service per "
-                 f"request (one image), in process per batch. {requests} images per row.")
+    lines.append(
+        f"In process: the ratio is to the best batch size ({best_batch}). Service rows: the ratio is to "
+        f"Predictor in process at batch {best_batch} run right after that row. Latencies: service per "
+        f"request (one image), in process per batch. {requests} images per row."
+    )
     return "\n".join(lines)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=SHIPPED, help="an .onnx file or a checkpoint (default: the "
-                                                                     "shipped model)")
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "maskrcnn-deploy" / "serve_bench",
-                        help="where a checkpoint's export is kept")
+    parser.add_argument(
+        "--model", type=Path, default=SHIPPED, help="an .onnx file or a checkpoint (default: the shipped model)"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "maskrcnn-deploy" / "serve_bench",
+        help="where a checkpoint's export is kept",
+    )
     parser.add_argument("--requests", type=int, default=32, help="requests (images) per measurement (default 32)")
     parser.add_argument("--concurrency", type=_int_list, default=[1, 4, 8], help="client concurrency levels")
     parser.add_argument("--batch-wait-ms", type=_float_list, default=[2.0, 20.0], help="service batch-wait settings")
     parser.add_argument("--max-batch-size", type=int, default=8, help="service max batch size (default 8)")
     parser.add_argument("--batch-sizes", type=_int_list, default=[1, 2, 4, 8], help="in-process batch sizes")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="intra-op threads, in process and in the replica (default: every core)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="intra-op threads, in process and in the replica (default: every core)",
+    )
     parser.add_argument("--images", type=int, default=8, help="distinct images (default 8)")
     parser.add_argument("--size", type=int, default=384, help="image side in pixels (default 384)")
     parser.add_argument("--out", type=Path, default=None, help="write every sample as JSON here")
     args = parser.parse_args(argv)
-    if min([args.requests, args.images, args.size, args.threads, args.max_batch_size] + args.concurrency
-           + args.batch_sizes) < 1:
+    if (
+        min(
+            [args.requests, args.images, args.size, args.threads, args.max_batch_size]
+            + args.concurrency
+            + args.batch_sizes
+        )
+        < 1
+    ):
         parser.error("counts, sizes and levels must be positive")
 
     from deploy_sdk import Predictor
@@ -271,16 +321,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     before = run_in_process(model, images, args.requests, args.threads, args.batch_sizes)
     best_batch = max(before, key=lambda b: before[b]["images_per_s"])
     print(f"service (each row followed by Predictor in process at batch {best_batch}):", file=sys.stderr, flush=True)
-    rows = run_service(model, images, expected, args.requests, args.concurrency, args.batch_wait_ms,
-                       args.max_batch_size, args.threads, cpus=os.cpu_count() or 1, paired_batch=best_batch)
+    rows = run_service(
+        model,
+        images,
+        expected,
+        args.requests,
+        args.concurrency,
+        args.batch_wait_ms,
+        args.max_batch_size,
+        args.threads,
+        cpus=os.cpu_count() or 1,
+        paired_batch=best_batch,
+    )
     table = format_table(before, rows, args.requests)
     print(table)
     if args.out is not None:
         from deploy_sdk.atomic_file import atomic_path
 
-        document = {"machine": machine_info(args.threads), "load_average": [load_start, load_average()],
-                    "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                    "model": str(model), "in_process": before, "service": rows}
+        document = {
+            "machine": machine_info(args.threads),
+            "load_average": [load_start, load_average()],
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "model": str(model),
+            "in_process": before,
+            "service": rows,
+        }
         with atomic_path(args.out) as tmp:
             tmp.write_text(json.dumps(document, indent=1))
     failed = sum(r["requests"] - r["ok"] for r in rows)

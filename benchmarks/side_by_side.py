@@ -72,8 +72,7 @@ class SystemResult:
             "max_ms": lat.max_ms,
             "throughput_ips": lat.throughput_ips(self.batch_size),
             "stages": {
-                name: {"p50_ms": s.p50_ms, "mean_ms": s.mean_ms, "std_ms": s.std_ms}
-                for name, s in self.stages.items()
+                name: {"p50_ms": s.p50_ms, "mean_ms": s.mean_ms, "std_ms": s.std_ms} for name, s in self.stages.items()
             },
             "rsd": lat.std_ms / lat.mean_ms if lat.mean_ms > 0 else 0.0,
             "peak_rss_mb": self.peak_rss_mb,
@@ -181,8 +180,11 @@ def run_side_by_side(
                     image_sizes=[list(s) for s in image_sizes],
                     notes=getattr(system, "notes", ""),
                     run_peak_mb=max(rises[system.name]) if rises[system.name] else None,
-                    memory_mb=(resident[system.name] + max(rises[system.name])
-                               if rises[system.name] and resident[system.name] is not None else None),
+                    memory_mb=(
+                        resident[system.name] + max(rises[system.name])
+                        if rises[system.name] and resident[system.name] is not None
+                        else None
+                    ),
                 )
             )
     return results

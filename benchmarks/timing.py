@@ -31,7 +31,7 @@ class LatencyStats:
     max_ms: float
 
     @classmethod
-    def from_samples(cls, samples_ms: Sequence[float]) -> "LatencyStats":
+    def from_samples(cls, samples_ms: Sequence[float]) -> LatencyStats:
         x = np.asarray(samples_ms, dtype=np.float64)
         if x.size == 0:
             raise ValueError("no latency samples to summarize")

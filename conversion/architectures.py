@@ -252,9 +252,10 @@ def _bottleneck_stage(in_ch: int, out_ch: int, mid: int, blocks: int, stride: in
 
 def build_fpn_maskrcnn(spec: FpnMaskRCNNSpec) -> MaskRCNN:
     """A torchvision ``MaskRCNN`` (random weights) with the shapes and inference settings of ``spec``."""
-    from deploy_sdk.conversion.checkpoints.settings import AlignedMultiScaleRoIAlign
     from torchvision.models.detection.rpn import RPNHead
     from torchvision.ops import MultiScaleRoIAlign
+
+    from deploy_sdk.conversion.checkpoints.settings import AlignedMultiScaleRoIAlign
 
     norm = misc_ops.FrozenBatchNorm2d if spec.frozen_bn else nn.BatchNorm2d
     if len(spec.blocks_per_stage) != 4:

@@ -4,5 +4,5 @@ Re-exports that package's public names (its ``__all__``), so that ``from deploy_
 load_checkpoint`` keeps working.
 """
 
-from deploy_sdk.conversion.checkpoints import *  # noqa: F401,F403
+from deploy_sdk.conversion.checkpoints import *  # noqa: F403
 from deploy_sdk.conversion.checkpoints import __all__  # noqa: F401

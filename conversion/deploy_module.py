@@ -2,7 +2,7 @@
 
 It reuses the checkpoint's submodules (backbone+FPN, RPN head, box head/predictor, mask head/predictor) and
 re-implements the glue that torchvision writes as per-image Python loops, so that it exports to ONE ONNX graph
-(ARCHITECTURE.md, "The deployment graph contract"):
+(docs/architecture.md, "The deployment graph contract"):
 
 - inputs ``images`` [B, 3, H, W] float32 0–255 RGB: the resized image at the top-left of a zero-padded canvas
   (resizing happens outside, exactly as torchvision's ``GeneralizedRCNNTransform`` resizes), and
@@ -56,9 +56,7 @@ class _BatchedNMS(torch.autograd.Function):
             for c in range(scores.shape[1]):
                 cand = torch.where(scores[b, c] > score_threshold)[0]
                 keep = cand[nms(boxes[b, cand], scores[b, c, cand], iou)][:max_per_class]
-                rows.append(
-                    torch.stack([torch.full_like(keep, b), torch.full_like(keep, c), keep], dim=1)
-                )
+                rows.append(torch.stack([torch.full_like(keep, b), torch.full_like(keep, c), keep], dim=1))
         return torch.cat(rows, 0) if rows else torch.zeros((0, 3), dtype=torch.int64, device=scores.device)
 
     @staticmethod
@@ -158,7 +156,8 @@ def _pooler_config(pool: nn.Module, spatial_scales: List[float], what: str) -> R
 class DeploymentModule(nn.Module):
     """Mask R-CNN inference as one batched, fixed-output graph (see the module docstring for the contract).
 
-    ``loaded_model``: a ``deploy_sdk.conversion.checkpoint.LoadedModel`` (or a torchvision ``MaskRCNN``). ``max_detections``
+    ``loaded_model``: a ``deploy_sdk.conversion.checkpoint.LoadedModel`` (or a torchvision ``MaskRCNN``).
+    ``max_detections``
     is K, the padded output size. ``debug=True`` appends :data:`DEBUG_OUTPUT_NAMES` to the outputs.
     """
 
@@ -300,7 +299,9 @@ class DeploymentModule(nn.Module):
             # [B, A, h, w] -> [B, h*w*A]; [B, A*4, h, w] -> [B, h*w*A, 4] (torchvision permute_and_flatten)
             num_a = obj.shape[1]
             obj = obj.permute(0, 2, 3, 1).reshape(batch, -1)
-            dlt = dlt.reshape(batch, num_a, 4, dlt.shape[-2], dlt.shape[-1]).permute(0, 3, 4, 1, 2).reshape(batch, -1, 4)
+            dlt = (
+                dlt.reshape(batch, num_a, 4, dlt.shape[-2], dlt.shape[-1]).permute(0, 3, 4, 1, 2).reshape(batch, -1, 4)
+            )
             anchors = self._anchors(x, feat, cell.to(x.device), level)
             # Per-level top-k on the logits before decoding (decoding is elementwise, so the order does not matter).
             top_obj, top_idx = obj.topk(_min_k(obj, self.rpn_pre_nms_top_n, 1), dim=1)

@@ -24,7 +24,7 @@ import numpy as np
 from deploy_sdk.detections import Detections
 from deploy_sdk.errors import DeploySdkError
 from deploy_sdk.mask_paste import paste_masks
-from deploy_sdk.model_kind import CHECKPOINT, ENGINE, ONNX, model_kind
+from deploy_sdk.model_kind import CHECKPOINT, ENGINE, model_kind
 
 __all__ = ["DetectionSource", "CheckpointSource", "GraphSource", "open_source", "compare_sources", "Comparison"]
 
@@ -80,8 +80,7 @@ class GraphSource(DetectionSource):
         backend = "tensorrt" if kind == ENGINE else "onnxruntime"
         if kind == ENGINE and device == "cpu":
             device = "cuda"
-        self.predictor = Predictor(str(path), backend=backend, device=device, batch_size=batch_size,
-                                   mask_format="none")
+        self.predictor = Predictor(str(path), backend=backend, device=device, batch_size=batch_size, mask_format="none")
         meta = self.predictor.metadata
         self.class_names = list(meta.class_names)
         fixed = (meta.fixed_height, meta.fixed_width)
@@ -182,7 +181,7 @@ def compare_sources(
     results = []
     t_cand = t_ref = 0.0
     for start in range(0, len(images), batch_size):
-        chunk = list(images[start: start + batch_size])
+        chunk = list(images[start : start + batch_size])
         t0 = time.perf_counter()
         got = candidate.detections(chunk, canvas)
         t1 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Export a loaded Mask R-CNN to one deployment ONNX graph (ARCHITECTURE.md, "The deployment graph contract").
+"""Export a loaded Mask R-CNN to one deployment ONNX graph (docs/architecture.md: the deployment graph contract).
 
 Exporter choice: torch's TorchScript-tracing exporter (``torch.onnx.export(dynamo=False)``). The graph has
 data-dependent sizes everywhere after NMS (NonZero, TopK of a runtime k, ScatterND of a runtime count). Tracing
@@ -19,10 +19,10 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from deploy_sdk.conversion.export_options import DEFAULT_OPSET, SIZE_DIVISIBLE, check_export_options
-from deploy_sdk.conversion.deploy_module import DEBUG_OUTPUT_NAMES, OUTPUT_NAMES, DeploymentModule
-from deploy_sdk.conversion.roi_align_function import ROI_ALIGN_DOMAIN, ROI_ALIGN_OP, make_roi_align_function
 from deploy_sdk.atomic_file import atomic_path
+from deploy_sdk.conversion.deploy_module import DEBUG_OUTPUT_NAMES, OUTPUT_NAMES, DeploymentModule
+from deploy_sdk.conversion.export_options import DEFAULT_OPSET, SIZE_DIVISIBLE, check_export_options
+from deploy_sdk.conversion.roi_align_function import ROI_ALIGN_DOMAIN, ROI_ALIGN_OP, make_roi_align_function
 from deploy_sdk.errors import UnsupportedModelError
 from deploy_sdk.model_metadata import ModelMetadata
 
@@ -45,7 +45,8 @@ def export_onnx(
     input_dtype: str = "float32",
     log: Callable[[str], None] = print,
 ) -> ModelMetadata:
-    """Export ``loaded_model`` (a ``deploy_sdk.conversion.checkpoint.LoadedModel``) to ``path``; return the metadata written.
+    """Export ``loaded_model`` (a ``deploy_sdk.conversion.checkpoint.LoadedModel``) to ``path``; return the metadata
+    written.
 
     Inputs ``images`` [B, 3, H, W] float32 0–255 RGB canvas and ``image_sizes`` [B, 2] int64 (h, w); outputs per
     the contract (boxes x1 y1 x2 y2 in canvas pixels). B is always dynamic; H and W are dynamic (multiples of 32)
@@ -62,8 +63,12 @@ def export_onnx(
     rounds the resized pixels), see :mod:`deploy_sdk.conversion.graph_io`. The outputs are declared with K =
     ``max_detections`` and the mask size fixed: [B, K, 4], [B, K], [B, K], [B, K, M, M], [B].
     """
-    from deploy_sdk.conversion.graph_io import check_input_dtype, declare_output_shapes, mask_resolution
-    from deploy_sdk.conversion.graph_io import trace_images_as
+    from deploy_sdk.conversion.graph_io import (
+        check_input_dtype,
+        declare_output_shapes,
+        mask_resolution,
+        trace_images_as,
+    )
 
     check_input_dtype(input_dtype)
     import onnx

@@ -80,9 +80,7 @@ def _float_tensors(model) -> Set[str]:
     return names
 
 
-def convert_model_to_fp16(
-    model, scopes: Sequence[str] = NETWORK_SCOPES, exclude_nodes: Iterable[str] = ()
-) -> "tuple":
+def convert_model_to_fp16(model, scopes: Sequence[str] = NETWORK_SCOPES, exclude_nodes: Iterable[str] = ()) -> tuple:
     """Return ``(fp16_model, report)``: a converted copy of ``model`` (an ``onnx.ModelProto``).
 
     Nodes named under ``scopes`` (except ``exclude_nodes``) compute in fp16; their float32 weights are stored as
@@ -178,9 +176,7 @@ def convert_model_to_fp16(
             node.output[index] = fp16_name(name)
             if fp32_readers.get(name) or name in graph_outputs:
                 new_nodes.append(
-                    helper.make_node(
-                        "Cast", [fp16_name(name)], [name], name=f"{name}__cast_fp32", to=TensorProto.FLOAT
-                    )
+                    helper.make_node("Cast", [fp16_name(name)], [name], name=f"{name}__cast_fp32", to=TensorProto.FLOAT)
                 )
                 report.casts_to_fp32 += 1
     # Detach the nodes from the repeated field before clearing it (they are views into it).

@@ -23,7 +23,9 @@ def load_deployment_graph(path: Union[str, os.PathLike], purpose: str) -> Tuple[
     onnx = require("onnx", "convert", purpose)
     path = Path(path)
     if not path.is_file():
-        raise EngineError(f"ONNX model {path} does not exist; export one with: maskrcnn-deploy export CHECKPOINT -o {path}")
+        raise EngineError(
+            f"ONNX model {path} does not exist; export one with: maskrcnn-deploy export CHECKPOINT -o {path}"
+        )
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError and friends without a common base

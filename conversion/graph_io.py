@@ -1,4 +1,4 @@
-"""The deployment graph's declared inputs and outputs (ARCHITECTURE.md, "The deployment graph contract").
+"""The deployment graph's declared inputs and outputs (docs/architecture.md, "The deployment graph contract").
 
 - ``images`` is float32 (the default) or uint8 (``export --input-dtype uint8``). Both are 0-255 pixel values; the
   graph's first node casts them to float32 (``DeploymentModule.forward``), so everything after it is the same
@@ -16,8 +16,14 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-__all__ = ["INPUT_DTYPES", "check_input_dtype", "trace_images_as", "mask_resolution", "declare_output_shapes",
-           "declared_io"]
+__all__ = [
+    "INPUT_DTYPES",
+    "check_input_dtype",
+    "trace_images_as",
+    "mask_resolution",
+    "declare_output_shapes",
+    "declared_io",
+]
 
 INPUT_DTYPES = ("float32", "uint8")
 
@@ -80,7 +86,6 @@ def declared_io(onnx_model: Any) -> Dict[str, Any]:
     out = {}
     for value in list(onnx_model.graph.input) + list(onnx_model.graph.output):
         t = value.type.tensor_type
-        dims = [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else None)
-                for d in t.shape.dim]
+        dims = [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else None) for d in t.shape.dim]
         out[value.name] = (TensorProto.DataType.Name(t.elem_type).lower(), dims)
     return out

@@ -90,8 +90,9 @@ def check_portable_graph(model) -> None:
 
     leftover = custom_domain_nodes(model)
     if leftover or len(model.functions):
-        raise EngineError(f"the graph is not portable: custom-domain nodes {leftover[:3]}, "
-                          f"{len(model.functions)} local function(s)")
+        raise EngineError(
+            f"the graph is not portable: custom-domain nodes {leftover[:3]}, {len(model.functions)} local function(s)"
+        )
     try:
         onnx.checker.check_model(model, full_check=True)
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)

@@ -22,7 +22,13 @@ import numpy as np
 from deploy_sdk.detections import Detections
 
 __all__ = [
-    "ParityThresholds", "ImageParity", "box_iou", "mask_iou", "decided_mask_iou", "compare_detections", "summarize"
+    "ParityThresholds",
+    "ImageParity",
+    "box_iou",
+    "mask_iou",
+    "decided_mask_iou",
+    "compare_detections",
+    "summarize",
 ]
 
 MASK_THRESHOLD = 0.5  # deploy_sdk.mask_paste.MASK_THRESHOLD: a pixel is in the mask when its probability is above
@@ -30,7 +36,7 @@ MASK_THRESHOLD = 0.5  # deploy_sdk.mask_paste.MASK_THRESHOLD: a pixel is in the 
 
 @dataclass(frozen=True)
 class ParityThresholds:
-    """Agreement required (issue 4): every reference detection scoring >= ``min_score`` is matched with box IoU
+    """Agreement required by default: every reference detection scoring >= ``min_score`` is matched with box IoU
     >= ``box_iou``, |Δscore| <= ``score_diff`` and pasted-mask IoU >= ``mask_iou``; the candidate has no unmatched
     detection scoring >= ``min_score``."""
 

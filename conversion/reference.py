@@ -1,8 +1,12 @@
-"""The PyTorch reference predictor: the unmodified torchvision model, the ground truth for every backend.
+"""The PyTorch reference predictor: the unmodified torchvision model, one image at a time.
 
 Nothing here re-implements Mask R-CNN: images go through torchvision's own ``MaskRCNN.forward`` in eval mode
 (its resize, normalization, RPN, heads and mask pasting), and only the conversion to :class:`Detections` is
-ours. Every exported graph and every runtime backend is compared against what this class returns.
+ours. It is the reference where the whole of torchvision's inference of one image is wanted: ``eval`` of a
+checkpoint, the checkpoint's AP in ``convert``, and the tests of the shipped model's predictor and of the COCO
+evaluation. The detection-by-detection checks of exported graphs (``check``, ``demo``, the export tests) use
+:func:`deploy_sdk.conversion.commands.check.reference_detections` instead: the same eval path on a batch of
+images padded to one canvas, as the graph sees them.
 """
 
 from __future__ import annotations

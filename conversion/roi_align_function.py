@@ -1,7 +1,7 @@
 """The `MultiLevelRoIAlign` op: its PyTorch side (eager math + ONNX symbolic) and its ONNX local function.
 
-One node per RoI pooler, in the custom domain ``maskrcnn_deploy`` (contract: ARCHITECTURE.md, "The RoIAlign op
-contract"):
+One node per RoI pooler, in the custom domain ``maskrcnn_deploy`` (contract: docs/architecture.md, "The RoIAlign
+op contract"):
 
 - inputs: ``rois`` [B, R, 4] float, x1 y1 x2 y2 in input-image (canvas) pixels, then the feature maps
   P2..Pn, each [B, C, Hl, Wl]
@@ -18,7 +18,8 @@ The function body: level of every RoI by the contract formula, then per level ga
 (NonZero + Gather), pre-scale their coordinates by the level's scale (the ``spatial_scales`` attribute cannot be
 indexed inside a standard ``RoiAlign`` attribute, so RoiAlign runs with spatial_scale 1.0 on pre-scaled boxes:
 the same float multiply ORT would do), run standard ``RoiAlign`` (opset 16) on that level only, concatenate the
-levels' results and gather them back into RoI order with the inverse of the level-by-level order. No level pools RoIs it does not own, unlike a "pool on every level then select" formulation.
+levels' results and gather them back into RoI order with the inverse of the level-by-level order. No level pools RoIs
+it does not own, unlike a "pool on every level then select" formulation.
 
 ``max`` mode is refused: ONNX ``RoiAlign`` max takes the max of weighted corner terms (onnxruntime issue 6146),
 which is a different function from the contract's max of interpolated samples, and no other composition of
@@ -89,8 +90,9 @@ class RoIAlignConfig:
     canonical_scale: float = 224.0
     canonical_level: int = 4
     #: Which code pools in eager PyTorch (not an ONNX attribute): "plugin" = this project's library through the
-    #: custom op ``torch.ops.maskrcnn_deploy.multilevel_roi_align`` (CPU and CUDA: the code TensorRT runs, with no
-    #: data-dependent shapes, so CUDA graphs can capture it), "torchvision" = ``torchvision.ops.roi_align`` per level.
+    #: custom op ``torch.ops.maskrcnn_deploy.multilevel_roi_align`` (on CUDA the kernel TensorRT runs, on CPU the
+    #: library's CPU fast path; no data-dependent shapes, so CUDA graphs can capture it), "torchvision" =
+    #: ``torchvision.ops.roi_align`` per level.
     kernel: str = "plugin"
 
     def __post_init__(self):

@@ -1,10 +1,12 @@
 """Build a TensorRT engine from an exported deployment graph (TensorRT 10 and 11).
 
 Precision is a property of the graph (fp32, the fp16 graph of ``deploy_sdk.conversion.fp16`` or the Q/DQ graph of
-``deploy_sdk.conversion.quantize``): the network is always strongly typed, which TensorRT 11 requires and TensorRT 10 offers
+``deploy_sdk.conversion.quantize``): the network is always strongly typed, which TensorRT 11 requires and TensorRT 10
+offers
 through ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``. No precision builder flags are set.
 
-Steps: read the ONNX file and its metadata → strip the RoIAlign local function (``deploy_sdk.conversion.graph_passes``) so
+Steps: read the ONNX file and its metadata → strip the RoIAlign local function
+(``deploy_sdk.conversion.graph_passes``) so
 the parser falls back to the plugin registry → load the RoIAlign plugin library → parse (errors name each node
 and op) → one optimization profile from :class:`ProfileSpec` → build with a progress monitor and an optional
 timing cache → write the plan with its header (``deploy_sdk.engine_file``) atomically.
@@ -121,7 +123,11 @@ def profile_shapes(spec: ProfileSpec, metadata: ModelMetadata) -> ProfileShapes:
 
     if metadata.fixed_height is not None and metadata.fixed_width is not None:
         fixed = (metadata.fixed_height, metadata.fixed_width)
-        for name, given in (("--min-shape", spec.min_shape), ("--opt-shape", spec.opt_shape), ("--max-shape", spec.max_shape)):
+        for name, given in (
+            ("--min-shape", spec.min_shape),
+            ("--opt-shape", spec.opt_shape),
+            ("--max-shape", spec.max_shape),
+        ):
             if given is not None and (given[0], given[1]) != fixed:
                 raise DeploySdkError(
                     f"{name} {given[0]}x{given[1]} differs from the graph's fixed input size {fixed[0]}x{fixed[1]}; "
@@ -142,7 +148,8 @@ def profile_shapes(spec: ProfileSpec, metadata: ModelMetadata) -> ProfileShapes:
         for axis, label in ((0, "height"), (1, "width")):
             if not hw_min[axis] <= hw_opt[axis] <= hw_max[axis]:
                 raise DeploySdkError(
-                    f"canvas {label} must satisfy min <= opt <= max; got {hw_min[axis]}, {hw_opt[axis]}, {hw_max[axis]} "
+                    f"canvas {label} must satisfy min <= opt <= max; got {hw_min[axis]}, {hw_opt[axis]}, "
+                    f"{hw_max[axis]} "
                     "from --min-shape/--opt-shape/--max-shape"
                 )
     return {
@@ -155,7 +162,7 @@ def profile_shapes(spec: ProfileSpec, metadata: ModelMetadata) -> ProfileShapes:
     }
 
 
-def read_graph(onnx_path: Union[str, os.PathLike]) -> Tuple["onnx.ModelProto", ModelMetadata]:
+def read_graph(onnx_path: Union[str, os.PathLike]) -> Tuple[onnx.ModelProto, ModelMetadata]:
     """Load an exported deployment graph and its metadata; refuse files that are not ours."""
     from deploy_sdk.conversion.graph_file import load_deployment_graph
 
@@ -175,7 +182,7 @@ def read_graph(onnx_path: Union[str, os.PathLike]) -> Tuple["onnx.ModelProto", M
     return model, metadata
 
 
-def prepare_onnx_for_tensorrt(model: "onnx.ModelProto") -> "onnx.ModelProto":
+def prepare_onnx_for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a copy of ``model`` whose RoIAlign nodes have no local function, so TensorRT uses the plugin.
 
     TensorRT's ONNX parser expands a node's model-local function when one exists and only otherwise looks for a

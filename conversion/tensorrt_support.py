@@ -76,25 +76,37 @@ FIB = "FP32 FP16 BF16 INT32 INT64 BOOL"
 # operators table (see the module docstring); grouped by type set rather than alphabetically to keep it short.
 _TRT10_TYPES: Dict[str, str] = {}
 for _ops, _types in (
-    ("Acos Acosh Asin Asinh Atan Atanh AveragePool BatchNormalization Ceil Celu Clip Conv ConvTranspose Cos Cosh "
-     "CumSum Dropout Einsum Elu Erf Exp Floor Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool GroupNormalization "
-     "GRU HardSigmoid HardSwish Hardmax ImageScaler InstanceNormalization IsInf LayerNormalization LeakyRelu Log "
-     "LogSoftmax LRN LSTM LpNormalization LpPool MatMul MaxPool MeanVarianceNormalization ParametricSoftplus PRelu "
-     "QuantizeLinear RandomNormal RandomNormalLike RandomUniform RandomUniformLike Reciprocal Resize RMSNormalization "
-     "RNN RotaryEmbedding Round ScaledTanh Scan Selu Sigmoid Sin Sinh Softmax Softplus Softsign Sqrt Tan Tanh "
-     "ThresholdedRelu Upsample", F),
-    ("Abs Add ArgMax ArgMin DepthToSpace Div Equal Greater GreaterOrEqual IsNaN Less LessOrEqual Max Min Mod Mul Neg "
-     "Pad Pow Range ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd "
-     "ReduceSum ReduceSumSquare Relu Scatter ScatterElements ScatterND Shrink Sign SpaceToDepth Sub Sum TopK", FI),
-    ("Concat Expand EyeLike Flatten Gather GatherElements GatherND Identity If Loop OneHot Reshape ReverseSequence "
-     "Shape Size Slice Split Squeeze Tile Transpose Trilu Unsqueeze Where", FIB),
+    (
+        "Acos Acosh Asin Asinh Atan Atanh AveragePool BatchNormalization Ceil Celu Clip Conv ConvTranspose Cos Cosh "
+        "CumSum Dropout Einsum Elu Erf Exp Floor Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool GroupNormalization "
+        "GRU HardSigmoid HardSwish Hardmax ImageScaler InstanceNormalization IsInf LayerNormalization LeakyRelu Log "
+        "LogSoftmax LRN LSTM LpNormalization LpPool MatMul MaxPool MeanVarianceNormalization ParametricSoftplus PRelu "
+        "QuantizeLinear RandomNormal RandomNormalLike RandomUniform RandomUniformLike Reciprocal Resize "
+        "RMSNormalization RNN RotaryEmbedding Round ScaledTanh Scan Selu Sigmoid Sin Sinh Softmax Softplus Softsign "
+        "Sqrt Tan Tanh ThresholdedRelu Upsample",
+        F,
+    ),
+    (
+        "Abs Add ArgMax ArgMin DepthToSpace Div Equal Greater GreaterOrEqual IsNaN Less LessOrEqual Max Min Mod Mul "
+        "Neg Pad Pow Range ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd "
+        "ReduceSum ReduceSumSquare Relu Scatter ScatterElements ScatterND Shrink Sign SpaceToDepth Sub Sum TopK",
+        FI,
+    ),
+    (
+        "Concat Expand EyeLike Flatten Gather GatherElements GatherND Identity If Loop OneHot Reshape ReverseSequence "
+        "Shape Size Slice Split Squeeze Tile Transpose Trilu Unsqueeze Where",
+        FIB,
+    ),
     ("And Not Or Xor", "BOOL"),
     ("Cast CastLike", FIB + " UINT8"),
     ("ConstantOfShape", FIB + " FP8 FP4 INT4"),
     # INT8 added to the table's list: quantized weights are INT8 constants feeding DequantizeLinear, whose own
     # row (INT8 input) is what the table documents.
     ("Constant", FIB + " FP8 FP4 INT4 INT8"),
-    ("BlackmanWindow DeformConv GridSample HammingWindow HannWindow Mish NonMaxSuppression NonZero RoiAlign", "FP32 FP16"),
+    (
+        "BlackmanWindow DeformConv GridSample HammingWindow HannWindow Mish NonMaxSuppression NonZero RoiAlign",
+        "FP32 FP16",
+    ),
     ("DequantizeLinear", "INT8 FP8 FP4 INT4"),
     ("Gelu", F + " INT8 INT32 INT64"),
     ("Mean", F + " FP8 INT32 INT64"),
@@ -140,15 +152,22 @@ class SupportTable:
         return None if text is None else {_TYPE_CODES[t] for t in text.split()}
 
 
-_SOURCE_10 = ("onnx/onnx-tensorrt docs/operators.md at the TensorRT 10.15 GA parser release (2026-02-02), plus "
-              "onnxOpImporters.cpp (Clip on INT32/INT64)")
-_SOURCE_11 = (_SOURCE_10 + "; TensorRT 11.0-11.5 release notes (parser: Swish 11.0, DFT and 5-D GridSample 11.2, "
-              "opset 25 and axis-less Squeeze 11.5) and NVIDIA's ONNX opset guide for 11.x")
+_SOURCE_10 = (
+    "onnx/onnx-tensorrt docs/operators.md at the TensorRT 10.15 GA parser release (2026-02-02), plus "
+    "onnxOpImporters.cpp (Clip on INT32/INT64)"
+)
+_SOURCE_11 = (
+    _SOURCE_10 + "; TensorRT 11.0-11.5 release notes (parser: Swish 11.0, DFT and 5-D GridSample 11.2, "
+    "opset 25 and axis-less Squeeze 11.5) and NVIDIA's ONNX opset guide for 11.x"
+)
 
 _TABLES: Dict[str, SupportTable] = {
     "10": SupportTable("10", _SOURCE_10, 9, 24, dict(_TRT10_TYPES), _TRT10_UNSUPPORTED),
     "11": SupportTable(
-        "11", _SOURCE_11, 9, 25,
+        "11",
+        _SOURCE_11,
+        9,
+        25,
         {**_TRT10_TYPES, "Swish": None, "DFT": "FP32 FP16"},  # Swish: the notes list no types
         _TRT10_UNSUPPORTED - {"DFT"},
     ),  # fmt: skip
@@ -170,13 +189,16 @@ def support_table(version: Union[str, int]) -> SupportTable:
 # Data inputs (positions) of operators whose other inputs are indices, shapes or scalar parameters. Operators not
 # listed: every input is a data input. Constant / ConstantOfShape: the output type is checked instead.
 _DATA_INPUTS: Dict[str, Tuple[int, ...]] = {
-    **{op: (0,) for op in (
-        "Gather GatherElements GatherND Slice Reshape Expand Tile Unsqueeze Squeeze TopK Resize Upsample Split "
-        "CumSum Shape Size Flatten Transpose Identity ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax "
-        "ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare QuantizeLinear DequantizeLinear ArgMax ArgMin "
-        "NonZero Dropout Trilu EyeLike ReverseSequence DepthToSpace SpaceToDepth LayerNormalization "
-        "InstanceNormalization BatchNormalization GroupNormalization Softmax LogSoftmax Cast"
-    ).split()},
+    **{
+        op: (0,)
+        for op in (
+            "Gather GatherElements GatherND Slice Reshape Expand Tile Unsqueeze Squeeze TopK Resize Upsample Split "
+            "CumSum Shape Size Flatten Transpose Identity ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax "
+            "ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare QuantizeLinear DequantizeLinear ArgMax ArgMin "
+            "NonZero Dropout Trilu EyeLike ReverseSequence DepthToSpace SpaceToDepth LayerNormalization "
+            "InstanceNormalization BatchNormalization GroupNormalization Softmax LogSoftmax Cast"
+        ).split()
+    },
     "Pad": (0, 2),
     "ScatterElements": (0, 2),
     "ScatterND": (0, 2),
@@ -304,8 +326,11 @@ class _Graph:
         concat_parts: Dict[str, List[str]] = {}
         for node in nodes:
             ins = [i for i in node.input if i]
-            if node.op_type not in random_ops and node.op_type != "Constant" and ins and all(
-                i in self.constant for i in ins
+            if (
+                node.op_type not in random_ops
+                and node.op_type != "Constant"
+                and ins
+                and all(i in self.constant for i in ins)
             ):
                 self.constant.update(o for o in node.output if o)
             if not node.output or not ins:
@@ -548,12 +573,14 @@ def check_model(model, version: Union[str, int] = "10") -> Report:
     return report
 
 
-def check_file(path: Union[str, "os.PathLike[str]"], version: Union[str, int] = "10") -> Report:
+def check_file(path: Union[str, os.PathLike[str]], version: Union[str, int] = "10") -> Report:
     """:func:`check_model` on an ONNX file; a missing or unreadable file is a :class:`DeploySdkError`."""
     onnx = require("onnx", "convert", "the TensorRT compatibility check")
     path = Path(path)
     if not path.is_file():
-        raise DeploySdkError(f"ONNX model {path} does not exist; export one with: maskrcnn-deploy export CKPT -o {path}")
+        raise DeploySdkError(
+            f"ONNX model {path} does not exist; export one with: maskrcnn-deploy export CKPT -o {path}"
+        )
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # DecodeError and friends have no common base

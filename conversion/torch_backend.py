@@ -3,7 +3,7 @@ a CUDA GPU.
 
 For development (same graph logic as the ONNX file, debuggable in Python) and for GPU checks on machines without
 TensorRT. It lives in the conversion layer, next to the module it runs; the runtime finds it by name through
-:data:`deploy_sdk.backends.BACKENDS` (``backend="torch"``). torch and torchvision are imported when a backend is
+:data:`deploy_sdk.backends.REGISTRY` (``backend="torch"``). torch and torchvision are imported when a backend is
 made, so importing this module needs neither.
 """
 
@@ -27,9 +27,9 @@ DEFAULT_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 class TorchBackend(Backend):
     """Runs ``deploy_sdk.conversion.deploy_module.DeploymentModule`` built from a checkpoint.
 
-    ``model``: a checkpoint path (anything ``deploy_sdk.conversion.checkpoint.load_checkpoint`` reads) or an already loaded
-    ``deploy_sdk.conversion.checkpoint.LoadedModel``. ``device``: "cpu" or "cuda[:N]". ``max_detections``: K of the outputs.
-    ``threads``: torch intra-op threads (process-wide in PyTorch, so only set when asked).
+    ``model``: a checkpoint path (anything ``deploy_sdk.conversion.checkpoint.load_checkpoint`` reads) or an already
+    loaded ``deploy_sdk.conversion.checkpoint.LoadedModel``. ``device``: "cpu" or "cuda[:N]". ``max_detections``: K
+    of the outputs. ``threads``: torch intra-op threads (process-wide in PyTorch, so only set when asked).
     ``trust_checkpoint``: passed to ``load_checkpoint``; True lets a checkpoint path that is more than tensors (a
     whole pickled module) be unpickled, which runs code from the file. Only for files you trust; default False.
     On CUDA the outputs stay torch tensors on the GPU, so that the predictor pastes masks there too.
@@ -55,7 +55,7 @@ class TorchBackend(Backend):
 
     def __init__(
         self,
-        model: Union[str, "os.PathLike[str]", Any],
+        model: Union[str, os.PathLike[str], Any],
         device: str = "cpu",
         max_detections: int = 100,
         threads: Optional[int] = None,
@@ -71,6 +71,7 @@ class TorchBackend(Backend):
         require("torchvision", "convert", purpose)
         require("onnx", "convert", purpose)  # the deployment module's RoIAlign carries its ONNX function
         from deploy_sdk.conversion import checkpoint, deploy_module
+
         self._torch = torch
         kind, index = parse_device(device)
         if kind == "cuda" and not torch.cuda.is_available():
@@ -104,8 +105,9 @@ class TorchBackend(Backend):
         except ValueError as exc:
             raise DeploySdkError(f"torch backend: {exc}") from None
         if cuda_graphs and self._device.type != "cuda" and self._graph_capture is None:
-            raise DeploySdkError("cuda_graphs=True needs device='cuda' (CUDA graphs exist on NVIDIA GPUs only); "
-                                 "drop cuda_graphs on CPU")
+            raise DeploySdkError(
+                "cuda_graphs=True needs device='cuda' (CUDA graphs exist on NVIDIA GPUs only); drop cuda_graphs on CPU"
+            )
         try:
             sizes = sorted({int(b) for b in graph_batch_sizes})
         except (TypeError, ValueError):
@@ -183,8 +185,12 @@ class TorchBackend(Backend):
         bucket = (target,) + tuple(int(d) for d in x.shape[2:])
         if bucket not in self._buckets_seen:
             self._buckets_seen.add(bucket)
-            print(f"torch backend: capturing CUDA graphs for batch {target}, canvas {bucket[1]}x{bucket[2]} "
-                  f"({self.precision}); later calls of this size replay them", file=sys.stderr, flush=True)
+            print(
+                f"torch backend: capturing CUDA graphs for batch {target}, canvas {bucket[1]}x{bucket[2]} "
+                f"({self.precision}); later calls of this size replay them",
+                file=sys.stderr,
+                flush=True,
+            )
         if target == batch:
             return x, sizes
         torch = self._torch

@@ -147,7 +147,7 @@ class ShapeBuckets:
         self.capture = capture
         self.pad_rows = bool(pad_rows)
         self.max_entries = int(max_entries)
-        self.entries: "OrderedDict[Tuple, _Entry]" = OrderedDict()
+        self.entries: OrderedDict[Tuple, _Entry] = OrderedDict()
         self.captures = 0
 
     def key(self, inputs: Sequence[Tensor]) -> Tuple:

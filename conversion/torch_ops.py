@@ -1,15 +1,16 @@
 """The plugin library's RoIAlign as PyTorch custom ops: ``torch.ops.maskrcnn_deploy.roi_align`` and
 ``torch.ops.maskrcnn_deploy.multilevel_roi_align``.
 
-They run the very code the TensorRT plugin runs: on CPU the library's compiled implementation, on CUDA its kernel,
-both through the public functions of :mod:`deploy_sdk.plugins` (never its ctypes internals). Each op has a fake
+They run the plugin library: on CUDA the kernel the TensorRT plugin launches, on CPU the library's CPU fast path
+(the same math header's geometry and taps, its own pooling loops), both through the public functions of
+:mod:`deploy_sdk.plugins` (never its ctypes internals). Each op has a fake
 kernel, so ``torch.compile``, ``torch.export`` and FakeTensor tracing see the output shape without running it, and
 the output shape depends on the input shapes only (no data-dependent sizes, no host synchronisation on CUDA), so a
 CUDA graph can capture it.
 
 - ``multilevel_roi_align(rois [B, R, 4], features [P2..Pn, each [B, C, Hl, Wl]], output_height, output_width,
   spatial_scales, sampling_ratio, aligned, mode, canonical_scale, canonical_level)`` -> [B, R, C, oh, ow]
-  (rois x1 y1 x2 y2 in input-image pixels; the level rule of the op contract, ARCHITECTURE.md).
+  (rois x1 y1 x2 y2 in input-image pixels; the level rule of the op contract, docs/architecture.md).
 - ``roi_align(features [N, C, H, W], rois [R, 4], batch_indices [R] int32/int64, output_height, output_width,
   spatial_scale, sampling_ratio, aligned, mode)`` -> [R, C, oh, ow] (ONNX RoiAlign-16 semantics; ``aligned``
   True = half-pixel).

@@ -17,7 +17,7 @@ import hashlib
 import os
 import secrets
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator, TypeGuard, Union
 
 from deploy_sdk.errors import DeploySdkError
 
@@ -71,7 +71,7 @@ def make_temp_dir(parent: PathLike, name: str) -> Path:
     raise FileExistsError(errno.EEXIST, "no free temporary name", os.fspath(parent))
 
 
-def _is_write_error(exc: BaseException, *paths: Path) -> bool:
+def _is_write_error(exc: BaseException, *paths: Path) -> TypeGuard[OSError]:
     if not isinstance(exc, OSError):
         return False
     names = {os.fspath(p) for p in paths}

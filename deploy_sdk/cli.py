@@ -35,16 +35,33 @@ COMMAND_PACKAGES: Tuple[str, ...] = (
 # The order of the top-level help: the order a new user meets the commands. Registered commands not named here
 # follow, in registry order.
 HELP_ORDER: Tuple[str, ...] = (
-    "demo", "data", "convert", "eval", "export", "check", "infer", "inspect", "inline", "fp16", "quantize", "build",
-    "bench"
+    "demo",
+    "data",
+    "convert",
+    "eval",
+    "export",
+    "check",
+    "infer",
+    "inspect",
+    "inline",
+    "fp16",
+    "quantize",
+    "build",
+    "bench",
 )
 
 
 # Optional packages and the pip extra that installs each: a command that needs one on an install without it ends
 # in one line naming the extra, not in a ModuleNotFoundError traceback.
 OPTIONAL_PACKAGES = {
-    "torch": "convert", "torchvision": "convert", "onnx": "convert", "safetensors": "convert",
-    "pycocotools": "convert", "tensorrt": "gpu", "openvino": "openvino", "matplotlib": "bench",
+    "torch": "convert",
+    "torchvision": "convert",
+    "onnx": "convert",
+    "safetensors": "convert",
+    "pycocotools": "convert",
+    "tensorrt": "gpu",
+    "openvino": "openvino",
+    "matplotlib": "bench",
 }
 
 

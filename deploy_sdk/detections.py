@@ -72,10 +72,16 @@ class Detections:
         return int(self.scores.shape[0])
 
     def __repr__(self) -> str:
-        form = "full" if self.masks is not None else "box" if self.mask_crops is not None else (
-            "rle" if self.rles is not None else "none")
+        form = (
+            "full"
+            if self.masks is not None
+            else "box"
+            if self.mask_crops is not None
+            else ("rle" if self.rles is not None else "none")
+        )
         h, w = self.image_size
-        return f"Detections({len(self)} in a {h}x{w} image, masks={form}, labels={self.names[:5]}{'...' if len(self) > 5 else ''})"
+        more = "..." if len(self) > 5 else ""
+        return f"Detections({len(self)} in a {h}x{w} image, masks={form}, labels={self.names[:5]}{more})"
 
     @property
     def names(self) -> List[str]:
@@ -87,7 +93,7 @@ class Detections:
         return self.masks is not None or self.mask_crops is not None or self.rles is not None
 
     @classmethod
-    def empty(cls, image_size, class_names: Sequence[str] = (), mask_format: str = "full") -> "Detections":
+    def empty(cls, image_size, class_names: Sequence[str] = (), mask_format: str = "full") -> Detections:
         """No detections in an image of ``image_size`` (height, width), masks in ``mask_format``."""
         h, w = int(image_size[0]), int(image_size[1])
         return cls(
@@ -110,7 +116,7 @@ class Detections:
         if self.mask_crops is not None and self.mask_offsets is not None:
             out = np.zeros((len(self.mask_crops), h, w), dtype=bool)
             for i, (crop, (x, y)) in enumerate(zip(self.mask_crops, self.mask_offsets.tolist())):
-                out[i, y: y + crop.shape[0], x: x + crop.shape[1]] = crop
+                out[i, y : y + crop.shape[0], x : x + crop.shape[1]] = crop
             return out
         if self.rles is not None:
             return np.stack([decode_rle(r) for r in self.rles]) if self.rles else np.zeros((0, h, w), bool)
@@ -161,7 +167,7 @@ class Detections:
         assert self.mask_crops is not None and self.mask_offsets is not None
         for crop, (x, y) in zip(self.mask_crops, self.mask_offsets.tolist()):
             full = np.zeros((h, w), dtype=bool)
-            full[y: y + crop.shape[0], x: x + crop.shape[1]] = crop
+            full[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
             out.append(encode_rle(full))
         return out
 
@@ -190,8 +196,7 @@ class Detections:
                     "these detections carry no source image (made without a Predictor, or the source was dropped): "
                     "pass the image, draw(image)"
                 )
-            img = np.array(load_image(self.source, self.source_channel_order, what="the source image"),
-                           dtype=np.uint8)
+            img = np.array(load_image(self.source, self.source_channel_order, what="the source image"), dtype=np.uint8)
         else:
             img = np.array(load_image(image), dtype=np.uint8)  # copy: the caller's image is not modified
         if img.shape[:2] != tuple(self.image_size):
@@ -202,7 +207,7 @@ class Detections:
             # One mask at a time, over its own region: box-cropped and RLE results never become [N, H, W].
             for i in shown:
                 x, y, crop = self._mask_region(i)
-                region = img[y: y + crop.shape[0], x: x + crop.shape[1]]
+                region = img[y : y + crop.shape[0], x : x + crop.shape[1]]
                 tinted = region[crop].astype(np.float32) * (1.0 - alpha) + colors[i] * alpha
                 region[crop] = np.clip(np.rint(tinted), 0, 255).astype(np.uint8)
         pil = Image.fromarray(img)
@@ -258,7 +263,7 @@ class Detections:
         """:meth:`to_dict` as a JSON string."""
         return json.dumps(self.to_dict(image_id), indent=indent)
 
-    def save(self, path: Union[str, "os.PathLike[str]"], image: Any = None, min_score: float = 0.5) -> Path:
+    def save(self, path: Union[str, os.PathLike[str]], image: Any = None, min_score: float = 0.5) -> Path:
         """Write the overlay (``.png``, ``.jpg``, ... as :meth:`plot` draws it) or the detections as JSON
         (``.json``, :meth:`to_json`), by the suffix of ``path``; atomically. Returns the path."""
         from deploy_sdk.atomic_file import atomic_path
@@ -311,9 +316,12 @@ def _font(size: int) -> Any:
 
 def _palette(n: int) -> np.ndarray:
     """``n`` distinct bright RGB colours (golden-angle hues), [n, 3] float32."""
-    return np.array(
-        [colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.85, 1.0) for i in range(n)], dtype=np.float32
-    ).reshape(n, 3) * 255.0
+    return (
+        np.array(
+            [colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.85, 1.0) for i in range(n)], dtype=np.float32
+        ).reshape(n, 3)
+        * 255.0
+    )
 
 
 def encode_rle(mask: np.ndarray) -> Dict[str, Any]:
@@ -370,6 +378,6 @@ def decode_rle(rle: Dict[str, Any]) -> np.ndarray:
     pos = 0
     for i, c in enumerate(counts):
         if i % 2:
-            flat[pos: pos + c] = True
+            flat[pos : pos + c] = True
         pos += c
     return flat.reshape((w, h)).T

@@ -13,7 +13,8 @@ then       engine    the serialized TensorRT engine, exactly as IBuilder.build_s
 ```
 
 The header comes first so the runtime can check compatibility before it reads (and before TensorRT sees) a plan of
-hundreds of megabytes. Written by `maskrcnn-deploy build` (deploy_sdk.conversion.tensorrt_build); read and checked by the
+hundreds of megabytes. Written by `maskrcnn-deploy build` (deploy_sdk.conversion.tensorrt_build); read and checked by
+the
 runtime's `tensorrt` backend with :func:`read_engine_file` and :func:`check_engine_compatible`.
 """
 
@@ -99,7 +100,7 @@ class EngineHeader:
         }
 
     @classmethod
-    def from_json_dict(cls, data: Dict[str, Any], source: str) -> "EngineHeader":
+    def from_json_dict(cls, data: Dict[str, Any], source: str) -> EngineHeader:
         """Parse a decoded header; :class:`EngineError` naming the field for a missing or malformed one. The model
         metadata is validated by :meth:`ModelMetadata.from_props` (the same check as for ONNX files)."""
         if not isinstance(data, dict):
@@ -172,14 +173,18 @@ def _read_preamble_and_header(f, source: str) -> EngineHeader:
             f"({ENGINE_FILE_FORMAT}); upgrade maskrcnn-deploy or {_REBUILD}"
         )
     if header_len > _MAX_HEADER_BYTES:
-        raise EngineError(f"{source}: engine header length {header_len} is implausible; the file is corrupt; {_REBUILD}")
+        raise EngineError(
+            f"{source}: engine header length {header_len} is implausible; the file is corrupt; {_REBUILD}"
+        )
     blob = f.read(header_len)
     if len(blob) != header_len:
         raise EngineError(f"{source} is truncated inside its header; {_REBUILD}")
     try:
         data = json.loads(blob.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EngineError(f"{source}: engine header is not valid JSON ({exc}); the file is corrupt; {_REBUILD}") from exc
+        raise EngineError(
+            f"{source}: engine header is not valid JSON ({exc}); the file is corrupt; {_REBUILD}"
+        ) from exc
     return EngineHeader.from_json_dict(data, source)
 
 
@@ -187,7 +192,9 @@ def read_engine_header(path: Union[str, os.PathLike]) -> EngineHeader:
     """Read only the header (cheap: the plan is not loaded). Raises :class:`EngineError` on a foreign or bad file."""
     path = Path(path)
     if not path.is_file():
-        raise EngineError(f"engine file {path} does not exist; build one with: maskrcnn-deploy build MODEL.onnx -o {path}")
+        raise EngineError(
+            f"engine file {path} does not exist; build one with: maskrcnn-deploy build MODEL.onnx -o {path}"
+        )
     with open(path, "rb") as f:
         return _read_preamble_and_header(f, str(path))
 
@@ -199,7 +206,9 @@ def read_engine_file(path: Union[str, os.PathLike]) -> Tuple[EngineHeader, bytes
     """
     path = Path(path)
     if not path.is_file():
-        raise EngineError(f"engine file {path} does not exist; build one with: maskrcnn-deploy build MODEL.onnx -o {path}")
+        raise EngineError(
+            f"engine file {path} does not exist; build one with: maskrcnn-deploy build MODEL.onnx -o {path}"
+        )
     with open(path, "rb") as f:
         header = _read_preamble_and_header(f, str(path))
         engine = f.read()
@@ -253,9 +262,11 @@ def current_gpu(device: int = 0) -> GpuIdentity:
     """
     try:
         import torch
+
+        have_torch = True
     except ImportError:
-        torch = None  # type: ignore[assignment]
-    if torch is not None and torch.cuda.is_available() and device < torch.cuda.device_count():
+        have_torch = False
+    if have_torch and torch.cuda.is_available() and device < torch.cuda.device_count():
         major, minor = torch.cuda.get_device_capability(device)
         return GpuIdentity(torch.cuda.get_device_name(device), f"{major}.{minor}")
     try:
@@ -273,4 +284,3 @@ def current_gpu(device: int = 0) -> GpuIdentity:
             f"cannot identify CUDA device {device} (torch sees no GPU and nvidia-smi failed: {exc}); "
             "TensorRT engines need an NVIDIA GPU and driver"
         ) from exc
-

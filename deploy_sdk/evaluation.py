@@ -23,7 +23,12 @@ from deploy_sdk.preprocessing import load_image
 from deploy_sdk.progress import ProgressBar
 
 __all__ = [
-    "evaluate", "read_annotations", "validate_annotations", "detections_to_coco", "coco_metrics", "METRIC_KEYS",
+    "evaluate",
+    "read_annotations",
+    "validate_annotations",
+    "detections_to_coco",
+    "coco_metrics",
+    "METRIC_KEYS",
     "SIZE_METRIC_KEYS",
 ]
 
@@ -123,9 +128,7 @@ def _valid_segmentation(seg: Any) -> bool:
     if isinstance(seg, dict):  # RLE: counts a list of run lengths (uncompressed) or a string (compressed)
         size, counts = seg.get("size"), seg.get("counts")
         size_ok = isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)
-        counts_ok = isinstance(counts, str) or (
-            isinstance(counts, list) and all(_is_int(v) and v >= 0 for v in counts)
-        )
+        counts_ok = isinstance(counts, str) or (isinstance(counts, list) and all(_is_int(v) and v >= 0 for v in counts))
         return size_ok and counts_ok
     return False
 
@@ -174,8 +177,13 @@ def validate_annotations(data: Any, path: Union[str, Path] = "annotations") -> N
         if not _is_int(ann.get("category_id")):
             raise _field_error(path, where, "category_id", "an integer", ann.get("category_id"))
         bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)
-                and bbox[2] >= 0 and bbox[3] >= 0):
+        if not (
+            isinstance(bbox, list)
+            and len(bbox) == 4
+            and all(_is_number(v) for v in bbox)
+            and bbox[2] >= 0
+            and bbox[3] >= 0
+        ):
             raise _field_error(path, where, "bbox", "[x, y, width, height]: 4 numbers, width and height >= 0", bbox)
         if not _is_number(ann.get("area")) or ann["area"] < 0:
             raise _field_error(path, where, "area", "a number >= 0", ann.get("area"))
@@ -183,7 +191,10 @@ def validate_annotations(data: Any, path: Union[str, Path] = "annotations") -> N
             raise _field_error(path, where, "iscrowd", "0 or 1", ann["iscrowd"])
         if not _valid_segmentation(ann.get("segmentation")):
             raise _field_error(
-                path, where, "segmentation", "polygons (lists of x, y numbers) or an RLE {size, counts}",
+                path,
+                where,
+                "segmentation",
+                "polygons (lists of x, y numbers) or an RLE {size, counts}",
                 ann.get("segmentation"),
             )
 

@@ -19,12 +19,12 @@ __all__ = ["is_url", "refuse_url"]
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def is_url(value: Union[str, "os.PathLike[str]"]) -> bool:
+def is_url(value: Union[str, os.PathLike[str]]) -> bool:
     """True for ``scheme://...`` text (http, https, s3, gs, ftp, file, ...)."""
     return isinstance(value, str) and bool(_URL.match(value))
 
 
-def refuse_url(value: Union[str, "os.PathLike[str]"], what: str = "path") -> None:
+def refuse_url(value: Union[str, os.PathLike[str]], what: str = "path") -> None:
     """Raise :class:`DeploySdkError` when ``value`` is a URL: say it is one and how to use the file."""
     if is_url(value):
         name = str(value).rstrip("/").rsplit("/", 1)[-1] or "FILE"

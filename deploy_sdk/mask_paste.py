@@ -135,8 +135,8 @@ def _pasted_patches(masks: np.ndarray, boxes: np.ndarray, image_size: Tuple[int,
         h, w, y0, y1, x0, x1 = _box_regions(ibox[i], image_size)
         if y1 <= y0 or x1 <= x0:
             continue
-        ry0, ry1, wy0, wy1 = (t[y0 - ibox[i, 1]: y1 - ibox[i, 1]] for t in _linear_taps(size, h))
-        cx0, cx1, wx0, wx1 = (t[x0 - ibox[i, 0]: x1 - ibox[i, 0]] for t in _linear_taps(size, w))
+        ry0, ry1, wy0, wy1 = (t[y0 - ibox[i, 1] : y1 - ibox[i, 1]] for t in _linear_taps(size, h))
+        cx0, cx1, wx0, wx1 = (t[x0 - ibox[i, 0] : x1 - ibox[i, 0]] for t in _linear_taps(size, w))
         src = padded[i]
         # Width first, then height, as PyTorch's separable kernel, so that values near the threshold agree. The
         # horizontal pass runs once on the M+2 source rows; the vertical pass then gathers its rows.
@@ -186,7 +186,7 @@ def paste_masks_cropped(
     n = boxes.shape[0]
     crops: List[np.ndarray] = [np.zeros((0, 0), dtype=bool)] * n
     offsets = np.zeros((n, 2), dtype=np.int64)
-    for i, y0, y1, x0, x1, patch in _pasted_patches(masks, boxes, (im_h, im_w), mode):
+    for i, y0, _y1, x0, _x1, patch in _pasted_patches(masks, boxes, (im_h, im_w), mode):
         crops[i] = _binary(patch, threshold, mode)
         offsets[i] = (x0, y0)
     for i in range(n):
@@ -273,12 +273,12 @@ def _grid_sample_torch(masks: Any, boxes: Any, image_size: Tuple[int, int], thre
     xs = torch.arange(im_w, device=dev, dtype=torch.float32) + 0.5
     b = boxes.reshape(n, 4).float()
     for start in range(0, n, 16):
-        x0, y0, x1, y1 = torch.split(b[start: start + 16], 1, dim=1)
+        x0, y0, x1, y1 = torch.split(b[start : start + 16], 1, dim=1)
         gy = (ys[None] - y0) / (y1 - y0) * 2 - 1
         gx = (xs[None] - x0) / (x1 - x0) * 2 - 1
         k = gx.shape[0]
         grid = torch.stack([gx[:, None, :].expand(k, im_h, im_w), gy[:, :, None].expand(k, im_h, im_w)], dim=3)
-        chunk = masks[start: start + 16].reshape(k, 1, m, m).float()
+        chunk = masks[start : start + 16].reshape(k, 1, m, m).float()
         probs = F.grid_sample(chunk, grid, align_corners=False)[:, 0]
-        out[start: start + k] = probs if threshold is None else probs >= threshold
+        out[start : start + k] = probs if threshold is None else probs >= threshold
     return out

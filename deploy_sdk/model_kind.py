@@ -21,7 +21,7 @@ _ENGINE_MAGIC = b"MRCNNTRT"  # deploy_sdk.engine_file.MAGIC (not imported: that 
 _ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
-def model_kind(path: Union[str, "os.PathLike[str]"]) -> str:
+def model_kind(path: Union[str, os.PathLike[str]]) -> str:
     """:data:`ONNX`, :data:`ENGINE` or :data:`CHECKPOINT` for an existing file ``path``.
 
     An engine written by ``maskrcnn-deploy build`` starts with its magic; an ONNX ModelProto with field 1

@@ -63,7 +63,7 @@ class ModelMetadata:
         return props
 
     @classmethod
-    def from_props(cls, props: Mapping[str, str], source: str = "model") -> "ModelMetadata":
+    def from_props(cls, props: Mapping[str, str], source: str = "model") -> ModelMetadata:
         """Inverse of :meth:`to_props`; ``source`` names the file in error messages.
 
         Raises :class:`EngineError` naming the field when the metadata is missing, of a newer format, not JSON, or
@@ -92,7 +92,7 @@ class ModelMetadata:
         for key, raw in props.items():
             if not isinstance(key, str) or not key.startswith(_PREFIX) or key == _PREFIX + "format":
                 continue
-            name = key[len(_PREFIX):]
+            name = key[len(_PREFIX) :]
             if name not in known:
                 continue
             if not isinstance(raw, str):
@@ -110,7 +110,7 @@ class ModelMetadata:
         return cls.from_dict(values, source)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "model") -> "ModelMetadata":
+    def from_dict(cls, values: Mapping[str, Any], source: str = "model") -> ModelMetadata:
         """Build from decoded field values after checking them against the schema: the one place metadata read
         from a file (ONNX ``metadata_props``, an engine header, JSON) is validated.
 
@@ -123,14 +123,12 @@ class ModelMetadata:
         missing = [
             f.name
             for f in dataclasses.fields(cls)
-            if f.name not in values
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+            if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ]
         if missing:
             raise EngineError(f"{source} metadata lacks the fields {missing}; re-export the model.")
         known = {f.name for f in dataclasses.fields(cls)}
-        checked = {}
+        checked: Dict[str, Any] = {}
         for name, value in values.items():
             if name not in known:
                 continue
@@ -147,7 +145,7 @@ class ModelMetadata:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, source: str = "metadata JSON") -> "ModelMetadata":
+    def from_json(cls, text: str, source: str = "metadata JSON") -> ModelMetadata:
         try:
             values = json.loads(text)
         except ValueError as exc:

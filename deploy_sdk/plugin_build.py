@@ -189,8 +189,6 @@ def _check_private(path: Path, what: str) -> None:
         )
 
 
-
-
 def _recorded_sha256(target: Path) -> Optional[str]:
     """The sha256 written beside ``target`` when it was built (first field of a ``sha256sum`` line), or None."""
     try:

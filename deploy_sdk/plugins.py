@@ -10,7 +10,9 @@ The C++/CUDA sources live in ``plugins/`` (see plugins/README.md). This module
   (CMake at run time, cached and verified);
 * calls the library's CPU implementation on numpy arrays (:func:`roi_align`, :func:`multilevel_roi_align`) and its
   CUDA launchers on torch CUDA tensors (:func:`roi_align_cuda`, :func:`multilevel_roi_align_cuda`) through the
-  library's C ABI, so Python runs the very code TensorRT runs.
+  library's C ABI. The CUDA entries launch the same kernel as the TensorRT plugin. The CPU entries run the CPU
+  fast path by default (``implementation="fast"``: the math header's geometry and taps, its own loops for the
+  weight products and the reduction); ``implementation="kernel"`` runs the kernel's per-element code on the CPU.
 
 Boxes are always x1 y1 x2 y2 in input-image pixels; a level's spatial scale maps them onto that level.
 """
@@ -154,7 +156,7 @@ def _capabilities(path: Path) -> Tuple[bool, bool]:
     if key not in _capabilities_of:
         try:
             lib = ctypes.CDLL(key)
-            has_cuda, has_trt = getattr(lib, "mrd_has_cuda"), getattr(lib, "mrd_has_tensorrt")
+            has_cuda, has_trt = lib.mrd_has_cuda, lib.mrd_has_tensorrt
         except (OSError, AttributeError) as exc:
             raise PluginError(
                 f"cannot load the RoIAlign plugin library {path}: {exc}; reinstall maskrcnn-deploy "
@@ -269,10 +271,27 @@ def tensorrt_plugin_library() -> Path:
 # ----------------------------------------------------------------------------------------------- the C ABI
 
 _ARGS_ROI_ALIGN: list = [
-    ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int32),
-    ctypes.POINTER(ctypes.c_float), ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
-    ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
-    ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_float, ctypes.c_int32,
+    ctypes.c_int32,
+    ctypes.POINTER(ctypes.c_void_p),
+    ctypes.POINTER(ctypes.c_int32),
+    ctypes.POINTER(ctypes.c_int32),
+    ctypes.POINTER(ctypes.c_float),
+    ctypes.c_int32,
+    ctypes.c_int32,
+    ctypes.c_int32,
+    ctypes.c_void_p,
+    ctypes.c_int32,
+    ctypes.c_void_p,
+    ctypes.c_int32,
+    ctypes.c_int64,
+    ctypes.c_int64,
+    ctypes.c_int32,
+    ctypes.c_int32,
+    ctypes.c_int32,
+    ctypes.c_int32,
+    ctypes.c_int32,
+    ctypes.c_float,
+    ctypes.c_int32,
     ctypes.c_void_p,
 ]
 

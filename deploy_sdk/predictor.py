@@ -21,7 +21,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 
@@ -95,8 +95,10 @@ def _open_backend(
     options = dict(options or {})
     if isinstance(model, Backend):
         if options:
-            raise DeploySdkError("backend_options apply when the Predictor opens the model; pass them to the "
-                                 f"{type(model).__name__} you constructed instead")
+            raise DeploySdkError(
+                "backend_options apply when the Predictor opens the model; pass them to the "
+                f"{type(model).__name__} you constructed instead"
+            )
         return model
     if backend not in BACKENDS:
         raise DeploySdkError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -119,8 +121,9 @@ def _open_backend(
         return cls(model, device=device, threads=threads, **options)
     except TypeError as exc:
         if options and "unexpected keyword argument" in str(exc):
-            raise DeploySdkError(f"backend_options {sorted(options)}: the {kind} backend does not take "
-                                 f"{str(exc).rpartition(' ')[2]}") from exc
+            raise DeploySdkError(
+                f"backend_options {sorted(options)}: the {kind} backend does not take {str(exc).rpartition(' ')[2]}"
+            ) from exc
         raise
 
 
@@ -183,9 +186,7 @@ class Predictor:
             raise DeploySdkError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, got {preprocess!r}")
         threads = check_threads(threads)
         self._closed = False
-        self.backend: Backend = _open_backend(
-            model, backend, device, threads, bool(trust_checkpoint), backend_options
-        )
+        self.backend: Backend = _open_backend(model, backend, device, threads, bool(trust_checkpoint), backend_options)
         if preprocess == "torch" and not self.backend.device_inputs:
             name = self.backend.name
             self.close()
@@ -212,6 +213,12 @@ class Predictor:
         self._warned_full_masks = False
 
     # ------------------------------------------------------------------------------------------------------------
+    # A list or tuple gives a list; anything else (ImageInput is Any) one Detections, or a list for a [N, H, W, 3]
+    # array.
+    @overload
+    def predict(self, images: Union[List[ImageInput], Tuple[ImageInput, ...]]) -> List[Detections]: ...
+    @overload
+    def predict(self, images: ImageInput) -> Union[Detections, List[Detections]]: ...
     def predict(self, images: Union[ImageInput, Sequence[ImageInput]]) -> Union[Detections, List[Detections]]:
         """Detect instances in one image or a sequence of images.
 
@@ -249,6 +256,10 @@ class Predictor:
         self._check_full_mask_memory(results)
         return results[0] if single else results
 
+    @overload
+    def __call__(self, images: Union[List[ImageInput], Tuple[ImageInput, ...]]) -> List[Detections]: ...
+    @overload
+    def __call__(self, images: ImageInput) -> Union[Detections, List[Detections]]: ...
     def __call__(self, images: Union[ImageInput, Sequence[ImageInput]]) -> Union[Detections, List[Detections]]:
         """``predictor(images)`` is :meth:`predict`."""
         return self.predict(images)
@@ -330,7 +341,7 @@ class Predictor:
                 for _, handle in running:  # stopped early: let the backend's requests finish and return to it
                     try:
                         handle.result()
-                    except Exception:  # noqa: BLE001 - nobody asked for these results any more
+                    except Exception:
                         pass
 
     # ------------------------------------------------------------------------------------------------------------
@@ -371,7 +382,7 @@ class Predictor:
             check_resizable(arr.shape[0], arr.shape[1], int(self.metadata.min_size), int(self.metadata.max_size), what)
             loaded.append(arr)
         batch = self._prepare(loaded)
-        batch.sources = [img for _, img in chunk]  # type: ignore[attr-defined]  # for Detections.source
+        batch.sources = [img for _, img in chunk]  # for Detections.source
         return batch
 
     def _submit(self, batch: PreparedBatch) -> Tuple[PreparedBatch, Any]:
@@ -437,7 +448,7 @@ class Predictor:
                 masks=None,
                 class_names=list(self.metadata.class_names),
                 image_size=original,
-                source=getattr(batch, "sources", [None] * (i + 1))[i],
+                source=batch.sources[i] if batch.sources is not None else None,
                 source_channel_order=self.channel_order,
             )
             if self.mask_format != "none":
@@ -482,7 +493,7 @@ class Predictor:
                     crops.append(np.zeros((0, 0), bool))
                     continue
                 y0, x0 = int(ys.min()), int(xs.min())
-                crops.append(m[y0: int(ys.max()) + 1, x0: int(xs.max()) + 1].copy())
+                crops.append(m[y0 : int(ys.max()) + 1, x0 : int(xs.max()) + 1].copy())
                 offsets[i] = (x0, y0)
             det.mask_crops, det.mask_offsets = crops, offsets
         det.masks = None
@@ -496,7 +507,7 @@ class Predictor:
         self._closed = True
         self.backend.close()
 
-    def __enter__(self) -> "Predictor":
+    def __enter__(self) -> Predictor:
         return self
 
     def __exit__(self, *exc) -> None:

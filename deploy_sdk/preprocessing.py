@@ -292,7 +292,7 @@ def _gather(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray
         return image[rows].take(cols, axis=1)
     out = np.empty((len(rows), len(cols), image.shape[2]), dtype=image.dtype)
     for start in range(0, len(rows), step):
-        np.take(image[rows[start: start + step]], cols, axis=1, out=out[start: start + step])
+        np.take(image[rows[start : start + step]], cols, axis=1, out=out[start : start + step])
     return out
 
 
@@ -391,11 +391,13 @@ class PreparedBatch:
       tensor on the backend's device when the batch was prepared there (:mod:`deploy_sdk.preprocessing_torch`)
     - ``image_sizes``: [B, 2] int64 (height, width) of the valid resized region of each canvas
     - ``original_sizes``: (height, width) of each input image, in pixels
+    - ``sources``: each input as the caller gave it (for :attr:`Detections.source`), when the predictor sets it
     """
 
     images: Any
     image_sizes: np.ndarray
     original_sizes: List[Tuple[int, int]]
+    sources: Optional[List[Any]] = None
 
 
 def prepare_batch(

@@ -30,8 +30,14 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 
 __all__ = [
-    "RESIZE_MODES", "resized_size_for", "resize_for", "shortest_edge_size", "resize_pil_bilinear", "mmcv_rescale_size",
-    "resize_cv2_bilinear", "clip_nonempty",
+    "RESIZE_MODES",
+    "resized_size_for",
+    "resize_for",
+    "shortest_edge_size",
+    "resize_pil_bilinear",
+    "mmcv_rescale_size",
+    "resize_cv2_bilinear",
+    "clip_nonempty",
 ]
 
 
@@ -60,7 +66,9 @@ def resize_pil_bilinear(image: np.ndarray, out_height: int, out_width: int) -> n
     if (out_height, out_width) == (h, w):
         return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
     im = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
-    resized = np.asarray(im.resize((int(out_width), int(out_height)), Image.BILINEAR))
+    # Pillow sets Image.BILINEAR in a loop over its Resampling enum, which its type hints do not declare; the enum
+    # itself needs Pillow 9.1 and the package supports 9.0.
+    resized = np.asarray(im.resize((int(out_width), int(out_height)), Image.BILINEAR))  # type: ignore[attr-defined]
     return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32)
 
 
@@ -81,8 +89,9 @@ def resize_cv2_bilinear(image: np.ndarray, out_height: int, out_width: int) -> n
     from deploy_sdk.errors import require
 
     cv2 = require("cv2", "video", "resizing images as MMDetection does (an MMDetection model's graph)")
-    resized = cv2.resize(np.ascontiguousarray(image, dtype=np.uint8), (int(out_width), int(out_height)),
-                         interpolation=cv2.INTER_LINEAR)
+    resized = cv2.resize(
+        np.ascontiguousarray(image, dtype=np.uint8), (int(out_width), int(out_height)), interpolation=cv2.INTER_LINEAR
+    )
     return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32)
 
 

@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -72,8 +72,8 @@ def _shape_polygon(kind: str, radius: float, rng: np.random.Generator) -> Option
     elif kind == "star":
         inner = rng.uniform(0.38, 0.5)
         a = np.arange(10) * math.pi / 5
-        r = np.where(np.arange(10) % 2 == 0, radius, radius * inner)
-        pts = np.stack([r * np.cos(a), r * np.sin(a)], axis=1)
+        radii = np.where(np.arange(10) % 2 == 0, radius, radius * inner)
+        pts = np.stack([radii * np.cos(a), radii * np.sin(a)], axis=1)
     elif kind == "hexagon":
         a = np.arange(6) * math.pi / 3
         pts = radius * np.stack([np.cos(a), np.sin(a)], axis=1)
@@ -141,10 +141,14 @@ def _clutter(canvas: Image.Image, rng: np.random.Generator) -> None:
             x0, y0 = float(rng.uniform(0, w)), float(rng.uniform(0, h))
             r = float(rng.uniform(5, max(6.0, min(w, h) / 4)))
             start = float(rng.uniform(0, 360))
-            draw.arc([x0 - r, y0 - r, x0 + r, y0 + r], start, start + float(rng.uniform(40, 200)), fill=color, width=width)
+            draw.arc(
+                [x0 - r, y0 - r, x0 + r, y0 + r], start, start + float(rng.uniform(40, 200)), fill=color, width=width
+            )
 
 
-def _object_mask(kind: str, cx: float, cy: float, radius: float, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+def _object_mask(
+    kind: str, cx: float, cy: float, radius: float, h: int, w: int, rng: np.random.Generator
+) -> np.ndarray:
     m = Image.new("L", (w, h), 0)
     d = ImageDraw.Draw(m)
     poly = _shape_polygon(kind, radius, rng)

@@ -141,8 +141,9 @@ def load_init(model: nn.Module, path: Path) -> tuple[int, int, float]:
     # save() drops num_batches_tracked (FrozenBatchNorm2d has no such buffer); nothing else may be missing.
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
-        raise SystemExit(f"{path}: does not match the training model; missing {missing[:5]}, "
-                         f"unexpected {result.unexpected_keys[:5]}")
+        raise SystemExit(
+            f"{path}: does not match the training model; missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
     return int(meta.get("iterations", 0)), int(meta.get("images_seen", 0)), float(meta.get("minutes", 0.0))
 
 
@@ -277,7 +278,7 @@ def main() -> int:
         losses = model(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
-            print(f"iter {it}: non-finite loss {({k: float(v) for k, v in losses.items()})}; skipping", flush=True)
+            print(f"iter {it}: non-finite loss { ({k: float(v) for k, v in losses.items()}) }; skipping", flush=True)
             opt.zero_grad(set_to_none=True)
             it += 1
             continue
@@ -290,7 +291,8 @@ def main() -> int:
         if it % 20 == 0:
             parts = " ".join(f"{k.replace('loss_', '')}={float(v.detach()):.3f}" for k, v in losses.items())
             print(
-                f"iter {start_iter + it:6d}  {elapsed / 60:6.1f} min  lr {lr:.4f}  loss {lv:.3f} (avg {smoothed:.3f})  {parts}",
+                f"iter {start_iter + it:6d}  {elapsed / 60:6.1f} min  lr {lr:.4f}  loss {lv:.3f} (avg "
+                f"{smoothed:.3f})  {parts}",
                 flush=True,
             )
             log.append({"iter": start_iter + it, "minutes": elapsed / 60, "lr": lr, "loss": lv, "avg": smoothed})
@@ -311,9 +313,20 @@ def main() -> int:
     if args.init is not None and (args.init.parent / "training_log.json").is_file():
         previous = json.loads((args.init.parent / "training_log.json").read_text())
         runs = previous.get("runs", [{"meta": previous.get("meta"), "log": previous.get("log", [])}])
-    runs.append({"meta": {**final_meta, "init": str(args.init) if args.init else None, "lr": args.lr,
-                          "batch_size": args.batch_size, "device": str(device), "sampling": args.sampling,
-                          "command": " ".join(sys.argv)}, "log": log})
+    runs.append(
+        {
+            "meta": {
+                **final_meta,
+                "init": str(args.init) if args.init else None,
+                "lr": args.lr,
+                "batch_size": args.batch_size,
+                "device": str(device),
+                "sampling": args.sampling,
+                "command": " ".join(sys.argv),
+            },
+            "log": log,
+        }
+    )
     (args.out / "training_log.json").write_text(json.dumps({"meta": final_meta, "runs": runs}, indent=1))
     print(f"done: {it} iterations, {stream.index} images, {elapsed / 60:.1f} min -> {args.out}", flush=True)
     return 0

@@ -1,4 +1,4 @@
-"""Comparison helpers shared by the tests: tolerances live here, one place, per dtype.
+"""Comparison helpers shared by the tests, with per-dtype tolerances (some tests still write theirs inline).
 
 A failing comparison prints the worst element, its two values and the tolerance it would have needed.
 """

@@ -11,7 +11,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-# Two cores are shared by the test process and whatever else runs; keep intra-op threads bounded so that timing
+# The shared fixtures (the shipped model, its export, one `convert` run): registered as plugins here rather than
+# imported by each test module, so a test names the fixture as a parameter and nothing else.
+pytest_plugins = ["fixtures_models", "shipped_conversion"]
+
+# CI machines are small and shared: bounded intra-op threads keep one test from taking every core, so that timing
 # noise does not turn into test timeouts.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -35,7 +39,7 @@ def _has_tensorrt() -> bool:
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA; none is visible to torch on this machine")
     skip_trt = pytest.mark.skip(
-        reason="needs TensorRT (the 'tensorrt' Python package) and a GPU; TensorRT is not installable here"
+        reason="needs TensorRT (the 'tensorrt' Python package) and a GPU; one of them is missing"
     )
     has_cuda = _has_cuda()
     has_trt = _has_tensorrt()

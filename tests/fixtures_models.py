@@ -1,8 +1,8 @@
 """Shared, session-scoped model fixtures: the shipped checkpoint, its exported ONNX graph, held-out test images.
 
-Import the fixtures you use into a test module (``from fixtures_models import shipped_onnx  # noqa: F401``), which
-registers them with pytest without touching conftest.py. The export (~30 s) is cached under build/test_models/
-keyed by the checkpoint's SHA-256, so it runs once per checkpoint, not once per test session.
+tests/conftest.py registers this module's fixtures (``pytest_plugins``): a test names them as parameters. Its plain
+helpers (``parity_failures``, ``held_out_images``, ...) are imported where used. The export (~30 s) is cached under
+build/test_models/ keyed by the checkpoint's SHA-256, so it runs once per checkpoint, not once per test session.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "build" / "test_models"
-# While the shipped model is still being trained, its latest snapshot stands in for it.
+# Where the shipped model is missing (e.g. while it is retrained), a training run's latest snapshot stands in.
 SNAPSHOT = ROOT / "runs" / "shapes_r18" / "model.safetensors"
 # Seed of held-out images: never used for training (the training script uses small seeds).
 HELD_OUT_SEED = 917_000
@@ -26,7 +26,6 @@ HELD_OUT_SEED = 917_000
 def shipped_checkpoint() -> Path:
     """The shipped model (models/shapes_r18/model.safetensors), else a stable copy of the training snapshot."""
     from deploy_sdk.conversion.checkpoint import shipped_model_path
-
     from deploy_sdk.errors import CheckpointError
 
     try:

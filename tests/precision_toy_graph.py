@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-
 from toy_deployment_graph import toy_metadata as runtime_toy_metadata
 
 from deploy_sdk.model_metadata import ModelMetadata
@@ -79,19 +78,16 @@ def make_toy_graph(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Div", ["centered", "std"], ["normalized"], name="/transform/Div"),
         helper.make_node("Conv", ["normalized", "w1", "b1"], ["c1"], name="/backbone/conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"], name="/backbone/relu1"),
-        helper.make_node(
-            "Conv", ["r1", "w2", "b2"], ["c2"], name="/backbone/conv2", pads=[1, 1, 1, 1], strides=[2, 2]
-        ),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="/backbone/conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
         helper.make_node("Relu", ["c2"], ["features"], name="/backbone/relu2"),
         helper.make_node("Conv", ["features", "w3"], ["head"], name="/rpn_head/conv"),
         # The RoIAlign stand-in: custom domain, local function, fp32 rois.
         helper.make_node("Shape", ["images"], ["img_shape"], name="/roi/shape", start=0, end=1),
-        helper.make_node(
-            "Concat", ["img_shape", "roi_tail"], ["rois_shape"], name="/roi/concat", axis=0
-        ),
+        helper.make_node("Concat", ["img_shape", "roi_tail"], ["rois_shape"], name="/roi/concat", axis=0),
         helper.make_node("Expand", ["rois_const", "rois_shape"], ["rois"], name="/roi/expand"),
-        helper.make_node(TOY_OP, ["rois", "head"], ["pooled"], name="/roi_heads/box_roi_pool", domain=TOY_DOMAIN,
-                         **ROI_ATTRS),
+        helper.make_node(
+            TOY_OP, ["rois", "head"], ["pooled"], name="/roi_heads/box_roi_pool", domain=TOY_DOMAIN, **ROI_ATTRS
+        ),
         helper.make_node("Flatten", ["pooled"], ["flat"], name="/box_head/Flatten", axis=1),
         helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="/box_head/fc6/Gemm", transB=1),
         helper.make_node("Sigmoid", ["logits"], ["probs"], name="/roi_heads/sigmoid"),

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any, List
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(name: str):
     import jsonschema
     from referencing import Registry, Resource
@@ -23,5 +23,4 @@ def _validator(name: str):
 
 def schema_errors(document: Any, name: str) -> List[str]:
     """Every violation of ``docs/schemas/<name>`` by ``document``, one line each (empty when it conforms)."""
-    return [f"{'/'.join(str(p) for p in e.absolute_path)}: {e.message}"
-            for e in _validator(name).iter_errors(document)]
+    return [f"{'/'.join(str(p) for p in e.absolute_path)}: {e.message}" for e in _validator(name).iter_errors(document)]

@@ -1,10 +1,10 @@
 """One real `maskrcnn-deploy convert` run on the shipped model, shared by the CLI tests of convert, inspect and
-check --against (import the fixture: ``from shipped_conversion import shipped_conversion  # noqa: F401``).
+check --against (registered by tests/conftest.py: a test names ``shipped_conversion`` as a parameter).
 
 It runs ``--to all``: the fp32, fp16 and INT8 graphs (calibrated on 3 synthetic images), and the engine where
 TensorRT is installed (skipped with a note elsewhere); it checks each on 2 images and measures the AP on 2
 annotated images: the whole pipeline at its smallest, about half a minute of CPU time without the engine. The
-result is kept for the process, so the modules that import the fixture share one run.
+result is kept for the process, so the modules that use the fixture share one run.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Dict
 
 import pytest
-
 from fixtures_models import shipped_checkpoint
 
-_RUNS: Dict[str, "ConversionRun"] = {}
+_RUNS: Dict[str, ConversionRun] = {}
 
 
 @dataclass
@@ -54,11 +53,27 @@ def shipped_conversion(tmp_path_factory) -> ConversionRun:
     checkpoint = shipped_checkpoint()
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([
-            "convert", str(checkpoint), "--to", "all", "-o", str(root / "out"),
-            "--name", "model", "--calib", str(root / "calib" / "images"), "--num-calib", "3",
-            "--images", str(root / "eval" / "images"), "--annotations", str(root / "eval" / "annotations.json"),
-            "--check-images", "2",
-        ])
+        rc = main(
+            [
+                "convert",
+                str(checkpoint),
+                "--to",
+                "all",
+                "-o",
+                str(root / "out"),
+                "--name",
+                "model",
+                "--calib",
+                str(root / "calib" / "images"),
+                "--num-calib",
+                "3",
+                "--images",
+                str(root / "eval" / "images"),
+                "--annotations",
+                str(root / "eval" / "annotations.json"),
+                "--check-images",
+                "2",
+            ]
+        )
     _RUNS["run"] = ConversionRun(checkpoint, root / "out", root / "eval", rc, out.getvalue(), err.getvalue())
     return _RUNS["run"]

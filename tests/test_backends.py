@@ -25,9 +25,13 @@ class _EchoBackend(Backend):
 
     def _infer(self, images, image_sizes):
         b = images.shape[0]
-        out = {"num_detections": np.zeros(b, np.int32), "boxes": np.zeros((b, 3, 4), np.float32),
-               "scores": np.zeros((b, 3), np.float32), "labels": np.zeros((b, 3), np.int32),
-               "masks": np.zeros((b, 3, 28, 28), np.float32)}
+        out = {
+            "num_detections": np.zeros(b, np.int32),
+            "boxes": np.zeros((b, 3, 4), np.float32),
+            "scores": np.zeros((b, 3), np.float32),
+            "labels": np.zeros((b, 3), np.int32),
+            "masks": np.zeros((b, 3, 28, 28), np.float32),
+        }
         if self.drop:
             out.pop(self.drop)
         return out
@@ -156,8 +160,14 @@ def test_import_deploy_sdk_needs_no_torch(tmp_path):
         "assert len(d) == 2, d\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd=str(tmp_path), env={"PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+        env={"PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])},
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -167,17 +177,18 @@ def test_torch_backend_makes_every_tensor_on_its_device():
     pasting) becomes a meta tensor and fails the run or changes its results. On CUDA, such a tensor is a CPU
     tensor, which broke the torch backend there."""
     torch = pytest.importorskip("torch")
+    from fixtures_models import parity_failures
     from tiny_maskrcnn import build_tiny_maskrcnn
 
     from deploy_sdk.conversion.checkpoint import load_torchvision_model
     from deploy_sdk.conversion.torch_backend import TorchBackend
-    from fixtures_models import parity_failures
 
     loaded = load_torchvision_model(build_tiny_maskrcnn())
     images = [np.random.default_rng(i).integers(0, 256, (120 + 10 * i, 90, 3), dtype=np.uint8) for i in range(3)]
     for mask_format in ("full", "rle"):
-        predictor = Predictor(TorchBackend(loaded, device="cpu"), batch_size=2, preprocess="torch",
-                              mask_format=mask_format)
+        predictor = Predictor(
+            TorchBackend(loaded, device="cpu"), batch_size=2, preprocess="torch", mask_format=mask_format
+        )
         expected = predictor.predict(images)
         torch.set_default_device("meta")
         try:

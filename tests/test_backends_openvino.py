@@ -40,8 +40,9 @@ def _with_function(src: Path, dst: Path) -> Path:
     model.graph.node.remove(old)
     model.graph.node.insert(index, custom)
     body = [helper.make_node("Mul", ["a", "b"], ["y"])]
-    model.functions.append(helper.make_function("maskrcnn_deploy", "ToyBoxes", ["a", "b"], ["y"], body,
-                                                [helper.make_opsetid("", 18)]))
+    model.functions.append(
+        helper.make_function("maskrcnn_deploy", "ToyBoxes", ["a", "b"], ["y"], body, [helper.make_opsetid("", 18)])
+    )
     model.opset_import.append(helper.make_opsetid("maskrcnn_deploy", 1))
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(dst))
@@ -120,10 +121,13 @@ def test_performance_hint_and_precision_are_selectable(toy):
         assert int(latency.property("NUM_STREAMS")) == 1
         assert latency.async_depth == max(2, int(latency.property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         # fp32 graph: computed in fp32 unless asked otherwise (OpenVINO's CPU default can be bf16).
-        assert "f32" in str(latency.property("INFERENCE_PRECISION_HINT")).lower() or \
-            "float32" in str(latency.property("INFERENCE_PRECISION_HINT")).lower()
-    predictor = Predictor(toy, backend="openvino", threads=2,
-                          backend_options={"performance_hint": "throughput", "num_requests": 3})
+        assert (
+            "f32" in str(latency.property("INFERENCE_PRECISION_HINT")).lower()
+            or "float32" in str(latency.property("INFERENCE_PRECISION_HINT")).lower()
+        )
+    predictor = Predictor(
+        toy, backend="openvino", threads=2, backend_options={"performance_hint": "throughput", "num_requests": 3}
+    )
     backend = predictor.backend
     assert str(backend.property("PERFORMANCE_HINT")) == "THROUGHPUT"
     assert backend.async_depth == 3 and "throughput" in repr(predictor)
@@ -204,7 +208,7 @@ def test_concurrent_infer_calls_from_threads(toy):
                 images, sizes = _toy_batch([(64 + 32 * k, 96)])
                 out = backend.infer(images, sizes)
                 results[(k, j)] = out["boxes"][0, 0].copy()
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
@@ -242,11 +246,15 @@ def test_topk_ties_are_broken_by_index_as_onnx_says():
     from deploy_sdk.backends.openvino import _onnx_topk_ties
 
     graph = helper.make_graph(
-        [helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1)], "g",
+        [helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1)],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None])],
-        [helper.make_tensor_value_info("v", TensorProto.FLOAT, None),
-         helper.make_tensor_value_info("i", TensorProto.INT64, None)],
-        [numpy_helper.from_array(np.array([6], np.int64), "k")])
+        [
+            helper.make_tensor_value_info("v", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("i", TensorProto.INT64, None),
+        ],
+        [numpy_helper.from_array(np.array([6], np.int64), "k")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     x = np.tile(np.array([1.0, 3.0, 2.0, 3.0], np.float32), 500)[None]  # 500 tied 3s, 500 tied 2s
     core = ov.Core()
@@ -258,8 +266,9 @@ def test_topk_ties_are_broken_by_index_as_onnx_says():
     np.testing.assert_array_equal(request.get_tensor("i").data.ravel(), [1, 3, 5, 7, 9, 11])
     import onnxruntime as ort
 
-    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"x": x})[1]
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[
+        1
+    ]
     np.testing.assert_array_equal(request.get_tensor("i").data, expected)
 
 
@@ -275,9 +284,26 @@ def test_eval_command_takes_the_backend(toy, tmp_path, capsys):
     metrics = {}
     for backend in ("onnxruntime", "openvino"):
         out = tmp_path / f"{backend}.json"
-        assert main(["eval", str(toy), "--backend", backend, "--images", str(tmp_path / "ds" / "images"),
-                     "--annotations", str(tmp_path / "ds" / "annotations.json"), "--json", str(out), "--quiet",
-                     "--threads", "1"]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    str(toy),
+                    "--backend",
+                    backend,
+                    "--images",
+                    str(tmp_path / "ds" / "images"),
+                    "--annotations",
+                    str(tmp_path / "ds" / "annotations.json"),
+                    "--json",
+                    str(out),
+                    "--quiet",
+                    "--threads",
+                    "1",
+                ]
+            )
+            == 0
+        )
         metrics[backend] = json.loads(out.read_text())
     capsys.readouterr()
     keys = [k for k in metrics["onnxruntime"] if k.startswith(("box_", "mask_")) or k == "num_detections"]
@@ -285,8 +311,21 @@ def test_eval_command_takes_the_backend(toy, tmp_path, capsys):
     # A checkpoint is evaluated by the PyTorch reference: --backend is refused in one line, before loading it.
     ckpt = tmp_path / "model.pth"
     ckpt.write_bytes(b"not read")
-    assert main(["eval", str(ckpt), "--backend", "openvino", "--images", str(tmp_path / "ds" / "images"),
-                 "--annotations", str(tmp_path / "ds" / "annotations.json")]) == 1
+    assert (
+        main(
+            [
+                "eval",
+                str(ckpt),
+                "--backend",
+                "openvino",
+                "--images",
+                str(tmp_path / "ds" / "images"),
+                "--annotations",
+                str(tmp_path / "ds" / "annotations.json"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--backend openvino runs an exported model" in err[0]
 
@@ -374,7 +413,7 @@ def _found(reference, candidate, min_score=0.7, iou=0.5):
         for k in np.flatnonzero(ref.scores >= min_score):
             wanted += 1
             same = cand.labels == ref.labels[k]
-            found += bool(same.any() and box_iou(ref.boxes[k:k + 1], cand.boxes[same]).max() >= iou)
+            found += bool(same.any() and box_iou(ref.boxes[k : k + 1], cand.boxes[same]).max() >= iou)
     return found / max(wanted, 1), wanted
 
 

@@ -38,17 +38,32 @@ def _install_stubs() -> Path:
     pyi = STUBS_DIR / "tensorrt_bindings" / "tensorrt.pyi"
     if not pyi.is_file():
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(STUBS_DIR),
-             f"tensorrt-stubs=={STUBS_VERSION}"],
-            capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--target",
+                str(STUBS_DIR),
+                f"tensorrt-stubs=={STUBS_VERSION}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         if proc.returncode != 0 or not pyi.is_file():
-            pytest.skip(f"could not install tensorrt-stubs=={STUBS_VERSION} from the package index: "
-                        f"{proc.stderr.strip()[-300:]}")
+            pytest.skip(
+                f"could not install tensorrt-stubs=={STUBS_VERSION} from the package index: "
+                f"{proc.stderr.strip()[-300:]}"
+            )
     text = pyi.read_text()
     # Two stubgen defects that are syntax errors for mypy: a parameter named `in`, a non-default after defaults.
     fixed = re.sub(r", in: ", ", in_: ", text)
-    fixed = fixed.replace("power: Weights = None, channel_axis: int)", "power: Weights = None, channel_axis: int = ...)")
+    fixed = fixed.replace(
+        "power: Weights = None, channel_axis: int)", "power: Weights = None, channel_axis: int = ...)"
+    )
     if fixed != text:
         pyi.write_text(fixed)
     return STUBS_DIR
@@ -73,7 +88,10 @@ def test_tensorrt_backend_type_checks_against_stubs(tmp_path):
     canary.write_text(CANARY)
     proc = subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(config), "deploy_sdk/backends/tensorrt.py", str(canary)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={"MYPYPATH": str(stubs), "PATH": "/usr/bin:/bin"},
     )
     errors = [line for line in proc.stdout.splitlines() if ": error:" in line]
@@ -90,10 +108,13 @@ def test_missing_tensorrt_names_the_gpu_extra(monkeypatch):
         import_tensorrt()
 
 
+_A_HANDLE = object()  # what a successful load_library returns (None is the failure the tests ask for)
+
+
 class _FakeRegistry:
     """Stands in for trt.IPluginRegistry: what load_library returns and which creators exist."""
 
-    def __init__(self, handle=object(), creators=(PLUGIN_CREATOR,), raises=None):
+    def __init__(self, handle=_A_HANDLE, creators=(PLUGIN_CREATOR,), raises=None):
         self.handle, self.creators, self.raises, self.loaded = handle, set(creators), raises, []
 
     def load_library(self, path):
@@ -161,7 +182,7 @@ def test_engine_file_without_tensorrt_is_a_clear_error(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_tensorrt_engine_matches_onnxruntime(tmp_path):
     """Full path on a GPU machine: build the shipped model's engine, run it, compare with ONNX Runtime on CPU."""
-    from fixtures_models import parity_failures, shipped_onnx_path, held_out_images
+    from fixtures_models import held_out_images, parity_failures, shipped_onnx_path
 
     from deploy_sdk.conversion.tensorrt_build import BuildOptions, ProfileSpec, build_engine
 

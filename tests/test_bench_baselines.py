@@ -7,10 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from compare import assert_close  # noqa: E402
+
 from deploy_sdk.benchmarks.baselines import TorchEagerSystem, TorchvisionOnnxSystem, export_torchvision_onnx  # noqa: E402
 from deploy_sdk.benchmarks.commands.bench import bench_images  # noqa: E402
 from deploy_sdk.benchmarks.harness import CpuClock, run_side_by_side  # noqa: E402
-from compare import assert_close  # noqa: E402
 from deploy_sdk.conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn  # noqa: E402
 
 NAMES = ["__background__", "a", "b"]
@@ -20,8 +21,16 @@ SIZE = (120, 150)
 def tiny_maskrcnn():
     """A random-weight ResNet-18-FPN Mask R-CNN with narrow heads and small input sizes: fast on two cores."""
     torch.manual_seed(0)
-    cfg = ArchConfig("resnet18_fpn", num_classes=3, fpn_channels=16, box_head_dim=32, mask_head_dims=(16, 16),
-                     mask_predictor_dim=16, min_size=128, max_size=160)
+    cfg = ArchConfig(
+        "resnet18_fpn",
+        num_classes=3,
+        fpn_channels=16,
+        box_head_dim=32,
+        mask_head_dims=(16, 16),
+        mask_predictor_dim=16,
+        min_size=128,
+        max_size=160,
+    )
     return build_resnet_fpn_maskrcnn(cfg).eval()
 
 
@@ -86,10 +95,15 @@ def test_torchvision_onnx_matches_the_module_at_the_traced_size(model, images, r
     _assert_matches_reference(dets, reference, images, tol=1e-3)
 
     # Both baselines side by side through the harness, two batch sizes.
-    results = run_side_by_side([system, TorchEagerSystem(model, NAMES)], images, [1, 2], warmup=1, iters=2,
-                               progress=False)
+    results = run_side_by_side(
+        [system, TorchEagerSystem(model, NAMES)], images, [1, 2], warmup=1, iters=2, progress=False
+    )
     assert [(r.system, r.batch_size) for r in results] == [
-        ("torchvision-onnx", 1), ("torch-eager", 1), ("torchvision-onnx", 2), ("torch-eager", 2)]
+        ("torchvision-onnx", 1),
+        ("torch-eager", 1),
+        ("torchvision-onnx", 2),
+        ("torch-eager", 2),
+    ]
     for r in results:
         assert r.latency.count == 2 and r.latency.p50_ms > 0
         assert r.detections_per_image == pytest.approx(100.0)  # random weights: the per-image cap is reached

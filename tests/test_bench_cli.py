@@ -40,8 +40,11 @@ def test_pool_size_ceiling():
 
 def test_parse_compare():
     assert bench.parse_compare("torch, torchvision-onnx,int8,sdk-tensorrt-fp16=m.engine") == [
-        ("torch-eager", None), ("torchvision-onnx", None), ("sdk-onnxruntime-int8", None),
-        ("sdk-tensorrt-fp16", "m.engine")]
+        ("torch-eager", None),
+        ("torchvision-onnx", None),
+        ("sdk-onnxruntime-int8", None),
+        ("sdk-tensorrt-fp16", "m.engine"),
+    ]
     assert bench.parse_compare("torchvision-onnx=tv.onnx") == [("torchvision-onnx", "tv.onnx")]
     assert bench.parse_compare("") == []
     with pytest.raises(DeploySdkError, match="unknown system 'tensorflow'"):
@@ -58,25 +61,41 @@ def test_openvino_systems_are_accepted_and_find_their_files(tmp_path):
     import argparse
 
     assert bench.parse_compare("sdk-openvino-fp32, sdk-openvino-int8=q.onnx,torchvision-onnx-openvino") == [
-        ("sdk-openvino-fp32", None), ("sdk-openvino-int8", "q.onnx"), ("torchvision-onnx-openvino", None)]
+        ("sdk-openvino-fp32", None),
+        ("sdk-openvino-int8", "q.onnx"),
+        ("torchvision-onnx-openvino", None),
+    ]
     assert bench.parse_compare("openvino,openvino-int8,tv-openvino=tv.onnx") == [
-        ("sdk-openvino-fp32", None), ("sdk-openvino-int8", None), ("torchvision-onnx-openvino", "tv.onnx")]
+        ("sdk-openvino-fp32", None),
+        ("sdk-openvino-int8", None),
+        ("torchvision-onnx-openvino", "tv.onnx"),
+    ]
     with pytest.raises(DeploySdkError, match="listed twice"):
         bench.parse_compare("tv-openvino,torchvision-onnx-openvino")
     model, ckpt = tmp_path / "m.onnx", tmp_path / "c.pth"
     for f in (model, tmp_path / "m.int8.onnx", tmp_path / "m.fp16.onnx", ckpt):
         f.write_bytes(b"")
     args = argparse.Namespace(model=str(model), checkpoint=str(ckpt))
-    systems, checkpoint = bench.resolve_compare(args, bench.parse_compare(
-        "sdk-openvino-fp32,sdk-openvino-int8,sdk-openvino-fp16,sdk-openvino-bf16,torchvision-onnx,"
-        "torchvision-onnx-openvino"))
+    systems, checkpoint = bench.resolve_compare(
+        args,
+        bench.parse_compare(
+            "sdk-openvino-fp32,sdk-openvino-int8,sdk-openvino-fp16,sdk-openvino-bf16,torchvision-onnx,"
+            "torchvision-onnx-openvino"
+        ),
+    )
     assert checkpoint == str(ckpt)
-    assert systems == [("sdk-openvino-fp32", str(model)), ("sdk-openvino-int8", str(tmp_path / "m.int8.onnx")),
-                       ("sdk-openvino-fp16", str(tmp_path / "m.fp16.onnx")), ("sdk-openvino-bf16", str(model)),
-                       ("torchvision-onnx", None), ("torchvision-onnx-openvino", None)]
+    assert systems == [
+        ("sdk-openvino-fp32", str(model)),
+        ("sdk-openvino-int8", str(tmp_path / "m.int8.onnx")),
+        ("sdk-openvino-fp16", str(tmp_path / "m.fp16.onnx")),
+        ("sdk-openvino-bf16", str(model)),
+        ("torchvision-onnx", None),
+        ("torchvision-onnx-openvino", None),
+    ]
     with pytest.raises(DeploySdkError, match="torchvision-onnx-openvino needs the PyTorch weights"):
-        bench.resolve_compare(argparse.Namespace(model=str(model), checkpoint=None),
-                              [("torchvision-onnx-openvino", None)])
+        bench.resolve_compare(
+            argparse.Namespace(model=str(model), checkpoint=None), [("torchvision-onnx-openvino", None)]
+        )
     assert "sdk-openvino-fp32" in bench.BASELINES and "torchvision-onnx-openvino[=FILE]" in bench.BASELINES
 
 
@@ -124,9 +143,33 @@ def test_tiny_end_to_end_run_writes_json_and_png(tmp_path, capsys):
     onnx_path = tmp_path / "tiny.onnx"
     export_onnx(load_torchvision_model(model), onnx_path, log=lambda *_: None)
     out_json, out_png = tmp_path / "out" / "bench.json", tmp_path / "out" / "bench.png"
-    code = main(["bench", str(onnx_path), "--checkpoint", str(ckpt), "--compare", "torch", "--batch-sizes", "1,2",
-                 "--warmup", "0", "--iters", "2", "--num-images", "3", "--image-size", "128x160", "--threads", "2",
-                 "--json", str(out_json), "--plot", str(out_png), "--quiet"])
+    code = main(
+        [
+            "bench",
+            str(onnx_path),
+            "--checkpoint",
+            str(ckpt),
+            "--compare",
+            "torch",
+            "--batch-sizes",
+            "1,2",
+            "--warmup",
+            "0",
+            "--iters",
+            "2",
+            "--num-images",
+            "3",
+            "--image-size",
+            "128x160",
+            "--threads",
+            "2",
+            "--json",
+            str(out_json),
+            "--plot",
+            str(out_png),
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     doc = json.loads(out_json.read_text())
@@ -135,7 +178,11 @@ def test_tiny_end_to_end_run_writes_json_and_png(tmp_path, capsys):
         assert key in doc["machine"]
     assert doc["settings"]["batch_sizes"] == [1, 2] and doc["settings"]["threads"] == 2
     assert [(r["system"], r["batch_size"]) for r in doc["results"]] == [
-        ("sdk-onnxruntime-fp32", 1), ("torch-eager", 1), ("sdk-onnxruntime-fp32", 2), ("torch-eager", 2)]
+        ("sdk-onnxruntime-fp32", 1),
+        ("torch-eager", 1),
+        ("sdk-onnxruntime-fp32", 2),
+        ("torch-eager", 2),
+    ]
     for r in doc["results"]:
         assert r["iterations"] == 2 and len(r["samples_ms"]) == 2
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
@@ -149,7 +196,9 @@ def test_tiny_end_to_end_run_writes_json_and_png(tmp_path, capsys):
     # Random weights: both systems fill the model's per-image cap of 100 detections, the same work for both.
     assert {r["detections_per_image"] for r in doc["results"]} == {100.0}
     assert [(c["system"], c["baseline"], c["batch_size"]) for c in doc["comparisons"]] == [
-        ("sdk-onnxruntime-fp32", "torch-eager", 1), ("sdk-onnxruntime-fp32", "torch-eager", 2)]
+        ("sdk-onnxruntime-fp32", "torch-eager", 1),
+        ("sdk-onnxruntime-fp32", "torch-eager", 2),
+    ]
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| sdk-onnxruntime-fp32 | cpu | 1 |" in captured.out
     # The document conforms to docs/schemas/bench.schema.json; memory is per system; noisy figures are warned.

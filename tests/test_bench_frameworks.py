@@ -41,8 +41,11 @@ class _Clock:
         self.stages.append(stage)
 
 
-@pytest.mark.skipif(not HAVE_DETECTRON2, reason="detectron2 is not importable (not on the package index; put its "
-                                                "source tree and its Python dependencies on PYTHONPATH to run this)")
+@pytest.mark.skipif(
+    not HAVE_DETECTRON2,
+    reason="detectron2 is not importable (not on the package index; put its "
+    "source tree and its Python dependencies on PYTHONPATH to run this)",
+)
 @pytest.mark.parametrize("variant", ["zoo_pkl", "custom_pth"])
 def test_detectron2_eager_system_reproduces_default_predictor(variant):
     from test_import_detectron2 import THRESHOLDS, VARIANTS, _images, _load, _reference
@@ -64,13 +67,27 @@ def test_detectron2_eager_system_reproduces_default_predictor(variant):
     assert checked >= 10
 
 
-@pytest.mark.skipif(HAVE_DETECTRON2, reason="detectron2 is importable here: the missing-framework message is not "
-                                            "reachable")
+@pytest.mark.skipif(
+    HAVE_DETECTRON2, reason="detectron2 is importable here: the missing-framework message is not reachable"
+)
 def test_bench_says_detectron2_is_needed_for_its_torch_eager(tmp_path, capsys):
     from deploy_sdk.cli import main
 
-    rc = main(["bench", str(FIXTURES / "zoo_pkl.pkl"), "--compare", "torch-eager", "--warmup", "0", "--iters", "1",
-               "--image-size", "64x64", "--quiet"])
+    rc = main(
+        [
+            "bench",
+            str(FIXTURES / "zoo_pkl.pkl"),
+            "--compare",
+            "torch-eager",
+            "--warmup",
+            "0",
+            "--iters",
+            "1",
+            "--image-size",
+            "64x64",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "error:" in line]
     assert rc == 1 and len(lines) == 1, err
@@ -80,14 +97,30 @@ def test_bench_says_detectron2_is_needed_for_its_torch_eager(tmp_path, capsys):
 def test_bench_refuses_torchvision_export_of_a_detectron2_checkpoint(capsys):
     from deploy_sdk.cli import main
 
-    rc = main(["bench", str(FIXTURES / "zoo_pkl.pkl"), "--compare", "torchvision-onnx", "--warmup", "0", "--iters",
-               "1", "--image-size", "64x64", "--quiet"])
+    rc = main(
+        [
+            "bench",
+            str(FIXTURES / "zoo_pkl.pkl"),
+            "--compare",
+            "torchvision-onnx",
+            "--warmup",
+            "0",
+            "--iters",
+            "1",
+            "--image-size",
+            "64x64",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "detectron2 checkpoint" in err and "torch-eager" in err, err
 
 
-@pytest.mark.skipif(not HAVE_MMDET, reason="MMDetection is not importable (mmdet 3.3, mmengine and mmcv built with "
-                                           "its ops are not in the dev install; mmcv has no wheel)")
+@pytest.mark.skipif(
+    not HAVE_MMDET,
+    reason="MMDetection is not importable (mmdet 3.3, mmengine and mmcv built with "
+    "its ops are not in the dev install; mmcv has no wheel)",
+)
 def test_mmdet_eager_system_reproduces_mmdetection():
     from test_import_mmdet import CHECKPOINT, THRESHOLDS, _images, _load, _reference
 
@@ -101,21 +134,36 @@ def test_mmdet_eager_system_reproduces_mmdetection():
     assert clock.stages == ["preprocess", "inference", "postprocess"]
     checked = 0
     for i, det in enumerate(dets):
-        ref = _reference({k: outputs[f"batch3_{k}_{i}"] for k in ("boxes", "scores", "labels", "masks",
-                                                                    "mask_shape")}, "", det.class_names)
+        ref = _reference(
+            {k: outputs[f"batch3_{k}_{i}"] for k in ("boxes", "scores", "labels", "masks", "mask_shape")},
+            "",
+            det.class_names,
+        )
         result = compare_detections(det, ref, THRESHOLDS)
         assert not result.problems, f"image {i}: {result}"
         checked += result.num_reference
     assert checked >= 10
 
 
-@pytest.mark.skipif(HAVE_MMDET, reason="MMDetection is importable here: the missing-framework message is not "
-                                       "reachable")
+@pytest.mark.skipif(HAVE_MMDET, reason="MMDetection is importable here: the missing-framework message is not reachable")
 def test_bench_says_mmdetection_is_needed_for_its_torch_eager(capsys):
     from deploy_sdk.cli import main
 
-    rc = main(["bench", str(MMDET_FIXTURES / "mask_rcnn_r50_fpn_tiny.pth"), "--compare", "torch-eager", "--warmup",
-               "0", "--iters", "1", "--image-size", "64x64", "--quiet"])
+    rc = main(
+        [
+            "bench",
+            str(MMDET_FIXTURES / "mask_rcnn_r50_fpn_tiny.pth"),
+            "--compare",
+            "torch-eager",
+            "--warmup",
+            "0",
+            "--iters",
+            "1",
+            "--image-size",
+            "64x64",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "error:" in line]
     assert rc == 1 and len(lines) == 1, err

@@ -41,11 +41,11 @@ def test_cpu_clock_laps_accumulate(monkeypatch):
     monkeypatch.setattr(timing.time, "perf_counter_ns", lambda: next(ticks))
     clock = CpuClock()
     clock.start()
-    clock.lap("preprocess")   # 2 ms
-    clock.lap("inference")    # 3 ms
-    clock.lap("inference")    # +1 ms
+    clock.lap("preprocess")  # 2 ms
+    clock.lap("inference")  # 3 ms
+    clock.lap("inference")  # +1 ms
     clock.record("postprocess", 0.25)
-    out = clock.stop()        # total 10 ms
+    out = clock.stop()  # total 10 ms
     assert out == {"preprocess": 2.0, "inference": 4.0, "postprocess": 0.25, "total": 10.0}
 
 
@@ -80,13 +80,12 @@ def test_side_by_side_alternates_on_the_same_images():
     log = []
     systems = [_FakeSystem("a", log, 1), _FakeSystem("b", log, 2), _FakeSystem("c", log, 3)]
     results = run_side_by_side(systems, images, batch_sizes=[1, 2], warmup=1, iters=4, progress=False)
-    assert [(r.system, r.batch_size) for r in results] == [
-        ("a", 1), ("b", 1), ("c", 1), ("a", 2), ("b", 2), ("c", 2)]
+    assert [(r.system, r.batch_size) for r in results] == [("a", 1), ("b", 1), ("c", 1), ("a", 2), ("b", 2), ("c", 2)]
     # Batch size 1: one warm-up round (a, b, c), then 4 timed rounds with the start rotating a, b, c, a.
     timed = log[3:15]
-    assert [n for n, _ in timed] == list("abc" "bca" "cab" "abc")
+    assert [n for n, _ in timed] == list("abcbcacababc")
     for round_ in range(4):
-        seen = {imgs for _, imgs in timed[3 * round_: 3 * round_ + 3]}
+        seen = {imgs for _, imgs in timed[3 * round_ : 3 * round_ + 3]}
         assert len(seen) == 1, "every system of one round must get the same images"
     # Batch size 2 cycles through the pool: iteration i takes images 2i, 2i+1 (mod 5).
     assert log[15] == ("a", (0, 1))
@@ -131,6 +130,7 @@ def test_peak_rss_tracks_an_allocation():
     if reset == "True":
         assert after_reset < after
 
+
 def test_machine_info_describes_the_machine():
     info = harness.machine_info(threads=2)
     assert info["cpu_model"]
@@ -142,20 +142,35 @@ def test_machine_info_describes_the_machine():
 
 
 def _result(system, batch, p50, samples):
-    return {"system": system, "device": "cpu", "batch_size": batch, "p50_ms": p50, "p90_ms": p50 * 1.1,
-            "p99_ms": p50 * 1.2, "mean_ms": float(np.mean(samples)), "std_ms": 1.0,
-            "throughput_ips": 1000.0 * batch / float(np.mean(samples)), "samples_ms": samples,
-            "stages": {"inference": {"p50_ms": p50 * 0.8, "mean_ms": p50 * 0.8, "std_ms": 0.1}},
-            "peak_rss_mb": 500.0, "peak_gpu_mem_mb": None, "detections_per_image": 3.0}
+    return {
+        "system": system,
+        "device": "cpu",
+        "batch_size": batch,
+        "p50_ms": p50,
+        "p90_ms": p50 * 1.1,
+        "p99_ms": p50 * 1.2,
+        "mean_ms": float(np.mean(samples)),
+        "std_ms": 1.0,
+        "throughput_ips": 1000.0 * batch / float(np.mean(samples)),
+        "samples_ms": samples,
+        "stages": {"inference": {"p50_ms": p50 * 0.8, "mean_ms": p50 * 0.8, "std_ms": 0.1}},
+        "peak_rss_mb": 500.0,
+        "peak_gpu_mem_mb": None,
+        "detections_per_image": 3.0,
+    }
 
 
 def test_comparisons_hand_worked():
-    results = [_result("sdk-onnxruntime-fp32", 1, 100.0, [100.0, 90.0, 120.0]),
-               _result("torch-eager", 1, 150.0, [160.0, 150.0, 120.0]),
-               _result("torchvision-onnx", 1, 200.0, [200.0, 200.0, 200.0])]
+    results = [
+        _result("sdk-onnxruntime-fp32", 1, 100.0, [100.0, 90.0, 120.0]),
+        _result("torch-eager", 1, 150.0, [160.0, 150.0, 120.0]),
+        _result("torchvision-onnx", 1, 200.0, [200.0, 200.0, 200.0]),
+    ]
     comps = report.comparisons(results)
     assert [(c["system"], c["baseline"]) for c in comps] == [
-        ("sdk-onnxruntime-fp32", "torch-eager"), ("sdk-onnxruntime-fp32", "torchvision-onnx")]
+        ("sdk-onnxruntime-fp32", "torch-eager"),
+        ("sdk-onnxruntime-fp32", "torchvision-onnx"),
+    ]
     assert comps[0]["speedup_p50"] == pytest.approx(1.5)
     assert comps[0]["speedup_mean"] == pytest.approx((430 / 3) / (310 / 3))
     # per-iteration ratios 1.6, 1.666.., 1.0 -> median 1.6
@@ -185,8 +200,11 @@ def test_document_schema_json_and_table(tmp_path):
 
 
 def test_plot_is_a_png(tmp_path):
-    results = [_result(s, b, t * b, [t * b] * 2) for s, t in (("sdk-onnxruntime-fp32", 10.0), ("torch-eager", 14.0))
-               for b in (1, 2, 4)]
+    results = [
+        _result(s, b, t * b, [t * b] * 2)
+        for s, t in (("sdk-onnxruntime-fp32", 10.0), ("torch-eager", 14.0))
+        for b in (1, 2, 4)
+    ]
     path = tmp_path / "plot.png"
     report.write_plot(path, results, title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -234,8 +252,15 @@ def test_interrupted_run_keeps_the_finished_batch_sizes():
     images = [np.zeros((4, 4, 3), np.uint8)] * 2
     kept = []
     with pytest.raises(KeyboardInterrupt):
-        run_side_by_side([_FakeSystem("a", []), Interrupting("b", [])], images, [1, 2], warmup=0, iters=2,
-                         progress=False, results=kept)
+        run_side_by_side(
+            [_FakeSystem("a", []), Interrupting("b", [])],
+            images,
+            [1, 2],
+            warmup=0,
+            iters=2,
+            progress=False,
+            results=kept,
+        )
     assert [(r.system, r.batch_size) for r in kept] == [("a", 1), ("b", 1)]
 
 
@@ -275,9 +300,11 @@ def test_memory_is_measured_per_system():
 
 
 def test_noise_warnings_hand_worked():
-    rows = [{"system": "a", "batch_size": 1, "mean_ms": 10.0, "std_ms": 3.0},   # 30%: noisy
-            {"system": "b", "batch_size": 1, "mean_ms": 10.0, "std_ms": 2.0},   # 20%: at the limit, not over
-            {"system": "a", "batch_size": 4, "mean_ms": 40.0, "std_ms": 1.0}]
+    rows = [
+        {"system": "a", "batch_size": 1, "mean_ms": 10.0, "std_ms": 3.0},  # 30%: noisy
+        {"system": "b", "batch_size": 1, "mean_ms": 10.0, "std_ms": 2.0},  # 20%: at the limit, not over
+        {"system": "a", "batch_size": 4, "mean_ms": 40.0, "std_ms": 1.0},
+    ]
     lines = report.noise_warnings(rows, iters=30)
     assert len(lines) == 1
     assert lines[0].startswith("a at batch 1: the latency varies by 30%") and "--iters 60" in lines[0]

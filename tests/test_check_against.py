@@ -14,9 +14,6 @@ import warnings
 import numpy as np
 import pytest
 
-from fixtures_models import shipped_loaded, shipped_model_file, shipped_onnx  # noqa: F401
-from shipped_conversion import shipped_conversion  # noqa: F401  (session fixture)
-
 from deploy_sdk.cli import main
 from deploy_sdk.conversion.parity import ParityThresholds, compare_detections, decided_mask_iou, mask_iou
 from deploy_sdk.detections import Detections
@@ -49,9 +46,14 @@ def test_decided_mask_iou_hand_worked():
 
 
 def _dets(boxes, scores, labels, masks):
-    return Detections(boxes=np.array(boxes, np.float32), scores=np.array(scores, np.float32),
-                      labels=np.array(labels, np.int64), masks=np.array(masks),
-                      class_names=["__background__", "circle", "star"], image_size=(8, 8))
+    return Detections(
+        boxes=np.array(boxes, np.float32),
+        scores=np.array(scores, np.float32),
+        labels=np.array(labels, np.int64),
+        masks=np.array(masks),
+        class_names=["__background__", "circle", "star"],
+        image_size=(8, 8),
+    )
 
 
 def test_failure_names_the_worst_detection():
@@ -86,8 +88,18 @@ def test_check_fp16_against_fp32_graph(shipped_conversion):
 
     run = shipped_conversion
     # fp16 moves a mask's edge by a pixel at most; on a 17-pixel object that alone is a mask IoU of 0.95
-    rc, out, err = _cli(["check", str(run.file(".fp16.onnx")), "--against", str(run.file(".onnx")),
-                         "--num-synthetic", "2", "--mask-iou", "0.9"])
+    rc, out, err = _cli(
+        [
+            "check",
+            str(run.file(".fp16.onnx")),
+            "--against",
+            str(run.file(".onnx")),
+            "--num-synthetic",
+            "2",
+            "--mask-iou",
+            "0.9",
+        ]
+    )
     assert rc == 0, out + err
     assert "comparing model.fp16.onnx (ONNX Runtime, fp16) with model.onnx (ONNX Runtime, fp32)" in out
     counts = [int(m) for m in re.findall(r"\] synthetic \d: \d+/(\d+) matched", out)]
@@ -104,19 +116,35 @@ def test_check_failure_names_a_real_detection(shipped_conversion):
     from deploy_sdk.synthetic_shapes import generate_sample
 
     run = shipped_conversion
-    rc, out, _ = _cli(["check", str(run.file(".int8.onnx")), "--against", str(run.file(".onnx")),
-                       "--num-synthetic", "3", "--score-diff", "0.0001"])
+    rc, out, _ = _cli(
+        [
+            "check",
+            str(run.file(".int8.onnx")),
+            "--against",
+            str(run.file(".onnx")),
+            "--num-synthetic",
+            "3",
+            "--score-diff",
+            "0.0001",
+        ]
+    )
     assert rc == 1
-    failed = re.search(r"\[FAIL\] synthetic (\d):.*worst: (?:reference )?'(\w+)' #\d+ score ([\d.]+) box \[([^\]]+)\]",
-                       out)
+    failed = re.search(
+        r"\[FAIL\] synthetic (\d):.*worst: (?:reference )?'(\w+)' #\d+ score ([\d.]+) box \[([^\]]+)\]", out
+    )
     assert failed, out
     image = generate_sample(HELD_OUT_SEED, int(failed.group(1))).image
     score, box = float(failed.group(3)), [float(v) for v in failed.group(4).split(",")]
     with Predictor(str(run.file(".onnx")), batch_size=1, mask_format="none") as predictor:
         det = predictor.predict([image])[0]
     names = [det.class_names[int(label)] for label in det.labels]
-    hits = [i for i in range(len(det)) if abs(float(det.scores[i]) - score) < 6e-4
-            and np.allclose(det.boxes[i], box, atol=0.06) and names[i] == failed.group(2)]
+    hits = [
+        i
+        for i in range(len(det))
+        if abs(float(det.scores[i]) - score) < 6e-4
+        and np.allclose(det.boxes[i], box, atol=0.06)
+        and names[i] == failed.group(2)
+    ]
     assert hits, (failed.group(0), det.scores[:5], det.boxes[:5])
 
 
@@ -126,8 +154,16 @@ def test_check_graph_against_checkpoint_on_decoded_images_warns_nothing(tmp_path
     write_dataset(tmp_path / "ds", num=1, seed=77, min_size=200, max_size=260)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rc, out, err = _cli(["check", str(shipped_onnx), "--against", str(shipped_model_file),
-                             "--images", str(tmp_path / "ds" / "images")])
+        rc, out, err = _cli(
+            [
+                "check",
+                str(shipped_onnx),
+                "--against",
+                str(shipped_model_file),
+                "--images",
+                str(tmp_path / "ds" / "images"),
+            ]
+        )
     assert rc == 0, out + err
     assert "(PyTorch, torchvision's model)" in out and "1/1 images agree" in out
     assert not [str(w.message) for w in caught if "writable" in str(w.message)]
@@ -138,8 +174,9 @@ def test_check_argument_errors(tmp_path, shipped_onnx, shipped_model_file):
 
     rc, _, err = _cli(["check", str(shipped_onnx)])
     assert rc == 1 and "nothing to compare with: give --against MODEL" in err
-    rc, _, err = _cli(["check", str(shipped_onnx), "--against", str(shipped_onnx), "--checkpoint",
-                       str(shipped_model_file)])
+    rc, _, err = _cli(
+        ["check", str(shipped_onnx), "--against", str(shipped_onnx), "--checkpoint", str(shipped_model_file)]
+    )
     assert rc == 1 and "give one reference" in err
     toy = write_toy_graph(tmp_path / "toy.onnx")
     rc, _, err = _cli(["check", str(toy), "--against", str(shipped_onnx), "--num-synthetic", "1"])
@@ -154,8 +191,16 @@ def test_quantize_logs_no_preprocessing_advice(tmp_path, shipped_onnx, caplog):
     write_dataset(tmp_path / "calib", num=1, seed=5, min_size=200, max_size=220)
     with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rc, out, err = _cli(["quantize", str(shipped_onnx), "--calib", str(tmp_path / "calib" / "images"),
-                             "-o", str(tmp_path / "m.int8.onnx")])
+        rc, out, err = _cli(
+            [
+                "quantize",
+                str(shipped_onnx),
+                "--calib",
+                str(tmp_path / "calib" / "images"),
+                "-o",
+                str(tmp_path / "m.int8.onnx"),
+            ]
+        )
     assert rc == 0, err
     assert not [r.getMessage() for r in caplog.records if "pre-processing" in r.getMessage()]
     assert "pre-processing" not in err

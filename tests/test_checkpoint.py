@@ -1,6 +1,7 @@
 """Checkpoint loading: every supported architecture, every file form, overrides, and the refusals.
 
-Each original model is built with torchvision's own builders (not with deploy_sdk.conversion.architectures), saved, loaded
+Each original model is built with torchvision's own builders (not with deploy_sdk.conversion.architectures), saved,
+loaded
 back through `load_checkpoint`, and compared with the original: weights bit for bit, inference settings, and
 the detections on one image (boxes/scores/masks to fp32 tolerance, labels exactly).
 """

@@ -20,9 +20,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from tiny_maskrcnn import build_tiny_maskrcnn
 
+from deploy_sdk.cli import main
 from deploy_sdk.conversion.checkpoint import load_checkpoint
 from deploy_sdk.conversion.checkpoint_options import add_checkpoint_arguments, load_checkpoint_from_args
-from deploy_sdk.cli import main
 from deploy_sdk.errors import CheckpointError
 from deploy_sdk.predictor import Predictor
 
@@ -241,8 +241,11 @@ def test_inf_in_fp16_safetensors_is_refused(tmp_path, tiny):
     half["roi_heads.mask_predictor.mask_fcn_logits.bias"][4] = math.nan
     path = tmp_path / "model.safetensors"
     save_file(half, str(path))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: 2 non-finite values \(NaN/Inf\) in "
-                       r"'roi_heads\.mask_predictor\.mask_fcn_logits\.bias'; the weights are corrupt"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model\.safetensors: 2 non-finite values \(NaN/Inf\) in "
+        r"'roi_heads\.mask_predictor\.mask_fcn_logits\.bias'; the weights are corrupt",
+    ):
         load_checkpoint(path)
 
     # The same file without the bad values loads: large but finite values are fine.
@@ -258,8 +261,9 @@ def test_nan_in_trusted_module_is_refused(tmp_path):
         model.roi_heads.box_predictor.cls_score.weight[0, :3] = float("nan")
     path = tmp_path / "module.pt"
     torch.save(model, path)
-    with pytest.warns(UserWarning, match=TRUST_WARNING), pytest.raises(
-        CheckpointError, match=rf"3 non-finite values \(NaN/Inf\) in '{CLS_SCORE}'"
+    with (
+        pytest.warns(UserWarning, match=TRUST_WARNING),
+        pytest.raises(CheckpointError, match=rf"3 non-finite values \(NaN/Inf\) in '{CLS_SCORE}'"),
     ):
         load_checkpoint(path, trust_checkpoint=True)
 

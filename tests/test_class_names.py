@@ -14,7 +14,11 @@ from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights  # noqa: 
 
 from deploy_sdk.conversion.checkpoint import load_torchvision_model  # noqa: E402
 from deploy_sdk.conversion.checkpoints.class_names import (  # noqa: E402
-    COCO_80_NAMES, coco_names, describe_class_names, resolve_class_names)
+    COCO_80_NAMES,
+    coco_names,
+    describe_class_names,
+    resolve_class_names,
+)
 
 TORCHVISION_COCO = list(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
 

@@ -77,8 +77,9 @@ def test_infer_refuses_out_equal_to_the_input_folder(tmp_path, capsys, toy_model
     err = _one_line_error(capsys, ["infer", str(toy_model), str(images), "--out", str(images)])
     assert "is the input folder" in err
     # The same folder spelled differently, and explicitly listed files whose overlay would be the file itself.
-    err = _one_line_error(capsys, ["infer", str(toy_model), str(images / "a.png"), str(images / "b.png"),
-                                   "--out", f"{images}/./"])
+    err = _one_line_error(
+        capsys, ["infer", str(toy_model), str(images / "a.png"), str(images / "b.png"), "--out", f"{images}/./"]
+    )
     assert "would overwrite the input image" in err
     assert {p.name: p.read_bytes() for p in images.iterdir()} == before
 
@@ -146,7 +147,11 @@ def test_infer_keeps_the_results_of_the_good_images(tmp_path, capsys, toy_model)
     assert "1 of 5 images failed" in captured.err
     images_json = json.loads((out / "images.json").read_text())["images"]
     assert [(im["id"], Path(im["file_name"]).name) for im in images_json] == [
-        (1, "a.png"), (2, "b.png"), (4, "d.png"), (5, "e.png")]
+        (1, "a.png"),
+        (2, "b.png"),
+        (4, "d.png"),
+        (5, "e.png"),
+    ]
     results = json.loads((out / "results.json").read_text())["annotations"]
     # The toy graph detects two boxes in every non-black image.
     assert sorted(r["image_id"] for r in results) == [1, 1, 2, 2, 4, 4, 5, 5]
@@ -172,8 +177,7 @@ def test_infer_on_error_stop(tmp_path, capsys, toy_model):
     assert "2 not run" in err
     images_json = json.loads((out / "images.json").read_text())["images"]
     assert [Path(im["file_name"]).name for im in images_json] == ["a.png", "b.png"]
-    assert [Path(f["file_name"]).name for f in json.loads((out / "failures.json").read_text())["failures"]] == [
-        "c.png"]
+    assert [Path(f["file_name"]).name for f in json.loads((out / "failures.json").read_text())["failures"]] == ["c.png"]
 
 
 def test_infer_threads_must_be_positive_at_parse_time(tmp_path, capsys, toy_model):
@@ -223,8 +227,21 @@ def test_sigterm_in_data_leaves_nothing(tmp_path, monkeypatch, capsys, sigterm_s
 
     monkeypatch.setattr(shapes, "generate_sample", terminated_midway)
     before = signal.getsignal(signal.SIGTERM)
-    rc = main(["data", "shapes", "--out", str(tmp_path / "set"), "--num", "20", "--min-size", "48",
-               "--max-size", "48", "--quiet"])
+    rc = main(
+        [
+            "data",
+            "shapes",
+            "--out",
+            str(tmp_path / "set"),
+            "--num",
+            "20",
+            "--min-size",
+            "48",
+            "--max-size",
+            "48",
+            "--quiet",
+        ]
+    )
     assert rc == 143
     assert "terminated" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -244,8 +261,22 @@ def test_sigterm_inside_atomic_path_deletes_the_temporary_file(tmp_path, sigterm
 def test_sigterm_to_the_data_command_process(tmp_path):
     """The real entry point in its own process: SIGTERM while it writes, then no .partial anywhere."""
     out = tmp_path / "set"
-    cmd = [sys.executable, "-c", "import sys; from deploy_sdk.cli import main; sys.exit(main())", "data", "shapes",
-           "--out", str(out), "--num", "100000", "--min-size", "48", "--max-size", "48", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from deploy_sdk.cli import main; sys.exit(main())",
+        "data",
+        "shapes",
+        "--out",
+        str(out),
+        "--num",
+        "100000",
+        "--min-size",
+        "48",
+        "--max-size",
+        "48",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -287,8 +318,10 @@ def test_atomic_path_gives_the_umask_mode(tmp_path, umask_022):
 
 def test_data_and_infer_outputs_get_the_umask_mode(tmp_path, capsys, toy_model, umask_022):
     out = tmp_path / "set"
-    assert main(["data", "shapes", "--out", str(out), "--num", "2", "--min-size", "48", "--max-size", "48",
-                 "--quiet"]) == 0
+    assert (
+        main(["data", "shapes", "--out", str(out), "--num", "2", "--min-size", "48", "--max-size", "48", "--quiet"])
+        == 0
+    )
     assert _mode(out) == 0o755 and _mode(out / "images") == 0o755
     files = [out / "annotations.json"] + list((out / "images").iterdir())
     assert len(files) == 3 and all(_mode(f) == 0o644 for f in files)
@@ -393,8 +426,9 @@ def test_infer_out_that_is_a_file(tmp_path, capsys, toy_model, monkeypatch):
     (tmp_path / "file").write_text("x")
     err = _one_line_error(capsys, ["infer", str(toy_model), str(tmp_path / "a.png"), "--out", str(tmp_path / "file")])
     assert "not a folder" in err
-    err = _one_line_error(capsys, ["infer", str(toy_model), str(tmp_path / "a.png"), "--out",
-                                   str(tmp_path / "file" / "sub")])
+    err = _one_line_error(
+        capsys, ["infer", str(toy_model), str(tmp_path / "a.png"), "--out", str(tmp_path / "file" / "sub")]
+    )
     assert "Not a directory" in err
 
 
@@ -405,17 +439,28 @@ def test_eval_json_path_checked_before_the_model(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(evaluate_cmd, "make_predictor", lambda args: pytest.fail("model loaded"))
     write_dataset(tmp_path / "ds", num=1, seed=3, min_size=48, max_size=48)
     (tmp_path / "somefile").write_text("x")
-    argv = ["eval", str(tmp_path / "m.onnx"), "--images", str(tmp_path / "ds" / "images"), "--annotations",
-            str(tmp_path / "ds" / "annotations.json"), "--json", str(tmp_path / "somefile" / "m.json")]
+    argv = [
+        "eval",
+        str(tmp_path / "m.onnx"),
+        "--images",
+        str(tmp_path / "ds" / "images"),
+        "--annotations",
+        str(tmp_path / "ds" / "annotations.json"),
+        "--json",
+        str(tmp_path / "somefile" / "m.json"),
+    ]
     err = _one_line_error(capsys, argv)
     assert f"cannot write {tmp_path / 'somefile' / 'm.json'}: Not a directory" in err
 
 
-@pytest.mark.parametrize("flag, path, message", [
-    ("--json", "somefile/b.json", "Not a directory"),
-    ("--plot", "adir", "it is a folder"),
-    ("--plot", "plot.svg", "must end in .png"),
-])
+@pytest.mark.parametrize(
+    "flag, path, message",
+    [
+        ("--json", "somefile/b.json", "Not a directory"),
+        ("--plot", "adir", "it is a folder"),
+        ("--plot", "plot.svg", "must end in .png"),
+    ],
+)
 def test_bench_output_paths_checked_before_the_run(tmp_path, capsys, monkeypatch, flag, path, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "somefile").write_text("x")

@@ -15,8 +15,8 @@ from torchvision.models.detection import FasterRCNN, KeypointRCNN, RetinaNet
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from deploy_sdk.conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn
 from deploy_sdk.cli import main
+from deploy_sdk.conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn
 from deploy_sdk.synthetic_shapes import write_dataset
 
 
@@ -37,7 +37,9 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def narrow_state(tmp_path_factory):
     """A small 4-class Mask R-CNN state dict (ResNet-18 FPN with narrow heads) and its file."""
-    cfg = ArchConfig("resnet18_fpn", 4, fpn_channels=32, box_head_dim=64, mask_head_dims=(32, 32), mask_predictor_dim=32)
+    cfg = ArchConfig(
+        "resnet18_fpn", 4, fpn_channels=32, box_head_dim=64, mask_head_dims=(32, 32), mask_predictor_dim=32
+    )
     sd = build_resnet_fpn_maskrcnn(cfg).state_dict()
     path = tmp_path_factory.mktemp("ckpt") / "narrow.pth"
     torch.save(sd, path)
@@ -109,7 +111,11 @@ def test_untrusted_pickle_is_not_executed(capsys, dataset, tmp_path):
 
 def _small_fpn(returned_layers=None, extra_blocks=None):
     return resnet_fpn_backbone(
-        backbone_name="resnet18", weights=None, trainable_layers=5, returned_layers=returned_layers, extra_blocks=extra_blocks
+        backbone_name="resnet18",
+        weights=None,
+        trainable_layers=5,
+        returned_layers=returned_layers,
+        extra_blocks=extra_blocks,
     )
 
 
@@ -170,13 +176,16 @@ def test_eval_bad_data_paths(capsys, dataset, narrow_state, tmp_path):
     err = _run_error(capsys, ["eval", str(path), "--images", str(tmp_path), "--annotations", str(tmp_path / "a.json")])
     assert "annotation file not found" in err
     err = _run_error(
-        capsys, ["eval", str(path), "--images", str(tmp_path / "none"), "--annotations", str(dataset / "annotations.json")]
+        capsys,
+        ["eval", str(path), "--images", str(tmp_path / "none"), "--annotations", str(dataset / "annotations.json")],
     )
     assert "image directory not found" in err
 
 
 def test_data_command_bad_input(capsys, tmp_path):
-    assert "--num must be at least 1" in _run_error(capsys, ["data", "shapes", "--out", str(tmp_path / "d"), "--num", "0"])
+    assert "--num must be at least 1" in _run_error(
+        capsys, ["data", "shapes", "--out", str(tmp_path / "d"), "--num", "0"]
+    )
     err = _run_error(
         capsys, ["data", "shapes", "--out", str(tmp_path / "d"), "--num", "1", "--min-size", "300", "--max-size", "200"]
     )
@@ -189,7 +198,7 @@ def test_data_command_bad_input(capsys, tmp_path):
     assert not (tmp_path / "d").exists()
 
 
-# ------------------------------------------------------------------ what a new user passes by mistake (issue 17)
+# ------------------------------------------------------------------ what a new user passes by mistake
 
 
 def test_url_is_refused_as_typed(capsys):
@@ -221,9 +230,12 @@ def test_files_that_are_not_checkpoints_say_what_they_are(capsys, tmp_path, narr
     import onnx
     from onnx import helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
     onnx.save(helper.make_model(graph, producer_name="pytorch"), str(tmp_path / "exported.pth"))
     err = _run_error(capsys, ["export", str(tmp_path / "exported.pth"), "-o", out])
     assert "is an ONNX file, not a checkpoint: use it with infer, eval, check or inspect" in err
@@ -260,7 +272,7 @@ def test_export_checks_options_before_loading(capsys, monkeypatch, tmp_path, nar
     assert not list(tmp_path.iterdir())
 
 
-_NO_TORCH = r'''
+_NO_TORCH = r"""
 import importlib.abc, json, sys
 
 class Block(importlib.abc.MetaPathFinder):
@@ -284,7 +296,7 @@ for argv in json.loads(sys.argv[2]):
         rc = exc.code
     results.append({"argv": argv, "rc": rc, "err": err.getvalue()})
 print("RESULT " + json.dumps({"results": results, "torch_imported": "torch" in sys.modules}))
-'''
+"""
 
 
 def _run_isolated(tmp_path, blocked, commands):
@@ -298,11 +310,17 @@ def _run_isolated(tmp_path, blocked, commands):
     script.write_text(_NO_TORCH)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(root)
-    proc = subprocess.run([sys.executable, str(script), ",".join(blocked), json.dumps(commands)],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, str(script), ",".join(blocked), json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=str(tmp_path),
+    )
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[0][len("RESULT "):])
+    return json.loads(lines[0][len("RESULT ") :])
 
 
 def test_runtime_only_install_names_the_extra(tmp_path, narrow_state):
@@ -330,6 +348,7 @@ def test_build_without_tensorrt_answers_at_once(tmp_path):
     """No torch import before saying that TensorRT (and a GPU) is missing, and where TensorRT comes from."""
     try:
         import tensorrt  # noqa: F401
+
         pytest.skip("TensorRT is installed here; this tests the machine without it")
     except ImportError:
         pass

@@ -14,9 +14,7 @@ import re
 
 import numpy as np
 import pytest
-
-from fixtures_models import held_out_images, parity_failures, shipped_loaded, shipped_model_file  # noqa: F401
-from shipped_conversion import shipped_conversion  # noqa: F401  (session fixture)
+from fixtures_models import held_out_images, parity_failures
 
 from deploy_sdk.cli import main
 
@@ -88,8 +86,19 @@ def test_convert_ap_column_is_what_eval_measures(shipped_conversion):
     rows = _table(run.stdout)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = main(["eval", str(run.file(".int8.onnx")), "--images", str(run.data / "images"),
-                   "--annotations", str(run.data / "annotations.json"), "--quiet", "--batch-size", "1"])
+        rc = main(
+            [
+                "eval",
+                str(run.file(".int8.onnx")),
+                "--images",
+                str(run.data / "images"),
+                "--annotations",
+                str(run.data / "annotations.json"),
+                "--quiet",
+                "--batch-size",
+                "1",
+            ]
+        )
     assert rc == 0
     ap = re.search(r"^AP\s+([\d.]+)\s+([\d.]+)", out.getvalue(), re.M)
     assert rows["model.int8.onnx"]["box AP"] == ap.group(1)
@@ -134,6 +143,7 @@ def test_convert_to_engine_without_tensorrt_says_what_is_needed(capsys, monkeypa
     pytest.importorskip("torch")
     try:
         import tensorrt  # noqa: F401
+
         pytest.skip("TensorRT is installed here; this tests the machine without it")
     except ImportError:
         pass
@@ -164,11 +174,28 @@ def test_convert_to_engine_builds_checks_and_describes_it(tmp_path):
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = main(["convert", str(shipped_checkpoint()), "--to", "engine", "--engine-from", "fp16", "-o",
-                   str(tmp_path), "--name", "m", "--check-images", "2", "--max-shape", "512x512"])
+        rc = main(
+            [
+                "convert",
+                str(shipped_checkpoint()),
+                "--to",
+                "engine",
+                "--engine-from",
+                "fp16",
+                "-o",
+                str(tmp_path),
+                "--name",
+                "m",
+                "--check-images",
+                "2",
+                "--max-shape",
+                "512x512",
+            ]
+        )
     assert rc == 0, out.getvalue()[-3000:]
     rows = _table(out.getvalue())
     assert rows["m.engine"]["precision"] == "fp16" and rows["m.engine"]["vs"] == "m.fp16.onnx"
     assert rows["m.engine"]["parity (worst over the images)"].startswith("ok: ")
-    assert np.isclose(float(rows["m.engine"]["size"].split()[0]),
-                      (tmp_path / "m.engine").stat().st_size / 2**20, atol=0.05)
+    assert np.isclose(
+        float(rows["m.engine"]["size"].split()[0]), (tmp_path / "m.engine").stat().st_size / 2**20, atol=0.05
+    )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from compare import assert_close
+from tiny_maskrcnn import build_tiny_maskrcnn, match_rows, random_canvas, torchvision_pipeline
+
 from deploy_sdk.conversion.deploy_module import DeploymentModule, batched_nms_indices
 from deploy_sdk.errors import UnsupportedModelError
-from tiny_maskrcnn import build_tiny_maskrcnn, match_rows, random_canvas, torchvision_pipeline
 
 SIZES = [(100, 128), (128, 90), (64, 70)]
 CANVAS = (128, 128)

@@ -38,8 +38,9 @@ def test_readme_snippet_runs_as_written(tmp_path):
     Image.fromarray(np.full((50, 40, 3), 120, np.uint8)).save(tmp_path / "b.jpg")
     (tmp_path / "snippet.py").write_text(snippet)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True, text=True, env=env,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     # What the snippet says it writes: an overlay per image, next to it.
@@ -88,9 +89,17 @@ def test_plot_uses_the_min_score_and_save_writes_overlay_and_json(toy, tmp_path)
     np.testing.assert_array_equal(det.plot(), det.draw(min_score=0.5))
     only_first = det.plot(min_score=0.7)
     assert (only_first != det.plot()).any()
-    np.testing.assert_array_equal(only_first, Detections(
-        boxes=det.boxes[:1], scores=det.scores[:1], labels=det.labels[:1], masks=det.masks[:1],
-        class_names=det.class_names, image_size=det.image_size).draw(arr))
+    np.testing.assert_array_equal(
+        only_first,
+        Detections(
+            boxes=det.boxes[:1],
+            scores=det.scores[:1],
+            labels=det.labels[:1],
+            masks=det.masks[:1],
+            class_names=det.class_names,
+            image_size=det.image_size,
+        ).draw(arr),
+    )
     png = det.save(tmp_path / "o.png")
     np.testing.assert_array_equal(np.asarray(Image.open(png)), det.plot())
     doc = json.loads(det.save(tmp_path / "o.json").read_text())
@@ -147,8 +156,14 @@ def test_full_masks_warn_once_above_the_limit(toy):
 def test_label_font_grows_with_the_image():
     assert label_font_size(60, 80) == 11  # the floor on small images
     assert label_font_size(4000, 6000) == 100  # 2.5% of the short side
-    det = Detections(boxes=np.array([[10, 200, 900, 700]], np.float32), scores=np.array([0.9], np.float32),
-                     labels=np.array([1], np.int64), masks=None, class_names=["bg", "thing"], image_size=(800, 1000))
+    det = Detections(
+        boxes=np.array([[10, 200, 900, 700]], np.float32),
+        scores=np.array([0.9], np.float32),
+        labels=np.array([1], np.int64),
+        masks=None,
+        class_names=["bg", "thing"],
+        image_size=(800, 1000),
+    )
     img = np.full((800, 1000, 3), 128, np.uint8)
     big = det.draw(img)
     small = det.draw(img, font_size=11)

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from deploy_sdk.cli import main
 from deploy_sdk.conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn
 from deploy_sdk.conversion.checkpoint import load_torchvision_model
 from deploy_sdk.conversion.reference import ReferencePredictor
-from deploy_sdk.cli import main
 from deploy_sdk.detections import Detections
 from deploy_sdk.errors import DeploySdkError, InputImageError
 from deploy_sdk.evaluation import METRIC_KEYS, detections_to_coco, evaluate
@@ -160,8 +160,14 @@ def test_evaluate_input_errors(tmp_path):
 
 def _tiny_model():
     cfg = ArchConfig(
-        "resnet18_fpn", len(SHAPE_CLASSES) + 1, fpn_channels=32, box_head_dim=64, mask_head_dims=(32, 32),
-        mask_predictor_dim=32, min_size=64, max_size=96,
+        "resnet18_fpn",
+        len(SHAPE_CLASSES) + 1,
+        fpn_channels=32,
+        box_head_dim=64,
+        mask_head_dims=(32, 32),
+        mask_predictor_dim=32,
+        min_size=64,
+        max_size=96,
     )
     torch.manual_seed(0)
     return build_resnet_fpn_maskrcnn(cfg).eval()
@@ -191,9 +197,19 @@ def test_eval_command_end_to_end(tmp_path, capsys):
     torch.save(_tiny_model().state_dict(), tmp_path / "tiny.pth")
     out = tmp_path / "metrics.json"
     argv = [
-        "eval", str(tmp_path / "tiny.pth"), "--images", str(tmp_path / "ds" / "images"),
-        "--annotations", str(tmp_path / "ds" / "annotations.json"), "--json", str(out),
-        "--min-size", "64", "--max-size", "96", "--quiet",
+        "eval",
+        str(tmp_path / "tiny.pth"),
+        "--images",
+        str(tmp_path / "ds" / "images"),
+        "--annotations",
+        str(tmp_path / "ds" / "annotations.json"),
+        "--json",
+        str(out),
+        "--min-size",
+        "64",
+        "--max-size",
+        "96",
+        "--quiet",
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -249,5 +265,7 @@ def test_eval_command_malformed_annotation_is_one_line_before_the_model(tmp_path
     rc = main(["eval", str(tmp_path / "model.onnx"), "--images", str(images), "--annotations", str(ann)])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1 and "Traceback" not in err
-    assert err == (f"maskrcnn-deploy eval: error: {ann}: annotation 0 (id 1): 'bbox' must be [x, y, width, height]: "
-                   "4 numbers, width and height >= 0, got '2,2,8,8'")
+    assert err == (
+        f"maskrcnn-deploy eval: error: {ann}: annotation 0 (id 1): 'bbox' must be [x, y, width, height]: "
+        "4 numbers, width and height >= 0, got '2,2,8,8'"
+    )

@@ -9,15 +9,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from compare import assert_close
+from tiny_maskrcnn import build_tiny_maskrcnn, match_rows, random_canvas, torchvision_pipeline
+
+from deploy_sdk.cli import main
 from deploy_sdk.conversion.checkpoint import load_checkpoint, load_torchvision_model
 from deploy_sdk.conversion.export import export_onnx
 from deploy_sdk.conversion.roi_align_function import ROI_ALIGN_DOMAIN, ROI_ALIGN_OP, RoIAlignConfig
-from deploy_sdk.cli import main
 from deploy_sdk.errors import DeploySdkError, UnsupportedModelError
 from deploy_sdk.model_metadata import ModelMetadata
-from tiny_maskrcnn import build_tiny_maskrcnn, match_rows, random_canvas, torchvision_pipeline
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -73,8 +73,9 @@ def _assert_rpn_and_pooling_match(out, ref, rtol, atol, min_fraction=1.0, outlie
                     f"image {b}: proposals {what} but not by torchvision are not tied at the cut "
                     f"(objectness {ranked_scores[rows]} vs {cut_score} at the cut)"
                 )
-            assert_close(actual, ranked_boxes[partner], rtol=outlier_tol, atol=outlier_tol * scale,
-                         what=f"image {b} proposals")
+            assert_close(
+                actual, ranked_boxes[partner], rtol=outlier_tol, atol=outlier_tol * scale, what=f"image {b} proposals"
+            )
             keep = partner < n  # pooled features are compared on the proposals both sides have
             actual, expected = actual[keep], expected[partner[keep]]
             actual_features, wanted_features = out["box_features"][b, :n][keep], wanted_features[partner[keep]]
@@ -90,9 +91,7 @@ def _assert_rpn_and_pooling_match(out, ref, rtol, atol, min_fraction=1.0, outlie
             # resolution of the accumulated sums: measure the error relative to the tensor's own scale.
             scale = max(1.0, float(np.abs(wanted).max()))
             within = np.abs(actual - wanted) <= atol * scale + rtol * np.abs(wanted)
-            assert within.mean() >= min_fraction, (
-                f"{what}: only {within.mean():.5f} within {atol} x scale {scale:.3g}"
-            )
+            assert within.mean() >= min_fraction, f"{what}: only {within.mean():.5f} within {atol} x scale {scale:.3g}"
             if "proposals" in what:
                 assert_close(actual, wanted, rtol=outlier_tol, atol=outlier_tol * scale, what=what)
             else:
@@ -199,8 +198,20 @@ def test_cli_fixed_size_export_and_check(tiny_checkpoint, tmp_path, capsys):
     meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
     assert (meta.fixed_height, meta.fixed_width) == (160, 160)
     # Random weights score every class about equally: check down to 0.05 so that detections are compared at all.
-    rc = main(["check", str(out), "--checkpoint", str(tiny_checkpoint), "--num-synthetic", "2", "--batch-size", "1",
-               "--min-score", "0.05"])
+    rc = main(
+        [
+            "check",
+            str(out),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--num-synthetic",
+            "2",
+            "--batch-size",
+            "1",
+            "--min-score",
+            "0.05",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "2/2 images agree" in text
@@ -297,7 +308,7 @@ def test_shipped_model_parity_batches_and_mixed_sizes(tmp_path_factory):
         got = Predictor(str(path), backend="onnxruntime", batch_size=batch).predict(images)
         ref = []
         for start in range(0, len(images), batch):
-            ref += reference_detections(loaded, images[start: start + batch])
+            ref += reference_detections(loaded, images[start : start + batch])
         for i, (g, r) in enumerate(zip(got, ref)):
             for t in (strict, everything):
                 res = compare_detections(g, r, t)
@@ -309,16 +320,23 @@ def test_shipped_model_parity_batches_and_mixed_sizes(tmp_path_factory):
 def test_tie_aware_proposal_comparison_accepts_swaps_at_the_cut_only():
     """The comparison the R50 test relies on, on hand-made proposals: torchvision keeps rows 0-2 (scores 0.9,
     0.8, 0.5) and ranks row 3 (0.5, a tie) and row 4 (0.4) past the cut."""
-    ranked_boxes = torch.tensor([[0, 0, 10, 10], [5, 5, 20, 20], [30, 30, 40, 40], [50, 50, 60, 60],
-                                 [70, 70, 80, 80]], dtype=torch.float32)
+    ranked_boxes = torch.tensor(
+        [[0, 0, 10, 10], [5, 5, 20, 20], [30, 30, 40, 40], [50, 50, 60, 60], [70, 70, 80, 80]], dtype=torch.float32
+    )
     ranked_scores = torch.tensor([0.9, 0.8, 0.5, 0.5 - 1e-6, 0.4])
     features = torch.arange(5, dtype=torch.float32).reshape(5, 1, 1, 1).repeat(1, 2, 7, 7)
-    ref = {"proposals": [ranked_boxes[:3]], "box_features": [features[:3]],
-           "ranked_proposals": [(ranked_boxes, ranked_scores)]}
+    ref = {
+        "proposals": [ranked_boxes[:3]],
+        "box_features": [features[:3]],
+        "ranked_proposals": [(ranked_boxes, ranked_scores)],
+    }
 
     def graph(rows):
-        return {"num_proposals": np.array([3]), "proposals": ranked_boxes[rows].numpy()[None],
-                "box_features": features[rows].numpy()[None]}
+        return {
+            "num_proposals": np.array([3]),
+            "proposals": ranked_boxes[rows].numpy()[None],
+            "box_features": features[rows].numpy()[None],
+        }
 
     check = dict(rtol=1e-4, atol=1e-4, min_fraction=0.999, outlier_tol=1e-2, tie_tol=1e-4)
     _assert_rpn_and_pooling_match(graph([1, 0, 2]), ref, **check)  # same set, other order

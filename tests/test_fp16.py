@@ -10,8 +10,8 @@ from compare import assert_close
 from onnx import TensorProto
 from precision_toy_graph import make_toy_graph, toy_inputs
 
-from deploy_sdk.conversion.fp16 import convert_file_to_fp16, convert_model_to_fp16
 from deploy_sdk.cli import main as cli_main
+from deploy_sdk.conversion.fp16 import convert_file_to_fp16, convert_model_to_fp16
 from deploy_sdk.errors import DeploySdkError
 from deploy_sdk.model_metadata import ModelMetadata
 
@@ -33,7 +33,13 @@ def test_network_runs_fp16_and_detection_math_fp32():
         node = nodes[name]
         assert all(types[i] == TensorProto.FLOAT16 for i in node.input), name  # data, weight, bias
         assert types[node.output[0]] == TensorProto.FLOAT16
-    for name in ("/transform/Sub", "/roi_heads/box_roi_pool", "/roi_heads/sigmoid", "/postprocess/mul", "/postprocess/add"):
+    for name in (
+        "/transform/Sub",
+        "/roi_heads/box_roi_pool",
+        "/roi_heads/sigmoid",
+        "/postprocess/mul",
+        "/postprocess/add",
+    ):
         node = nodes[name]
         assert all(types[i] in (TensorProto.FLOAT, TensorProto.INT64) for i in node.input), name
     assert nodes["/postprocess/topk"].input[0] and types[nodes["/postprocess/topk"].input[0]] == TensorProto.FLOAT
@@ -73,7 +79,9 @@ def test_weight_shared_with_an_fp32_node_keeps_an_fp32_copy():
     model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], np.int64), "one_i"))
     add = [n for n in model.graph.node if n.name == "/postprocess/add"][0]
     index = list(model.graph.node).index(add)
-    model.graph.node.insert(index, helper.make_node("Slice", ["b1", "zero_i", "one_i"], ["b1_first"], name="/post/slice"))
+    model.graph.node.insert(
+        index, helper.make_node("Slice", ["b1", "zero_i", "one_i"], ["b1_first"], name="/post/slice")
+    )
     add.input[1] = "b1_first"
     converted, _ = convert_model_to_fp16(model)
     onnx.checker.check_model(converted, full_check=True)

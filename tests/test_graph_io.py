@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from fixtures_models import CACHE, held_out_images, parity_failures, shipped_onnx, shipped_model_file  # noqa: F401
+from fixtures_models import CACHE, held_out_images, parity_failures
 from tiny_maskrcnn import build_tiny_maskrcnn
 
 from deploy_sdk import Predictor
@@ -39,8 +39,13 @@ def tiny_graphs(tmp_path_factory):
     paths = {}
     for dtype in ("float32", "uint8"):
         paths[dtype] = tmp / f"tiny.{dtype}.onnx"
-        export_onnx(load_torchvision_model(build_tiny_maskrcnn(seed=0)), paths[dtype], max_detections=K_TINY,
-                    input_dtype=dtype, log=lambda *_: None)
+        export_onnx(
+            load_torchvision_model(build_tiny_maskrcnn(seed=0)),
+            paths[dtype],
+            max_detections=K_TINY,
+            input_dtype=dtype,
+            log=lambda *_: None,
+        )
     return paths
 
 
@@ -48,8 +53,8 @@ def _integer_canvas(batch=2, h=160, w=192, seed=4):
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (batch, 3, h, w), dtype=np.uint8)
     sizes = np.array([[h, w], [h - 32, w - 40]][:batch], np.int64)
-    images[1:, :, sizes[-1, 0]:, :] = 0
-    images[1:, :, :, sizes[-1, 1]:] = 0
+    images[1:, :, sizes[-1, 0] :, :] = 0
+    images[1:, :, :, sizes[-1, 1] :] = 0
     return images, sizes
 
 
@@ -65,8 +70,12 @@ def test_declared_inputs_and_output_shapes(tiny_graphs):
         # ONNX Runtime reports the same, and the arrays it returns have exactly these shapes.
         sess = _session(path)
         assert [(o.name, o.shape) for o in sess.get_outputs()] == [
-            ("num_detections", ["batch"]), ("boxes", ["batch", K_TINY, 4]), ("scores", ["batch", K_TINY]),
-            ("labels", ["batch", K_TINY]), ("masks", ["batch", K_TINY, 28, 28])]
+            ("num_detections", ["batch"]),
+            ("boxes", ["batch", K_TINY, 4]),
+            ("scores", ["batch", K_TINY]),
+            ("labels", ["batch", K_TINY]),
+            ("masks", ["batch", K_TINY, 28, 28]),
+        ]
     images, sizes = _integer_canvas(batch=2)
     out = _run(tiny_graphs["float32"], images.astype(np.float32), sizes)
     assert out["boxes"].shape == (2, K_TINY, 4) and out["masks"].shape == (2, K_TINY, 28, 28)
@@ -134,8 +143,10 @@ def test_openvino_runs_the_uint8_graph(tiny_graphs):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
     rng = np.random.default_rng(2)
     imgs = [rng.integers(0, 256, (150, 170, 3), dtype=np.uint8), rng.integers(0, 256, (128, 160, 3), np.uint8)]
-    with Predictor(tiny_graphs["uint8"], backend="openvino", threads=1) as ov, \
-            Predictor(tiny_graphs["uint8"], threads=1) as ref:
+    with (
+        Predictor(tiny_graphs["uint8"], backend="openvino", threads=1) as ov,
+        Predictor(tiny_graphs["uint8"], threads=1) as ref,
+    ):
         assert ov.backend.input_dtype == np.uint8
         a, b = ov.predict(imgs), ref.predict(imgs)
     for x, y in zip(a, b):
@@ -145,7 +156,7 @@ def test_openvino_runs_the_uint8_graph(tiny_graphs):
 
 
 @pytest.fixture(scope="module")
-def shipped_uint8(shipped_model_file):  # noqa: F811
+def shipped_uint8(shipped_model_file):
     digest = hashlib.sha256(shipped_model_file.read_bytes()).hexdigest()[:16]
     path = CACHE / f"{shipped_model_file.stem}-{digest}.uint8.onnx"
     if not path.is_file():
@@ -155,10 +166,12 @@ def shipped_uint8(shipped_model_file):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_predictor_on_the_uint8_graph_matches_the_float_graph(shipped_uint8, shipped_onnx):  # noqa: F811
+def test_predictor_on_the_uint8_graph_matches_the_float_graph(shipped_uint8, shipped_onnx):
     images = held_out_images(6)
-    with Predictor(shipped_uint8, threads=2, batch_size=3) as p8, Predictor(shipped_onnx, threads=2,
-                                                                            batch_size=3) as p32:
+    with (
+        Predictor(shipped_uint8, threads=2, batch_size=3) as p8,
+        Predictor(shipped_onnx, threads=2, batch_size=3) as p32,
+    ):
         assert p8.backend.input_dtype == np.uint8 and p32.backend.input_dtype == np.float32
         got, ref = p8.predict(images), p32.predict(images)
         # Images whose resized size is their own size: the canvases are equal, so are the detections.

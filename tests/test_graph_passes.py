@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import numpy as np
 import onnx
 import pytest
 import torch
+from compare import assert_close
 from onnx import AttributeProto
 
-from compare import assert_close
+from deploy_sdk import plugins
 from deploy_sdk.conversion.graph_passes import strip_roi_align_functions
 from deploy_sdk.conversion.roi_align_function import RoIAlignConfig, multi_level_roi_align
-from deploy_sdk import plugins
 from deploy_sdk.errors import EngineError
 
 ort = pytest.importorskip("onnxruntime")
@@ -41,8 +40,15 @@ def pool_graph(tmp_path_factory):
     names = ["rois", "p2", "p3", "p4", "p5"]
     dynamic = {n: {0: "batch", 2: f"h{n}", 3: f"w{n}"} for n in names[1:]} | {"rois": {0: "batch", 1: "r"}}
     torch.onnx.export(
-        _Pool(cfg), (rois, *feats), str(path), dynamo=False, opset_version=17, input_names=names,
-        output_names=["pooled"], dynamic_axes=dynamic, custom_opsets={plugins.PLUGIN_DOMAIN: 1},
+        _Pool(cfg),
+        (rois, *feats),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=names,
+        output_names=["pooled"],
+        dynamic_axes=dynamic,
+        custom_opsets={plugins.PLUGIN_DOMAIN: 1},
     )
     model = onnx.load(str(path))
     _attach_roi_align_function(model, 17)

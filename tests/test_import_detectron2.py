@@ -7,7 +7,6 @@ config.yaml), three images of different sizes, and detectron2's detections on th
 
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 
@@ -145,7 +144,14 @@ def test_grid_sample_paste_matches_torch_grid_sample():
     g = torch.Generator().manual_seed(0)
     masks = torch.rand((6, 28, 28), generator=g)
     boxes = torch.tensor(
-        [[10.3, 5.7, 60.2, 40.9], [0, 0, 99.5, 79.5], [-5, 20, 30, 200], [50, 50, 50.4, 51], [3, 4, 9, 12], [70, 2, 99, 30]]
+        [
+            [10.3, 5.7, 60.2, 40.9],
+            [0, 0, 99.5, 79.5],
+            [-5, 20, 30, 200],
+            [50, 50, 50.4, 51],
+            [3, 4, 9, 12],
+            [70, 2, 99, 30],
+        ]
     )
     h, w = 80, 100
     # Independent reference: detectron2's formula written out with torch's grid_sample over the whole image.
@@ -159,7 +165,11 @@ def test_grid_sample_paste_matches_torch_grid_sample():
     # grid_sample's value is a weight < 0.5 on a probability, so it never passes the threshold anyway.
     region = np.zeros((6, h, w), bool)
     for i, (bx0, by0, bx1, by1) in enumerate(boxes.tolist()):
-        region[i, max(int(np.floor(by0)) - 1, 0): int(np.ceil(by1)) + 1, max(int(np.floor(bx0)) - 1, 0): int(np.ceil(bx1)) + 1] = True
+        region[
+            i,
+            max(int(np.floor(by0)) - 1, 0) : int(np.ceil(by1)) + 1,
+            max(int(np.floor(bx0)) - 1, 0) : int(np.ceil(bx1)) + 1,
+        ] = True
     assert (expected.numpy()[~region] < 0.5).all()
     got = paste_masks(masks.numpy(), boxes.numpy(), (h, w), threshold=None, mode="grid_sample")
     np.testing.assert_allclose(got, np.where(region, expected.numpy(), 0.0), atol=1e-5)
@@ -282,7 +292,9 @@ def test_live_against_detectron2(tmp_path):
     import importlib.util
     import sys
 
-    spec = importlib.util.spec_from_file_location("d2ref", Path(__file__).parent / "reference" / "detectron2_reference.py")
+    spec = importlib.util.spec_from_file_location(
+        "d2ref", Path(__file__).parent / "reference" / "detectron2_reference.py"
+    )
     ref = importlib.util.module_from_spec(spec)
     sys.modules["d2ref"] = ref
     spec.loader.exec_module(ref)

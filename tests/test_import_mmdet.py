@@ -86,8 +86,11 @@ def _check(dets, outputs, batched: bool, figures=None):
     checked = 0
     for i, det in enumerate(dets):
         prefix = f"batch3_{{}}_{i}" if batched else f"{{}}_{i}"
-        ref = _reference({k: outputs[prefix.format(k)] for k in ("boxes", "scores", "labels", "masks",
-                                                                    "mask_shape")}, "", det.class_names)
+        ref = _reference(
+            {k: outputs[prefix.format(k)] for k in ("boxes", "scores", "labels", "masks", "mask_shape")},
+            "",
+            det.class_names,
+        )
         result = compare_detections(det, ref, THRESHOLDS)
         checked += result.num_reference
         if figures is not None:
@@ -106,8 +109,8 @@ def test_cli_export_detects_mmdet(exported):
 
 def test_cli_export_with_from_mmdet(tmp_path, monkeypatch):
     """--from mmdet reaches the importer and is printed; the export step itself is the fixture's (stubbed here)."""
-    from deploy_sdk.cli import main
     import deploy_sdk.conversion.export as export_module
+    from deploy_sdk.cli import main
 
     handed = []
     monkeypatch.setattr(export_module, "export_onnx", lambda loaded, path, **kw: handed.append(loaded))
@@ -177,7 +180,7 @@ def test_label_mapping_background_last_to_first():
     logits = state["roi_head.mask_head.conv_logits.weight"]
     for c in range(k):
         torch.testing.assert_close(predictor.cls_score.weight[c + 1], cls_w[c])
-        torch.testing.assert_close(predictor.bbox_pred.weight[4 * (c + 1): 4 * (c + 2)], reg[4 * c: 4 * (c + 1)])
+        torch.testing.assert_close(predictor.bbox_pred.weight[4 * (c + 1) : 4 * (c + 2)], reg[4 * c : 4 * (c + 1)])
         torch.testing.assert_close(masks.mask_fcn_logits.weight[c + 1], logits[c])
     assert not predictor.bbox_pred.weight[:4].any() and not masks.mask_fcn_logits.weight[0].any()
     # hand-worked: the classifier's softmax over one feature vector, both layouts: SDK prob[c + 1] == mmdet prob[c]
@@ -262,13 +265,14 @@ def test_malicious_pickles_are_refused(tmp_path):
         load_checkpoint(evil)
     assert not marker.exists()
     # os.system next to mmengine's names: os is never mapped to a stand-in
-    payload = (b"\x80\x02cmmengine.logging.history_buffer\nHistoryBuffer\n"
-               b"cos\nsystem\nX\x04\x00\x00\x00true\x85R\x86.")
+    payload = b"\x80\x02cmmengine.logging.history_buffer\nHistoryBuffer\ncos\nsystem\nX\x04\x00\x00\x00true\x85R\x86."
     with pytest.raises(CheckpointError):
         load_checkpoint(_zip_pickle(tmp_path, payload))
     # getattr reached through mmengine's name gets an inert object, and calling that object is refused
-    payload = (b"\x80\x02c__builtin__\ngetattr\ncmmengine.logging.history_buffer\nHistoryBuffer\n"
-               b"X\x08\x00\x00\x00__init__\x86RX\x04\x00\x00\x00true\x85R.")
+    payload = (
+        b"\x80\x02c__builtin__\ngetattr\ncmmengine.logging.history_buffer\nHistoryBuffer\n"
+        b"X\x08\x00\x00\x00__init__\x86RX\x04\x00\x00\x00true\x85R."
+    )
     with pytest.raises(CheckpointError):
         load_checkpoint(_zip_pickle(tmp_path, payload))
     # getattr alone (no framework's training state in the file) is not treated as training state
@@ -377,7 +381,9 @@ def _mmdet_reference_module():
     import importlib.util
     import sys
 
-    spec = importlib.util.spec_from_file_location("mmdet_ref", Path(__file__).parent / "reference" / "mmdet_reference.py")
+    spec = importlib.util.spec_from_file_location(
+        "mmdet_ref", Path(__file__).parent / "reference" / "mmdet_reference.py"
+    )
     ref = importlib.util.module_from_spec(spec)
     sys.modules["mmdet_ref"] = ref
     spec.loader.exec_module(ref)
@@ -393,15 +399,17 @@ def test_live_against_mmdetection(tmp_path, style):
         from mmdet.apis import inference_detector  # noqa: F401
     except Exception as exc:  # ImportError, or a broken install (mmcv-lite, no compiled ops)
         first = str(exc).splitlines()[0] if str(exc) else ""
-        pytest.skip(f"MMDetection is not importable here ({type(exc).__name__}: {first}); "
-                    "the committed fixtures cover it")
+        pytest.skip(
+            f"MMDetection is not importable here ({type(exc).__name__}: {first}); the committed fixtures cover it"
+        )
     ref = _mmdet_reference_module()
     # one image at the test scale (short side 256), one that MMDetection resizes (OpenCV, rounded sizes)
     ref.main([str(tmp_path), "--seed", "11", "--sizes", "256x304,224x288", "--style", style])
+    from PIL import Image
+
     from deploy_sdk import Predictor
     from deploy_sdk.conversion.checkpoint import load_checkpoint
     from deploy_sdk.conversion.export import export_onnx
-    from PIL import Image
 
     loaded = load_checkpoint(tmp_path / "mask_rcnn_r50_fpn_tiny.pth")
     assert loaded.semantics.input_channel_order == ("bgr" if style == "caffe" else "rgb")
@@ -411,7 +419,7 @@ def test_live_against_mmdetection(tmp_path, style):
     outputs = np.load(tmp_path / "reference.npz")
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((tmp_path / "images").glob("image_*.png"))]
     checked = 0
-    for batch, prefix in ((1, "{}_{}"), (len(images), "batch{n}_{{}}_{{}}".format(n=len(images)))):
+    for batch, prefix in ((1, "{}_{}"), (len(images), f"batch{len(images)}_{{}}_{{}}")):
         with Predictor(onnx_path, batch_size=batch) as predictor:
             dets = predictor.predict(images)
         for i, det in enumerate(dets):

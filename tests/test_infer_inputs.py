@@ -30,8 +30,17 @@ def _img(path: Path, value: int = 90, size=(60, 80)) -> Path:
 @pytest.fixture
 def tree(tmp_path):
     root = tmp_path / "photos"
-    for rel in ("b.png", "a.gif", "c.webp", "sub/d.jpg", "sub/g.png", "sub/deeper/h.bmp", ".hidden.png",
-                "sub/.cache/e.png", ".git/f.png"):
+    for rel in (
+        "b.png",
+        "a.gif",
+        "c.webp",
+        "sub/d.jpg",
+        "sub/g.png",
+        "sub/deeper/h.bmp",
+        ".hidden.png",
+        "sub/.cache/e.png",
+        ".git/f.png",
+    ):
         _img(root / rel)
     (root / "notes.txt").write_text("not an image")
     (root / "clip.mp4").write_bytes(b"\x00" * 16)  # folders never pick up videos
@@ -69,8 +78,11 @@ def test_list_files_stdin_and_duplicates(tree, tmp_path):
     lists = tmp_path / "lists"
     lists.mkdir()
     (lists / "l.txt").write_text(f"# my picks\n\n../photos/b.png\n  ../photos/sub/d.jpg  \n{tree / 'a.gif'}\n")
-    assert read_list_file(lists / "l.txt") == [str(lists / "../photos/b.png"), str(lists / "../photos/sub/d.jpg"),
-                                               str(tree / "a.gif")]
+    assert read_list_file(lists / "l.txt") == [
+        str(lists / "../photos/b.png"),
+        str(lists / "../photos/sub/d.jpg"),
+        str(tree / "a.gif"),
+    ]
     images, _ = expand_sources([f"@{lists / 'l.txt'}"])
     assert [p.name for p in images] == ["b.png", "d.jpg", "a.gif"]  # the list's order
     # --list FILE comes first; the same file named again (another spelling) is read once.
@@ -105,8 +117,7 @@ def test_cli_reads_stdin_recursive_folders_gif_and_webp(tree, tmp_path, monkeypa
     Image.fromarray(np.asarray(Image.open(tree / "b.png"))).save(webp, lossless=True)
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{gif}\n{webp}\n"))
     out = tmp_path / "out"
-    assert main(["infer", str(model), "-", str(tree / "sub"), "--recursive", "--out", str(out),
-                 "--threads", "1"]) == 0
+    assert main(["infer", str(model), "-", str(tree / "sub"), "--recursive", "--out", str(out), "--threads", "1"]) == 0
     assert "10 detections in 5 images" in capsys.readouterr().out
     doc = json.loads((out / "results.json").read_text())
     assert [Path(im["file_name"]).name for im in doc["images"]] == ["a.gif", "c.webp", "d.jpg", "h.bmp", "g.png"]

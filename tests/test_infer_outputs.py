@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_models import shipped_model_file, shipped_onnx  # noqa: F401
 from PIL import Image
 from schema_check import schema_errors
 from toy_deployment_graph import TOY_BOX_FRACTIONS, write_toy_graph
@@ -36,14 +35,18 @@ def test_results_json_is_a_complete_coco_file_and_matches_the_schemas(toy, tmp_p
 
     files = [_png(tmp_path / "in" / f"p{i}.png", i, size) for i, size in enumerate([(200, 160), (90, 120)])]
     out = tmp_path / "out"
-    assert main(["infer", str(toy), str(tmp_path / "in"), "--out", str(out), "--save-json-per-image",
-                 "--threads", "1"]) == 0
+    assert (
+        main(["infer", str(toy), str(tmp_path / "in"), "--out", str(out), "--save-json-per-image", "--threads", "1"])
+        == 0
+    )
     assert f"and 2 files in {out / 'json'}" in capsys.readouterr().out
     doc = json.loads((out / "results.json").read_text())
     assert schema_errors(doc, "results.schema.json") == []
-    assert doc["categories"] == [{"id": 1, "name": "circle", "supercategory": "object"},
-                                 {"id": 2, "name": "square", "supercategory": "object"},
-                                 {"id": 3, "name": "star", "supercategory": "object"}]
+    assert doc["categories"] == [
+        {"id": 1, "name": "circle", "supercategory": "object"},
+        {"id": 2, "name": "square", "supercategory": "object"},
+        {"id": 3, "name": "star", "supercategory": "object"},
+    ]
     assert [(im["id"], im["height"], im["width"]) for im in doc["images"]] == [(1, 200, 160), (2, 90, 120)]
     # The schemas are not vacuous: a broken document is refused.
     broken = json.loads(json.dumps(doc))
@@ -112,7 +115,7 @@ def test_image_ids_from_errors_are_one_line(toy, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_results_with_image_ids_from_score_like_eval(shipped_onnx, tmp_path, capsys):  # noqa: F811
+def test_results_with_image_ids_from_score_like_eval(shipped_onnx, tmp_path, capsys):
     """The shipped model on a few synthetic images whose annotation ids are not their positions: COCOeval of
     results.json (--image-ids-from) gives the AP that the SDK's eval pipeline computes."""
     from pycocotools.coco import COCO
@@ -133,8 +136,23 @@ def test_results_with_image_ids_from_score_like_eval(shipped_onnx, tmp_path, cap
     capsys.readouterr()
 
     out = tmp_path / "out"
-    assert main(["infer", str(shipped_onnx), str(data / "images"), "--out", str(out), "--image-ids-from",
-                 str(ann_path), "--no-overlays", "--threads", "2"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                str(shipped_onnx),
+                str(data / "images"),
+                "--out",
+                str(out),
+                "--image-ids-from",
+                str(ann_path),
+                "--no-overlays",
+                "--threads",
+                "2",
+            ]
+        )
+        == 0
+    )
     doc = json.loads((out / "results.json").read_text())
     assert schema_errors(doc, "results.schema.json") == []
     assert sorted(im["id"] for im in doc["images"]) == sorted(new_id.values())
@@ -170,8 +188,10 @@ def test_video_gives_an_annotated_video_and_one_json_line_per_frame(toy, tmp_pat
     cv2 = pytest.importorskip("cv2", reason="the video extra (opencv-python-headless) is not installed")
     h, w = 96, 128
     yy, xx = np.mgrid[0:h, 0:w]
-    frames = [np.stack([(xx * 2 + 10 * k) % 250 + 3, (yy * 2) % 250 + 3, np.full_like(xx, 120)], -1).astype(np.uint8)
-              for k in range(5)]
+    frames = [
+        np.stack([(xx * 2 + 10 * k) % 250 + 3, (yy * 2) % 250 + 3, np.full_like(xx, 120)], -1).astype(np.uint8)
+        for k in range(5)
+    ]
     clip = tmp_path / "clip.mp4"
     _write_video(clip, frames)
     out = tmp_path / "out"
@@ -206,8 +226,9 @@ def test_video_gives_an_annotated_video_and_one_json_line_per_frame(toy, tmp_pat
     inside = (slice(60, h), slice(40, 90))
     assert np.abs(decoded[0][inside].astype(int) - first[inside].astype(int)).mean() > 20
 
-    assert main(["infer", str(toy), str(clip), "--out", str(tmp_path / "two"), "--max-frames", "2",
-                 "--no-overlays"]) == 0
+    assert (
+        main(["infer", str(toy), str(clip), "--out", str(tmp_path / "two"), "--max-frames", "2", "--no-overlays"]) == 0
+    )
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["clip.frames.jsonl"]
     assert len((tmp_path / "two" / "clip.frames.jsonl").read_text().splitlines()) == 2
 
@@ -233,9 +254,8 @@ def test_unreadable_video_is_one_line(toy, tmp_path, capsys):
     assert leftovers == []
 
 
-
 @pytest.mark.slow
-def test_images_redone_after_a_bad_one_keep_their_colours(shipped_onnx, tmp_path):  # noqa: F811
+def test_images_redone_after_a_bad_one_keep_their_colours(shipped_onnx, tmp_path):
     """A corrupt file in a batch makes infer redo that batch image by image; the good images of that batch must
     give what a clean run gives (regression: they were decoded to RGB and then read as BGR video frames)."""
     from fixtures_models import held_out_images
@@ -245,14 +265,45 @@ def test_images_redone_after_a_bad_one_keep_their_colours(shipped_onnx, tmp_path
     for i, image in enumerate(held_out_images(3)):
         Image.fromarray(image).save(folder / f"{i}.png")
     clean = tmp_path / "clean"
-    assert main(["infer", str(shipped_onnx), str(folder), "--out", str(clean), "--batch-size", "1",
-                 "--no-overlays", "--threads", "2"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                str(shipped_onnx),
+                str(folder),
+                "--out",
+                str(clean),
+                "--batch-size",
+                "1",
+                "--no-overlays",
+                "--threads",
+                "2",
+            ]
+        )
+        == 0
+    )
     (folder / "3-bad.png").write_bytes(b"not a png")
     mixed = tmp_path / "mixed"
-    assert main(["infer", str(shipped_onnx), str(folder), "--out", str(mixed), "--batch-size", "4",
-                 "--no-overlays", "--threads", "2"]) == 1  # one failure
+    assert (
+        main(
+            [
+                "infer",
+                str(shipped_onnx),
+                str(folder),
+                "--out",
+                str(mixed),
+                "--batch-size",
+                "4",
+                "--no-overlays",
+                "--threads",
+                "2",
+            ]
+        )
+        == 1
+    )  # one failure
     want = json.loads((clean / "results.json").read_text())["annotations"]
     got = json.loads((mixed / "results.json").read_text())["annotations"]
     assert len(want) > 3
-    assert [(a["image_id"], a["category_id"], a["score"], a["bbox"]) for a in got] == \
-        [(a["image_id"], a["category_id"], a["score"], a["bbox"]) for a in want]
+    assert [(a["image_id"], a["category_id"], a["score"], a["bbox"]) for a in got] == [
+        (a["image_id"], a["category_id"], a["score"], a["bbox"]) for a in want
+    ]

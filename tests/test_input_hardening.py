@@ -18,8 +18,7 @@ from PIL import Image
 from toy_deployment_graph import TOY_BOX_FRACTIONS, write_toy_graph
 
 import deploy_sdk.predictor as predictor_module
-from deploy_sdk import DeploySdkError, InputImageError, Predictor
-from deploy_sdk import preprocessing
+from deploy_sdk import DeploySdkError, InputImageError, Predictor, preprocessing
 from deploy_sdk.backends.onnxruntime import OnnxRuntimeBackend
 from deploy_sdk.preprocessing import load_image, resize_bilinear, resized_size
 
@@ -113,6 +112,7 @@ def test_undefined_deep_images_are_refused():
 # ---------------------------------------------------------------------------------------------------------------
 # EXIF orientation
 
+
 def _asymmetric(h: int = 2, w: int = 3) -> np.ndarray:
     img = np.zeros((h, w, 3), np.uint8)
     img[0, 0] = (255, 0, 0)
@@ -156,7 +156,7 @@ def test_exif_orientation_of_a_jpeg(tmp_path):
     expected = np.rot90(img, k=-1)  # red block top right, blue block bottom left
     for y in range(0, 24, 8):
         for x in range(0, 16, 8):
-            block = out[y: y + 8, x: x + 8].reshape(-1, 3).mean(axis=0)
+            block = out[y : y + 8, x : x + 8].reshape(-1, 3).mean(axis=0)
             np.testing.assert_allclose(block, expected[y, x], atol=12, err_msg=f"block at {y},{x}")
 
 
@@ -182,6 +182,7 @@ def test_pil_images_are_taken_as_given(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------------------
 # The pixel limit, before decoding
+
 
 def test_limit_is_pillows_decompression_bomb_limit():
     # Pillow refuses files of more than twice its MAX_IMAGE_PIXELS (default 89,478,485): one limit for all inputs.
@@ -242,6 +243,7 @@ def test_limit_can_be_lowered_and_raised(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------------------
 # The resize's memory at extreme aspect ratios
 
+
 def _naive_bilinear(img: np.ndarray, oh: int, ow: int) -> np.ndarray:
     """Per-pixel bilinear, align_corners=False, in float64: the textbook formula, [C, oh, ow]."""
     h, w, c = img.shape
@@ -293,6 +295,7 @@ def test_resize_with_gathered_columns_matches_naive_bilinear(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------------------------
 # predict() decodes batch by batch
+
 
 def _record_decodes_and_inference(monkeypatch, pred):
     events = []
@@ -357,6 +360,7 @@ def test_empty_inputs_give_empty_results(predictor):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Clear errors at the call
+
 
 def test_closed_predictor_says_so(toy_model):
     pred = Predictor(toy_model, threads=1)
@@ -432,6 +436,7 @@ def test_bad_arrays_are_named_input_errors(predictor, bad, message):
 # ---------------------------------------------------------------------------------------------------------------
 # Aspect ratios the resize cannot represent
 
+
 @pytest.mark.parametrize("h, w", [(1, 128), (1, 129), (1, 200), (129, 1), (2, 256), (2, 257), (5, 9), (3, 20_000)])
 def test_refused_exactly_where_torchvision_cannot_resize(h, w):
     import torch
@@ -445,7 +450,9 @@ def test_refused_exactly_where_torchvision_cannot_resize(h, w):
     if torchvision_ok:
         preprocessing.check_resizable(h, w, 64, 128)
     else:
-        with pytest.raises(InputImageError, match=r"aspect ratio of \d+:1, more than this model's max_size:1 \(128:1\)"):
+        with pytest.raises(
+            InputImageError, match=r"aspect ratio of \d+:1, more than this model's max_size:1 \(128:1\)"
+        ):
             preprocessing.check_resizable(h, w, 64, 128)
 
 

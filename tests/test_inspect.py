@@ -18,9 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_models import shipped_loaded, shipped_model_file, shipped_onnx  # noqa: F401
-from shipped_conversion import shipped_conversion  # noqa: F401  (session fixture)
-
 from deploy_sdk.cli import main
 from deploy_sdk.commands.inspect import inspect_file
 
@@ -47,8 +44,14 @@ def test_inspect_onnx_agrees_with_the_onnx_package(shipped_onnx):
     assert report["kind"] == "onnx" and report["precision"] == "fp32"
     assert report["size_bytes"] == shipped_onnx.stat().st_size
     expect_io = [
-        [{"name": v.name, "dtype": helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-          "shape": _dims(v)} for v in values]
+        [
+            {
+                "name": v.name,
+                "dtype": helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                "shape": _dims(v),
+            }
+            for v in values
+        ]
         for values in (model.graph.input, model.graph.output)
     ]
     assert [report["inputs"], report["outputs"]] == expect_io
@@ -82,14 +85,18 @@ def test_inspect_reduced_precision_graphs(shipped_conversion):
     model = onnx.load(str(shipped_conversion.file(".fp16.onnx")))
     half = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
     assert fp16["precision"] == "fp16"
-    assert fp16["weights"]["float16"] == {"tensors": len(half),
-                                          "bytes": sum(onnx.numpy_helper.to_array(t).nbytes for t in half)}
+    assert fp16["weights"]["float16"] == {
+        "tensors": len(half),
+        "bytes": sum(onnx.numpy_helper.to_array(t).nbytes for t in half),
+    }
     int8 = inspect_file(shipped_conversion.file(".int8.onnx"))
     model = onnx.load(str(shipped_conversion.file(".int8.onnx")))
     ops = collections.Counter(n.op_type for n in model.graph.node)
     assert int8["precision"] == "int8"
-    assert int8["quantization"] == {"QuantizeLinear": ops["QuantizeLinear"],
-                                    "DequantizeLinear": ops["DequantizeLinear"]}
+    assert int8["quantization"] == {
+        "QuantizeLinear": ops["QuantizeLinear"],
+        "DequantizeLinear": ops["DequantizeLinear"],
+    }
     rc, text, _ = _cli(["inspect", str(shipped_conversion.file(".int8.onnx"))])
     assert rc == 0 and f"quantization: {ops['QuantizeLinear']} QuantizeLinear" in text
 
@@ -98,15 +105,19 @@ def test_inspect_engine_header_without_tensorrt(tmp_path, shipped_onnx):
     from deploy_sdk.engine_file import EngineHeader, GpuIdentity, write_engine_file
 
     meta = inspect_file(shipped_onnx)["metadata"]
-    from deploy_sdk.onnx_summary import read_onnx_summary
     from deploy_sdk.model_metadata import ModelMetadata
+    from deploy_sdk.onnx_summary import read_onnx_summary
 
     metadata = ModelMetadata.from_props(read_onnx_summary(shipped_onnx).metadata_props)
     metadata.precision = "fp16"
     header = EngineHeader(
-        metadata=metadata, tensorrt_version="10.13.0.35", gpu=GpuIdentity("NVIDIA H100 80GB HBM3", "9.0"),
-        profile={"images": {"min": [1, 3, 32, 32], "opt": [2, 3, 512, 512], "max": [4, 3, 512, 512]},
-                 "image_sizes": {"min": [1, 2], "opt": [2, 2], "max": [4, 2]}},
+        metadata=metadata,
+        tensorrt_version="10.13.0.35",
+        gpu=GpuIdentity("NVIDIA H100 80GB HBM3", "9.0"),
+        profile={
+            "images": {"min": [1, 3, 32, 32], "opt": [2, 3, 512, 512], "max": [4, 3, 512, 512]},
+            "image_sizes": {"min": [1, 2], "opt": [2, 2], "max": [4, 2]},
+        },
     )
     path = tmp_path / "m.engine"
     write_engine_file(path, b"\x00plan" * 100, header)
@@ -136,10 +147,13 @@ def test_inspect_checkpoint_counts_what_torchvision_holds(shipped_model_file, sh
     assert report["metadata"]["arch"] == shipped_loaded.arch
 
 
-@pytest.mark.parametrize("content,expected", [
-    (b"hello\n", "is a text file"),
-    (None, "its data ends in the middle of a field"),  # a truncated graph
-])
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (b"hello\n", "is a text file"),
+        (None, "its data ends in the middle of a field"),  # a truncated graph
+    ],
+)
 def test_inspect_bad_onnx_files(tmp_path, shipped_onnx, content, expected):
     path = tmp_path / "bad.onnx"
     path.write_bytes(content if content is not None else shipped_onnx.read_bytes()[:5000])
@@ -151,7 +165,7 @@ def test_inspect_bad_onnx_files(tmp_path, shipped_onnx, content, expected):
     assert rc == 1 and "file not found" in err
 
 
-_RUNTIME_ONLY = r'''
+_RUNTIME_ONLY = r"""
 import importlib.abc, json, sys
 
 class Block(importlib.abc.MetaPathFinder):
@@ -167,7 +181,7 @@ with contextlib.redirect_stdout(out):
     rc = main(["inspect", sys.argv[1], "--json"])
 print("RESULT " + json.dumps({"rc": rc, "out": out.getvalue(),
                               "heavy": sorted(m for m in ("torch", "onnx") if m in sys.modules)}))
-'''
+"""
 
 
 def test_inspect_onnx_on_the_runtime_only_install(tmp_path, shipped_onnx):
@@ -175,10 +189,16 @@ def test_inspect_onnx_on_the_runtime_only_install(tmp_path, shipped_onnx):
     script.write_text(_RUNTIME_ONLY)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run([sys.executable, str(script), str(shipped_onnx)], capture_output=True, text=True,
-                          timeout=120, env=env, cwd=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, str(script), str(shipped_onnx)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=str(tmp_path),
+    )
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     assert proc.returncode == 0 and line, proc.stderr[-2000:]
-    result = json.loads(line[0][len("RESULT "):])
+    result = json.loads(line[0][len("RESULT ") :])
     assert result["rc"] == 0 and not result["heavy"]
     assert json.loads(result["out"])["metadata"]["num_classes"] == 7

@@ -23,8 +23,6 @@ import textwrap
 from pathlib import Path
 from typing import Dict, Iterator, List, Set, Tuple
 
-import pytest
-
 import deploy_sdk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +70,7 @@ def culprit(exc):
     return f"{f.filename}:{f.lineno}: {(f.line or '').strip()}" if f else "?"
 '''
 
-_IMPORT_RUNTIME = r'''
+_IMPORT_RUNTIME = r"""
 import importlib, json, os, pkgutil
 
 import deploy_sdk
@@ -138,7 +136,7 @@ except BaseException as exc:
     cli["error"] = f"{type(exc).__name__}: {exc} (at {culprit(exc)})"
 
 print("RESULT " + json.dumps({"modules": names, "failures": failures, "cli": cli}))
-'''
+"""
 
 
 def _run_blocked(blocked: Tuple[str, ...], body: str, tmp_path: Path, args: Tuple[str, ...] = ()) -> Dict:
@@ -146,23 +144,36 @@ def _run_blocked(blocked: Tuple[str, ...], body: str, tmp_path: Path, args: Tupl
     script.write_text(_BLOCKER % {"blocked": blocked} + body)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
     env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True,
-                          text=True, timeout=300, cwd=str(tmp_path), env=env)
+    proc = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, cwd=str(tmp_path), env=env
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def test_runtime_layer_imports_without_conversion_benchmarks_or_torch(tmp_path):
-    blocked = ("deploy_sdk.conversion", "deploy_sdk.benchmarks", "conversion", "benchmarks",
-               "torch", "torchvision", "onnx")
+    blocked = (
+        "deploy_sdk.conversion",
+        "deploy_sdk.benchmarks",
+        "conversion",
+        "benchmarks",
+        "torch",
+        "torchvision",
+        "onnx",
+    )
     result = _run_blocked(blocked, _IMPORT_RUNTIME % {"upper": UPPER_LAYERS}, tmp_path)
     problems = [f"{f['module']}: {f['error']} (imported at {f['at']})" for f in result["failures"]]
     assert not problems, "runtime-layer modules that need an upper layer or torch:\n" + "\n".join(problems)
     # The walk found the runtime modules, and only them.
     modules = set(result["modules"])
-    assert {"deploy_sdk.cli", "deploy_sdk.predictor", "deploy_sdk.commands.infer", "deploy_sdk.backends.onnxruntime",
-            "deploy_sdk.commands.options"} <= modules
+    assert {
+        "deploy_sdk.cli",
+        "deploy_sdk.predictor",
+        "deploy_sdk.commands.infer",
+        "deploy_sdk.backends.onnxruntime",
+        "deploy_sdk.commands.options",
+    } <= modules
     assert not [m for m in modules if m.startswith(("deploy_sdk.conversion", "deploy_sdk.benchmarks"))]
 
     cli = result["cli"]
@@ -177,7 +188,7 @@ def test_runtime_layer_imports_without_conversion_benchmarks_or_torch(tmp_path):
     assert "maskrcnn-deploy[convert]" in cli["torch_backend"], cli["torch_backend"]
 
 
-_RUNTIME_ONLY_EVAL = r'''
+_RUNTIME_ONLY_EVAL = r"""
 import contextlib, io, json, sys
 from deploy_sdk.cli import main
 
@@ -206,7 +217,7 @@ with contextlib.redirect_stdout(run):
     eval_rc = main(["eval", model, "--images", images, "--annotations", annotations, "--quiet"])
 print("RESULT " + json.dumps({"help_rc": help_rc, "help": out.getvalue(), "eval_help": eval_help, "helps": helps,
                               "eval_rc": eval_rc, "eval_out": run.getvalue()}))
-'''
+"""
 
 
 def test_runtime_only_install_lists_every_command_and_evaluates_an_onnx_file(tmp_path):
@@ -219,17 +230,40 @@ def test_runtime_only_install_lists_every_command_and_evaluates_an_onnx_file(tmp
 
     model = write_toy_graph(tmp_path / "toy.onnx")
     write_dataset(tmp_path / "ds", num=2, seed=3, min_size=48, max_size=48)
-    result = _run_blocked(("torch", "torchvision", "onnx"), _RUNTIME_ONLY_EVAL, tmp_path,
-                          (str(model), str(tmp_path / "ds" / "images"), str(tmp_path / "ds" / "annotations.json")))
+    result = _run_blocked(
+        ("torch", "torchvision", "onnx"),
+        _RUNTIME_ONLY_EVAL,
+        tmp_path,
+        (str(model), str(tmp_path / "ds" / "images"), str(tmp_path / "ds" / "annotations.json")),
+    )
     assert result["help_rc"] == 0
     listed = [line.split()[0] for line in result["help"].splitlines() if line.startswith("  ")]
-    assert listed == ["demo", "data", "convert", "eval", "export", "check", "infer", "inspect", "inline", "fp16",
-                      "quantize", "build", "bench", "serve", "batch", "triton-repo"]
+    assert listed == [
+        "demo",
+        "data",
+        "convert",
+        "eval",
+        "export",
+        "check",
+        "infer",
+        "inspect",
+        "inline",
+        "fp16",
+        "quantize",
+        "build",
+        "bench",
+        "serve",
+        "batch",
+        "triton-repo",
+    ]
     assert result["eval_help"] == 0
     # Every command's --help works, or says in one line which extra to install (no traceback).
     for name, (code, err) in result["helps"].items():
         assert code == 0 or (code == 1 and "maskrcnn-deploy[convert]" in err and len(err.splitlines()) == 1), (
-            name, code, err)
+            name,
+            code,
+            err,
+        )
     assert result["eval_rc"] == 0 and "AP50" in result["eval_out"], result
 
 
@@ -360,9 +394,7 @@ def layer_violations(package_dir: Path) -> List[str]:
 
 def test_no_module_imports_a_higher_layer():
     problems = layer_violations(PACKAGE_DIR)
-    assert not problems, "imports against the layering (benchmarks > conversion > deploy_sdk):\n" + "\n".join(
-        problems
-    )
+    assert not problems, "imports against the layering (benchmarks > conversion > deploy_sdk):\n" + "\n".join(problems)
 
 
 def test_the_static_check_sees_lazy_imports_strings_and_registries(tmp_path):
@@ -384,8 +416,14 @@ def test_the_static_check_sees_lazy_imports_strings_and_registries(tmp_path):
     (pkg / "conversion" / "up.py").write_text("import deploy_sdk.benchmarks.harness\n")
     (pkg / "benchmarks" / "ok.py").write_text("from deploy_sdk.conversion import export\n")
     text = "\n".join(layer_violations(pkg))
-    for module in ("commands.lazy", "commands.attr", "commands.rel", "backends.torchy", "commands.top",
-                   "conversion.up"):
+    for module in (
+        "commands.lazy",
+        "commands.attr",
+        "commands.rel",
+        "backends.torchy",
+        "commands.top",
+        "conversion.up",
+    ):
         assert f"deploy_sdk.{module} " in text, (module, text)
     assert "deploy_sdk.cli " not in text and "deploy_sdk.backends " not in text, text
     assert "benchmarks.ok" not in text, text

@@ -77,8 +77,8 @@ def test_cropped_masks_are_the_full_masks_restricted_to_their_patch():
     for i, (crop, (x, y)) in enumerate(zip(crops, offsets.tolist())):
         rest = full[i].copy()
         h, w = crop.shape
-        assert (rest[y: y + h, x: x + w] == crop).all()
-        rest[y: y + h, x: x + w] = False
+        assert (rest[y : y + h, x : x + w] == crop).all()
+        rest[y : y + h, x : x + w] = False
         assert not rest.any(), f"mask {i} has pixels outside its crop"
 
 
@@ -103,8 +103,13 @@ def test_detections_coco_results_and_mask_forms():
     masks, boxes = _random_case(8, 6, (120, 90))
     full = paste_masks(masks, boxes, (120, 90))
     crops, offsets = paste_masks_cropped(masks, boxes, (120, 90))
-    common = dict(boxes=boxes, scores=np.linspace(0.9, 0.4, 6).astype(np.float32), labels=np.arange(1, 7),
-                  class_names=["bg"] + [f"c{i}" for i in range(1, 7)], image_size=(120, 90))
+    common = dict(
+        boxes=boxes,
+        scores=np.linspace(0.9, 0.4, 6).astype(np.float32),
+        labels=np.arange(1, 7),
+        class_names=["bg"] + [f"c{i}" for i in range(1, 7)],
+        image_size=(120, 90),
+    )
     dets_full = Detections(masks=full, **common)
     dets_box = Detections(masks=None, mask_crops=crops, mask_offsets=offsets, **common)
     dets_rle = Detections(masks=None, rles=[encode_rle(m) for m in full], **common)
@@ -116,14 +121,22 @@ def test_detections_coco_results_and_mask_forms():
     assert r["image_id"] == 42 and r["category_id"] == 103
     x1, y1, x2, y2 = boxes[2].tolist()
     assert r["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=1e-3)
-    assert (coco_mask.decode({"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"]}) == full[2]).all()
+    assert (
+        coco_mask.decode({"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"]}) == full[2]
+    ).all()
 
 
 def test_draw_overlays_masks_and_boxes():
     masks, boxes = _random_case(9, 3, (64, 80))
     full = paste_masks(masks, boxes, (64, 80))
-    det = Detections(boxes=boxes, scores=np.ones(3, np.float32), labels=np.ones(3, np.int64), masks=full,
-                     class_names=["bg", "thing"], image_size=(64, 80))
+    det = Detections(
+        boxes=boxes,
+        scores=np.ones(3, np.float32),
+        labels=np.ones(3, np.int64),
+        masks=full,
+        class_names=["bg", "thing"],
+        image_size=(64, 80),
+    )
     image = np.zeros((64, 80, 3), np.uint8)
     overlay = det.draw(image, show_labels=False)
     assert overlay.shape == image.shape and overlay.dtype == np.uint8

@@ -70,10 +70,10 @@ def _write_onnx(path, props):
 def _rewrite_header(path, mutate):
     raw = path.read_bytes()
     magic, fmt, hlen = struct.unpack("<8sIQ", raw[:20])
-    data = json.loads(raw[20: 20 + hlen])
+    data = json.loads(raw[20 : 20 + hlen])
     data = mutate(data)
     blob = json.dumps(data).encode()
-    path.write_bytes(struct.pack("<8sIQ", magic, fmt, len(blob)) + blob + raw[20 + hlen:])
+    path.write_bytes(struct.pack("<8sIQ", magic, fmt, len(blob)) + blob + raw[20 + hlen :])
 
 
 def _engine(path):

@@ -3,12 +3,12 @@ next to the base install's onnxruntime, and the SDK warns once when it finds bot
 
 from __future__ import annotations
 
-import tomllib
 import warnings
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import deploy_sdk.backends.onnxruntime_packages as packages
 

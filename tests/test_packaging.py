@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CUDA_ARCHS = ("75", "80", "86", "89", "90")
 
 # Run by the freshly installed SDK in its own venv, from a folder outside the repository.
-_PROBE = r'''
+_PROBE = r"""
 import importlib.util, json, os, sys, sysconfig
 
 import numpy as np
@@ -55,7 +55,7 @@ try:
 except PluginError as exc:
     result["cuda_library"] = f"PluginError: {exc}"
 print("RESULT " + json.dumps(result))
-'''
+"""
 
 
 def _nvcc_found() -> bool:
@@ -119,7 +119,7 @@ def test_wheel_holds_one_package_with_the_library_and_works_installed(tmp_path):
                            timeout=120)  # fmt: skip
     lines = [line for line in probe.stdout.splitlines() if line.startswith("RESULT ")]
     assert probe.returncode == 0 and lines, probe.stdout[-3000:] + probe.stderr[-3000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
 
     platlib = Path(result["platlib"])
     assert Path(result["package"]) == platlib / "deploy_sdk" / "__init__.py"

@@ -1,4 +1,5 @@
-"""deploy_sdk.conversion.parity on hand-worked examples: IoU values computed by hand, matching rules, failure reasons."""
+"""deploy_sdk.conversion.parity on hand-worked examples: IoU values computed by hand, matching rules, failure
+reasons."""
 
 from __future__ import annotations
 

@@ -18,8 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from deploy_sdk import PluginError
-from deploy_sdk import plugin_build, plugins
+from deploy_sdk import PluginError, plugin_build, plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The architectures plugins/CMakeLists.txt builds by default (SASS for each, PTX for the last).
@@ -228,9 +227,9 @@ def test_concurrent_first_use_builds_once(tmp_path):
         for _ in range(2)
     ]  # fmt: skip
     results = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, results):
+    for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err
-    paths = {out.splitlines()[0] for out, _ in results}
+    paths = {stdout.splitlines()[0] for stdout, _ in results}
     assert len(paths) == 1
     assert [out.splitlines()[1] for out, _ in results] == ["4.0", "4.0"]
     builds = sum(err.count("building the RoIAlign plugin library") for _, err in results)

@@ -11,8 +11,8 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-
 from compare import assert_close
+
 from deploy_sdk import DeploySdkError, plugins
 
 torch = pytest.importorskip("torch")
@@ -27,8 +27,7 @@ IMAGE_HW = (800, 1216)
 def _inputs(num_rois, channels, batch=1, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     feats = [
-        torch.randn(batch, channels, int(IMAGE_HW[0] * s), int(IMAGE_HW[1] * s), generator=g).to(dtype)
-        for s in SCALES
+        torch.randn(batch, channels, int(IMAGE_HW[0] * s), int(IMAGE_HW[1] * s), generator=g).to(dtype) for s in SCALES
     ]
     side = torch.exp(torch.empty(batch, num_rois, 2).uniform_(np.log(8), np.log(700), generator=g))
     x1 = torch.rand(batch, num_rois, generator=g) * (IMAGE_HW[1] - 50) - 20

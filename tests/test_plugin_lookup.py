@@ -18,8 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from deploy_sdk import PluginError
-from deploy_sdk import plugin_build, plugins
+from deploy_sdk import PluginError, plugin_build, plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 

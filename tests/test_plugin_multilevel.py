@@ -11,10 +11,9 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-
 from compare import assert_close
-from deploy_sdk import DeploySdkError
-from deploy_sdk import plugins
+
+from deploy_sdk import DeploySdkError, plugins
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -44,8 +43,7 @@ def _threshold_boxes(rng, per_image):
 
 def _features(rng, batch, channels, dtype=np.float32):
     return [
-        rng.standard_normal((batch, channels, int(IMAGE_HW[0] * s), int(IMAGE_HW[1] * s))).astype(dtype)
-        for s in SCALES
+        rng.standard_normal((batch, channels, int(IMAGE_HW[0] * s), int(IMAGE_HW[1] * s))).astype(dtype) for s in SCALES
     ]
 
 

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from compare import assert_close
-from deploy_sdk import DeploySdkError
-from deploy_sdk import plugins
+
+from deploy_sdk import DeploySdkError, plugins
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -37,7 +36,11 @@ def _random_boxes(rng, n, height, width, scale):
 def _torchvision(features, boxes, batch, output_size, scale, sampling_ratio, aligned):
     rois = np.concatenate([batch[:, None].astype(np.float32), boxes.astype(np.float32)], 1)
     out = torchvision.ops.roi_align(
-        torch.from_numpy(features.astype(np.float32)), torch.from_numpy(rois), output_size, scale, sampling_ratio,
+        torch.from_numpy(features.astype(np.float32)),
+        torch.from_numpy(rois),
+        output_size,
+        scale,
+        sampling_ratio,
         aligned,
     )
     return out.numpy()
@@ -175,7 +178,7 @@ def test_max_mode_differs_from_onnx_runtime_roialign_max():
     # Documents why ONNX RoiAlign(mode="max") must never stand in for our op (onnxruntime issue 6146): it takes the
     # max of the weighted corner terms, not of the interpolated samples. Bin (0, 0) of the hand example: the
     # sample (0.75, 0.75) has corner terms 0*.0625, 1*.1875, 4*.1875, 5*.5625 -> max 2.8125, not 3.75.
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
 
@@ -265,7 +268,7 @@ IMPLEMENTATIONS = ["fast", "kernel"]  # the CPU fast path, and poolOutputElement
 
 #: Boxes with a NaN or infinite coordinate in every position, mixed among finite boxes.
 NONFINITE_BOXES = [
-    [np.nan, 2.0, 9.0, 9.0],  # the issue's example
+    [np.nan, 2.0, 9.0, 9.0],  # a NaN x1
     [1.0, np.nan, 9.0, 9.0],
     [1.0, 2.0, np.nan, 9.0],  # legacy mode clamps the size with fmaxf, which would hide this NaN
     [1.0, 2.0, 9.0, np.nan],

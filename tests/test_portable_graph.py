@@ -12,8 +12,12 @@ from onnx import TensorProto, helper
 from precision_toy_graph import TOY_DOMAIN, make_toy_graph, toy_inputs
 
 from deploy_sdk.cli import main
-from deploy_sdk.conversion.graph_passes import (check_portable_graph, make_portable_graph,
-                                                strip_roi_align_functions, write_portable_graph)
+from deploy_sdk.conversion.graph_passes import (
+    check_portable_graph,
+    make_portable_graph,
+    strip_roi_align_functions,
+    write_portable_graph,
+)
 from deploy_sdk.errors import DeploySdkError, EngineError
 from deploy_sdk.portable_graph import STANDARD_DOMAINS, custom_domain_nodes, is_portable, make_portable
 
@@ -65,8 +69,11 @@ def test_portable_graph_is_made_once():
 def test_custom_node_without_a_function_cannot_be_made_portable():
     model = make_toy_graph()
     del model.functions[:]
-    with pytest.raises(EngineError, match=r"/roi_heads/box_roi_pool.*maskrcnn_deploy::MultiLevelRoIAlign.*no ONNX "
-                                          r"function body"):
+    with pytest.raises(
+        EngineError,
+        match=r"/roi_heads/box_roi_pool.*maskrcnn_deploy::MultiLevelRoIAlign.*no ONNX "
+        r"function body",
+    ):
         make_portable(model)
     with pytest.raises(EngineError, match="not portable"):
         check_portable_graph(model)
@@ -130,11 +137,19 @@ def test_write_portable_graph_leaves_no_partial_file_on_failure(tmp_path):
 
 
 def test_nodes_in_subgraphs_are_found():
-    inner = helper.make_graph([helper.make_node("Foo", ["x"], ["y"], domain="vendor")], "body", [],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    inner = helper.make_graph(
+        [helper.make_node("Foo", ["x"], ["y"], domain="vendor")],
+        "body",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     node = helper.make_node("If", ["c"], ["y"], name="if", then_branch=inner, else_branch=inner)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     model = helper.make_model(graph)
     assert custom_domain_nodes(model) == [("", "vendor", "Foo"), ("", "vendor", "Foo")]
 
@@ -152,8 +167,9 @@ def test_shipped_model_portable_outputs_identical_on_onnxruntime(tmp_path):
     original, portable = onnx.load(str(path)), onnx.load(str(out))
     assert [n.op_type for n in original.graph.node if n.domain == TOY_DOMAIN] == ["MultiLevelRoIAlign"] * 2
     _assert_portable(original, portable)
-    batch = prepare_batch(held_out_images(2), min_size=384, max_size=512, size_divisible=32, fixed=None,
-                          dtype=np.float32)
+    batch = prepare_batch(
+        held_out_images(2), min_size=384, max_size=512, size_divisible=32, fixed=None, dtype=np.float32
+    )
     feeds = {"images": batch.images, "image_sizes": batch.image_sizes}
     a, b = _run(original, feeds), _run(portable, feeds)
     assert int(a["num_detections"].sum()) > 0
@@ -164,10 +180,10 @@ def test_shipped_model_portable_outputs_identical_on_onnxruntime(tmp_path):
 @pytest.mark.slow
 def test_export_portable_writes_the_inlined_graph(tmp_path):
     import torch
+    from tiny_maskrcnn import build_tiny_maskrcnn
 
     from deploy_sdk.conversion.checkpoint import load_torchvision_model
     from deploy_sdk.conversion.export import export_onnx
-    from tiny_maskrcnn import build_tiny_maskrcnn
 
     loaded = load_torchvision_model(build_tiny_maskrcnn(seed=0))
     normal, portable = tmp_path / "tiny.onnx", tmp_path / "tiny.portable.onnx"
@@ -176,8 +192,10 @@ def test_export_portable_writes_the_inlined_graph(tmp_path):
     a, b = onnx.load(str(normal)), onnx.load(str(portable))
     _assert_portable(a, b)
     g = torch.Generator().manual_seed(3)
-    feeds = {"images": (torch.rand((2, 3, 160, 192), generator=g) * 255).numpy(),
-             "image_sizes": np.array([[160, 192], [128, 150]], np.int64)}
+    feeds = {
+        "images": (torch.rand((2, 3, 160, 192), generator=g) * 255).numpy(),
+        "image_sizes": np.array([[160, 192], [128, 150]], np.int64),
+    }
     ra, rb = _run(a, feeds), _run(b, feeds)
     for name in ra:
         np.testing.assert_array_equal(ra[name], rb[name], err_msg=name)

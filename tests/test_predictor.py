@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from toy_deployment_graph import TOY_BOX_FRACTIONS, TOY_CLASSES, TOY_LABELS, TOY_SCORES, toy_masks, write_toy_graph
 from torchvision.models.detection.roi_heads import paste_masks_in_image
+from toy_deployment_graph import TOY_BOX_FRACTIONS, TOY_CLASSES, TOY_LABELS, TOY_SCORES, toy_masks, write_toy_graph
 
 from deploy_sdk import DeploySdkError, Detections, InputImageError, Predictor
 from deploy_sdk.preprocessing import resized_size
@@ -89,9 +89,13 @@ def test_input_forms_agree(predictor, tmp_path):
     rgb = _image(60, 90, seed=3)
     Image.fromarray(rgb).save(tmp_path / "x.png")
     ref = predictor.predict(rgb)
-    for other in (predictor.predict(str(tmp_path / "x.png")), predictor.predict(tmp_path / "x.png"),
-                  predictor.predict(Image.fromarray(rgb)), predictor.predict(np.stack([rgb, rgb]))[1],
-                  predictor.predict((rgb,))[0]):
+    for other in (
+        predictor.predict(str(tmp_path / "x.png")),
+        predictor.predict(tmp_path / "x.png"),
+        predictor.predict(Image.fromarray(rgb)),
+        predictor.predict(np.stack([rgb, rgb]))[1],
+        predictor.predict((rgb,))[0],
+    ):
         np.testing.assert_array_equal(other.boxes, ref.boxes)
         np.testing.assert_array_equal(other.masks, ref.masks)
 
@@ -266,9 +270,7 @@ def test_predict_iter_overlaps_preprocessing_with_inference(toy_model):
     assert len(results) == 12
     assert all(name.startswith("maskrcnn-pre") for _, _, name in spans["prepare"])
     assert all(name == threading.main_thread().name for _, _, name in spans["infer"])
-    overlapping = sum(
-        1 for ps, pe, _ in spans["prepare"] for is_, ie, _ in spans["infer"] if ps < ie and is_ < pe
-    )
+    overlapping = sum(1 for ps, pe, _ in spans["prepare"] for is_, ie, _ in spans["infer"] if ps < ie and is_ < pe)
     assert overlapping >= 3, spans
 
 

@@ -22,12 +22,30 @@ def test_infer_writes_overlays_and_coco_results(tmp_path, capsys):
     _write_images(tmp_path / "a", [(60, 80), (100, 40), (33, 90)])
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "black.png")
     out = tmp_path / "out"
-    code = main(["infer", str(model), str(tmp_path / "a"), str(tmp_path / "black.png"), "--out", str(out),
-                 "--batch-size", "2", "--threads", "1"])
+    code = main(
+        [
+            "infer",
+            str(model),
+            str(tmp_path / "a"),
+            str(tmp_path / "black.png"),
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0
     assert "6 detections in 4 images" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["black.png", "images.json", "img0.png", "img1.png", "img2.png",
-                                                     "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "black.png",
+        "images.json",
+        "img0.png",
+        "img1.png",
+        "img2.png",
+        "results.json",
+    ]
     overlay = np.asarray(Image.open(out / "img1.png"))
     assert overlay.shape == (100, 40, 3) and (overlay != 41).any()
 

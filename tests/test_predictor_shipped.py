@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures_models import parity_failures, shipped_loaded, shipped_model_file, shipped_onnx, held_out_images  # noqa: F401
+from fixtures_models import held_out_images, parity_failures
 
 from deploy_sdk import Predictor
 
@@ -37,18 +37,23 @@ def _torchvision_batched(loaded, images, batch_size):
     results = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            chunk = images[start: start + batch_size]
+            chunk = images[start : start + batch_size]
             outs = loaded.model.eval()([torch.from_numpy(im).permute(2, 0, 1).float() / 255.0 for im in chunk])
             for im, out in zip(chunk, outs):
-                results.append(Detections(
-                    boxes=out["boxes"].numpy(), scores=out["scores"].numpy(), labels=out["labels"].numpy(),
-                    masks=out["masks"][:, 0].numpy() > 0.5, class_names=list(loaded.class_names),
-                    image_size=im.shape[:2],
-                ))
+                results.append(
+                    Detections(
+                        boxes=out["boxes"].numpy(),
+                        scores=out["scores"].numpy(),
+                        labels=out["labels"].numpy(),
+                        masks=out["masks"][:, 0].numpy() > 0.5,
+                        class_names=list(loaded.class_names),
+                        image_size=im.shape[:2],
+                    )
+                )
     return results
 
 
-def test_onnxruntime_matches_pytorch_reference(shipped_loaded, seven_images, onnxruntime_results):  # noqa: F811
+def test_onnxruntime_matches_pytorch_reference(shipped_loaded, seven_images, onnxruntime_results):
     reference = _torchvision_batched(shipped_loaded, seven_images, batch_size=4)
     assert [d.image_size for d in onnxruntime_results] == [im.shape[:2] for im in seven_images]
     problems = parity_failures(reference, onnxruntime_results)
@@ -56,7 +61,7 @@ def test_onnxruntime_matches_pytorch_reference(shipped_loaded, seven_images, onn
     assert sum(len(d) for d in reference) > 0, "the reference found nothing: the comparison would be vacuous"
 
 
-def test_torch_backend_matches_onnxruntime(shipped_loaded, seven_images, onnxruntime_results):  # noqa: F811
+def test_torch_backend_matches_onnxruntime(shipped_loaded, seven_images, onnxruntime_results):
     from deploy_sdk.conversion.torch_backend import TorchBackend
 
     predictor = Predictor(TorchBackend(shipped_loaded, device="cpu"), batch_size=4)
@@ -69,7 +74,7 @@ def test_torch_backend_matches_onnxruntime(shipped_loaded, seven_images, onnxrun
         assert abs(len(a) - len(b)) <= 2
 
 
-def test_blank_images(shipped_loaded, shipped_onnx):  # noqa: F811
+def test_blank_images(shipped_loaded, shipped_onnx):
     from deploy_sdk.conversion.reference import ReferencePredictor
 
     blank = [np.zeros((300, 400, 3), np.uint8), np.full((200, 500, 3), 255, np.uint8)]

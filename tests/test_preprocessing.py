@@ -50,7 +50,9 @@ def test_resize_matches_interpolate_on_odd_scales():
         oh, ow = rng.integers(3, 400, 2)
         img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         expected = torch.nn.functional.interpolate(
-            torch.from_numpy(img).permute(2, 0, 1)[None].float(), size=(int(oh), int(ow)), mode="bilinear",
+            torch.from_numpy(img).permute(2, 0, 1)[None].float(),
+            size=(int(oh), int(ow)),
+            mode="bilinear",
             align_corners=False,
         )[0]
         assert_close(resize_bilinear(img, int(oh), int(ow)), expected, atol=1e-3, rtol=0, what=f"{h}x{w}->{oh}x{ow}")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 from compare import assert_close
-from toy_deployment_graph import write_toy_graph
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from toy_deployment_graph import write_toy_graph
 
 from deploy_sdk import DeploySdkError, Predictor
 from deploy_sdk.backends.base import Backend
@@ -68,9 +68,13 @@ class _DeviceEcho(Backend):
     def _infer(self, images, image_sizes):
         self.seen.append(images)
         b = int(images.shape[0])
-        return {"num_detections": np.zeros(b, np.int32), "boxes": np.zeros((b, 1, 4), np.float32),
-                "scores": np.zeros((b, 1), np.float32), "labels": np.zeros((b, 1), np.int32),
-                "masks": np.zeros((b, 1, 28, 28), np.float32)}
+        return {
+            "num_detections": np.zeros(b, np.int32),
+            "boxes": np.zeros((b, 1, 4), np.float32),
+            "scores": np.zeros((b, 1), np.float32),
+            "labels": np.zeros((b, 1), np.int32),
+            "masks": np.zeros((b, 1, 28, 28), np.float32),
+        }
 
 
 def test_predictor_hands_device_tensors_to_backends_that_take_them(tmp_path):
@@ -101,11 +105,11 @@ def test_preprocess_option_errors(tmp_path):
 
 
 def test_torch_backend_gives_the_same_detections_with_either_preprocessing():
+    from fixtures_models import parity_failures
     from tiny_maskrcnn import build_tiny_maskrcnn
 
     from deploy_sdk.conversion.checkpoint import load_torchvision_model
     from deploy_sdk.conversion.torch_backend import TorchBackend
-    from fixtures_models import parity_failures
 
     loaded = load_torchvision_model(build_tiny_maskrcnn())
     images = [np.random.default_rng(i).integers(0, 256, (120 + 10 * i, 90, 3), dtype=np.uint8) for i in range(3)]

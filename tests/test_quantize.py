@@ -11,8 +11,8 @@ import pytest
 from onnx import numpy_helper
 from precision_toy_graph import make_toy_graph, toy_inputs, toy_metadata, write_toy_images
 
-from deploy_sdk.conversion.quantize import ImageCalibrationReader, find_calibration_images, quantize_int8
 from deploy_sdk.cli import main as cli_main
+from deploy_sdk.conversion.quantize import ImageCalibrationReader, find_calibration_images, quantize_int8
 from deploy_sdk.errors import DeploySdkError, InputImageError
 from deploy_sdk.model_metadata import ModelMetadata
 
@@ -102,8 +102,11 @@ def test_int8_graph_runs_and_keeps_coordinates_exact(quantized):
     # multiply-add pairs that saturate at 16 bits. Allow that in the graph's own units: 16 quantization steps
     # of the logits (a sigmoid moves at most 1/4 per unit), on top of the quantization error.
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
-    (logits_step,) = [float(inits[n.input[1]]) for n in onnx.load(str(out)).graph.node
-                      if n.op_type == "QuantizeLinear" and n.input[0] == "logits"]
+    (logits_step,) = [
+        float(inits[n.input[1]])
+        for n in onnx.load(str(out)).graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] == "logits"
+    ]
     kernel_slack = 0.25 * 16 * logits_step
     assert np.abs(got[0] - ref[0]).max() <= quantization_error + kernel_slack, (
         f"int8 scores off by {np.abs(got[0] - ref[0]).max():.4f}: quantization error {quantization_error:.4f} "

@@ -16,7 +16,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 import pytest
-from fixtures_models import held_out_images, shipped_model_file, shipped_onnx  # noqa: F401
+from fixtures_models import held_out_images
 
 from deploy_sdk.errors import DeploySdkError, InputImageError
 from deploy_sdk.serving.offline import resolve_inputs
@@ -42,7 +42,7 @@ def image_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(shipped_onnx, image_dir) -> Dict[str, Any]:  # noqa: F811
+def reference(shipped_onnx, image_dir) -> Dict[str, Any]:
     """What the job must write, from Predictor called directly: the files in name order, image ids 1.., each block
     of BATCH consecutive readable images as one batch (as the job runs it), COCO results in id order."""
     from deploy_sdk import Predictor
@@ -55,14 +55,13 @@ def reference(shipped_onnx, image_dir) -> Dict[str, Any]:  # noqa: F811
     with Predictor(shipped_onnx, batch_size=BATCH, threads=1, mask_format="rle") as predictor:
         for start in range(0, len(files), BATCH):
             block = []
-            for image_id, f in enumerate(files[start: start + BATCH], start + 1):
+            for image_id, f in enumerate(files[start : start + BATCH], start + 1):
                 try:
                     block.append((image_id, f, load_image(f)))
                 except InputImageError:
                     failed.append(str(f))
             for (image_id, f, image), det in zip(block, predictor.predict([im for _, _, im in block])):
-                images.append({"id": image_id, "file_name": str(f), "height": image.shape[0],
-                               "width": image.shape[1]})
+                images.append({"id": image_id, "file_name": str(f), "height": image.shape[0], "width": image.shape[1]})
                 results.extend(det.to_coco(image_id))
         class_names = list(predictor.metadata.class_names)
     assert len(results) > 0 and failed == [str(image_dir / "img05b.png")]
@@ -83,8 +82,7 @@ def cluster():
 def _run(model, inputs, out, **kwargs):
     from deploy_sdk.serving import run_batch_job
 
-    return run_batch_job(model, inputs, out, batch_size=BATCH, threads=1, progress=False, log=lambda _: None,
-                         **kwargs)
+    return run_batch_job(model, inputs, out, batch_size=BATCH, threads=1, progress=False, log=lambda _: None, **kwargs)
 
 
 def _check_schema(document: Dict[str, Any]) -> None:
@@ -93,10 +91,10 @@ def _check_schema(document: Dict[str, Any]) -> None:
     from referencing import Registry, Resource
 
     folder = Path(__file__).resolve().parents[1] / "docs" / "schemas"
-    schemas = {name: json.loads((folder / name).read_text()) for name in ("results.schema.json",
-                                                                         "detections.schema.json")}
-    registry = Registry().with_resources(
-        [(s["$id"], Resource.from_contents(s)) for s in schemas.values()])
+    schemas = {
+        name: json.loads((folder / name).read_text()) for name in ("results.schema.json", "detections.schema.json")
+    }
+    registry = Registry().with_resources([(s["$id"], Resource.from_contents(s)) for s in schemas.values()])
     jsonschema.Draft202012Validator(schemas["results.schema.json"], registry=registry).validate(document)
 
 
@@ -133,8 +131,13 @@ quiet_ray_data = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data
 
 @pytest.mark.slow
 @quiet_ray_data
-def test_batch_job_equals_predictor_and_resumes_after_sigkill(cluster, shipped_onnx, image_dir, reference,  # noqa: F811
-                                                               tmp_path):
+def test_batch_job_equals_predictor_and_resumes_after_sigkill(
+    cluster,
+    shipped_onnx,
+    image_dir,
+    reference,
+    tmp_path,
+):
     # 1. Uninterrupted, in this process: the reference's results, images and the one failure with its reason.
     whole = tmp_path / "whole"
     summary = _run(shipped_onnx, [image_dir], whole, workers=1)
@@ -149,11 +152,26 @@ def test_batch_job_equals_predictor_and_resumes_after_sigkill(cluster, shipped_o
 
     # 2. The command, joined to the test's cluster, SIGKILLed once some blocks but not all are written.
     resumed = tmp_path / "resumed"
-    cmd = [sys.executable, "-c", "from deploy_sdk.cli import main; raise SystemExit(main())", "batch",
-           str(shipped_onnx), str(image_dir), "--out", str(resumed), "--batch-size", str(BATCH), "--threads", "1",
-           "--no-progress", "--address", cluster]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    cmd = [
+        sys.executable,
+        "-c",
+        "from deploy_sdk.cli import main; raise SystemExit(main())",
+        "batch",
+        str(shipped_onnx),
+        str(image_dir),
+        "--out",
+        str(resumed),
+        "--batch-size",
+        str(BATCH),
+        "--threads",
+        "1",
+        "--no-progress",
+        "--address",
+        cluster,
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1")
+    )
     blocks = -(-COUNT // BATCH)
     try:
         deadline = time.monotonic() + 120
@@ -195,7 +213,7 @@ def test_batch_job_equals_predictor_and_resumes_after_sigkill(cluster, shipped_o
 
 @pytest.mark.slow
 @quiet_ray_data
-def test_rerun_with_other_inputs_is_refused(cluster, shipped_onnx, image_dir, tmp_path):  # noqa: F811
+def test_rerun_with_other_inputs_is_refused(cluster, shipped_onnx, image_dir, tmp_path):
     from PIL import Image
 
     out = tmp_path / "job"

@@ -20,12 +20,12 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import pytest
-from fixtures_models import held_out_images, parity_failures, shipped_model_file, shipped_onnx  # noqa: F401
+from fixtures_models import held_out_images, parity_failures
 
 pytest.importorskip("ray.serve", reason="the serve extra (ray[serve]) is not installed")
 
-from deploy_sdk import Detections, Predictor  # noqa: E402
-from deploy_sdk.detections import decode_rle  # noqa: E402
+from deploy_sdk import Detections, Predictor
+from deploy_sdk.detections import decode_rle
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +79,9 @@ def _as_detections(result: Dict[str, Any], class_names: List[str]) -> Detections
         boxes=np.asarray([d["box"] for d in dets], np.float32).reshape(-1, 4),
         scores=np.asarray([d["score"] for d in dets], np.float32),
         labels=np.asarray([d["label"] for d in dets], np.int64),
-        masks=masks, class_names=class_names, image_size=(h, w),
+        masks=masks,
+        class_names=class_names,
+        image_size=(h, w),
     )
 
 
@@ -89,14 +91,14 @@ def images() -> List[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def reference(shipped_onnx, images):  # noqa: F811
+def reference(shipped_onnx, images):
     """Predictor called directly, one image at a time, with the replica's settings: the expected answers."""
     with Predictor(shipped_onnx, batch_size=1, threads=1, mask_format="rle") as predictor:
         return [predictor.predict(im) for im in images]
 
 
 @pytest.fixture(scope="module")
-def service(shipped_onnx):  # noqa: F811
+def service(shipped_onnx):
     import ray
     from ray import serve
 
@@ -107,9 +109,15 @@ def service(shipped_onnx):  # noqa: F811
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = build_app(shipped_onnx, max_batch_size=4, batch_wait_ms=50, threads=1, num_cpus=1,
-                        limits=RequestLimits(max_body_bytes=MAX_BODY, max_images=4, max_pixels=MAX_PIXELS),
-                        graceful_shutdown_timeout_s=30)
+        app = build_app(
+            shipped_onnx,
+            max_batch_size=4,
+            batch_wait_ms=50,
+            threads=1,
+            num_cpus=1,
+            limits=RequestLimits(max_body_bytes=MAX_BODY, max_images=4, max_pixels=MAX_PIXELS),
+            graceful_shutdown_timeout_s=30,
+        )
         serve.run(app, name=APP, route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -143,7 +151,7 @@ def test_single_request_equals_predictor(service, images, reference):
         x, y = det["mask"]["offset"]
         crop = decode_rle({"size": det["mask"]["size"], "counts": det["mask"]["counts"]})
         pasted = np.zeros((h, w), bool)
-        pasted[y: y + crop.shape[0], x: x + crop.shape[1]] = crop
+        pasted[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
         np.testing.assert_array_equal(pasted, full)
     status, bare = _post(f"{service}/predict?mask_format=none", _png(images[0]), "image/png")
     assert status == 200 and all("mask" not in d for d in bare["results"][0]["detections"])
@@ -176,12 +184,11 @@ def test_multipart_request_answers_each_image_in_order(service, images, referenc
     assert status == 200, answer
     assert [r["name"] for r in answer["results"]] == ["img3.png", "img1.png", "img2.png"]
     names = reference[0].class_names
-    problems = parity_failures([reference[i] for i in (3, 1, 2)],
-                               [_as_detections(r, names) for r in answer["results"]])
+    problems = parity_failures([reference[i] for i in (3, 1, 2)], [_as_detections(r, names) for r in answer["results"]])
     assert not problems, "\n".join(problems)
 
 
-def test_healthz_and_metadata(service, shipped_onnx):  # noqa: F811
+def test_healthz_and_metadata(service, shipped_onnx):
     from deploy_sdk.version import __version__
 
     status, health = _get(f"{service}/healthz")
@@ -202,8 +209,7 @@ def test_bad_requests_get_4xx_with_one_line_reason_and_the_replica_keeps_serving
     png = _png(images[0])
     big = np.zeros((2000, 1600, 3), np.uint8)  # 3.2 MP > MAX_PIXELS, a few kB as PNG
     strip = np.zeros((1, 600, 3), np.uint8)  # 600:1, more than this model's max_size:1 (512:1)
-    too_many, too_many_type = encode_multipart_formdata(
-        [(f"f{i}", (f"{i}.png", png, "image/png")) for i in range(5)])
+    too_many, too_many_type = encode_multipart_formdata([(f"f{i}", (f"{i}.png", png, "image/png")) for i in range(5)])
     cases = [
         ("not an image", "/predict", b"hello, world", "image/png", 400, "not an image"),
         ("truncated PNG", "/predict", png[: len(png) // 2], "image/png", 400, "image"),
@@ -236,8 +242,9 @@ def test_bad_requests_get_4xx_with_one_line_reason_and_the_replica_keeps_serving
 def _replica_actor():
     import ray
 
-    names = [a for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["name"].startswith(f"SERVE_REPLICA::{APP}#")]
+    names = [
+        a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(f"SERVE_REPLICA::{APP}#")
+    ]
     assert len(names) == 1, names
     return ray.get_actor(names[0]["name"], namespace=names[0]["namespace"])
 
@@ -280,7 +287,7 @@ def test_replica_killed_mid_load_gives_5xx_never_a_wrong_answer_and_recovers(ser
     _check_exact(body["results"][0], reference[0])
 
 
-def test_serve_command_stops_gracefully_on_sigterm(service, shipped_onnx, images, reference):  # noqa: F811
+def test_serve_command_stops_gracefully_on_sigterm(service, shipped_onnx, images, reference):
     """`maskrcnn-deploy serve` joined to the test cluster (a second Ray instance would not fit in the test's time),
     as a second application under /cmd on the same proxy. SIGTERM while a request is in flight: that request is
     answered in full and correctly, the command exits 0, and the fixture's application is untouched."""
@@ -289,15 +296,37 @@ def test_serve_command_stops_gracefully_on_sigterm(service, shipped_onnx, images
 
     port = int(service.rsplit(":", 1)[1])
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-c", "from deploy_sdk.cli import main; raise SystemExit(main())", "serve",
-           str(shipped_onnx), "--address", ray.get_runtime_context().gcs_address, "--port", str(port),
-           "--app-name", "cmd", "--route-prefix", "/cmd", "--max-batch-size", "1", "--batch-wait-ms", "0",
-           "--threads", "1", "--num-cpus", "0", "--graceful-timeout", "60"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from deploy_sdk.cli import main; raise SystemExit(main())",
+        "serve",
+        str(shipped_onnx),
+        "--address",
+        ray.get_runtime_context().gcs_address,
+        "--port",
+        str(port),
+        "--app-name",
+        "cmd",
+        "--route-prefix",
+        "/cmd",
+        "--max-batch-size",
+        "1",
+        "--batch-wait-ms",
+        "0",
+        "--threads",
+        "1",
+        "--num-cpus",
+        "0",
+        "--graceful-timeout",
+        "60",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     # 8 images run one by one (max batch 1, one thread): seconds of work, still in flight at the SIGTERM.
     order = [5, 4, 3, 2, 1, 0, 5, 4]
     body, content_type = encode_multipart_formdata(
-        [(f"f{k}", (f"{k}.png", _png(images[i]), "image/png")) for k, i in enumerate(order)])
+        [(f"f{k}", (f"{k}.png", _png(images[i]), "image/png")) for k, i in enumerate(order)]
+    )
     try:
         lines = []
         deadline = time.monotonic() + 120
@@ -340,9 +369,25 @@ def test_serve_command_with_a_broken_model_fails_in_one_line(service, tmp_path):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"this is not an ONNX graph")
     port = int(service.rsplit(":", 1)[1])
-    cmd = [sys.executable, "-c", "from deploy_sdk.cli import main; raise SystemExit(main())", "serve", str(broken),
-           "--address", ray.get_runtime_context().gcs_address, "--port", str(port), "--app-name", "broken",
-           "--route-prefix", "/broken", "--num-cpus", "0", "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from deploy_sdk.cli import main; raise SystemExit(main())",
+        "serve",
+        str(broken),
+        "--address",
+        ray.get_runtime_context().gcs_address,
+        "--port",
+        str(port),
+        "--app-name",
+        "broken",
+        "--route-prefix",
+        "/broken",
+        "--num-cpus",
+        "0",
+        "--threads",
+        "1",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert run.returncode == 1, run.stdout + run.stderr
     # Ray's own log lines come first; the command's last word is one line naming the replica's error.

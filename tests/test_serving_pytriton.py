@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_models import held_out_images, shipped_model_file, shipped_onnx  # noqa: F401
+from fixtures_models import held_out_images
 
 pytestmark = pytest.mark.slow
 
 PYTHON = os.environ.get("MASKRCNN_DEPLOY_PYTRITON_PYTHON")
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, os, sys, sysconfig
 os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(
     p for p in [sysconfig.get_config_var("LIBDIR"), os.environ.get("LD_LIBRARY_PATH")] if p)
@@ -84,7 +84,7 @@ with Triton(config=config) as triton:
         results[protocol] = answers
 with open(out, "w") as f:
     json.dump(results, f)
-'''
+"""
 
 
 def _free_ports(count: int):
@@ -98,10 +98,13 @@ def _free_ports(count: int):
             s.close()
 
 
-@pytest.mark.skipif(not PYTHON, reason="PyTriton needs numpy<2, not this environment's numpy 2: set "
-                                       "MASKRCNN_DEPLOY_PYTRITON_PYTHON to an interpreter that has nvidia-pytriton, "
-                                       "onnxruntime and pillow (see the module docstring)")
-def test_predictor_behind_real_triton_equals_predictor(shipped_onnx, tmp_path):  # noqa: F811
+@pytest.mark.skipif(
+    not PYTHON,
+    reason="PyTriton needs numpy<2, not this environment's numpy 2: set "
+    "MASKRCNN_DEPLOY_PYTRITON_PYTHON to an interpreter that has nvidia-pytriton, "
+    "onnxruntime and pillow (see the module docstring)",
+)
+def test_predictor_behind_real_triton_equals_predictor(shipped_onnx, tmp_path):
     from deploy_sdk import Predictor
 
     images = held_out_images(3)
@@ -111,9 +114,21 @@ def test_predictor_behind_real_triton_equals_predictor(shipped_onnx, tmp_path): 
     out = tmp_path / "answers.json"
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    run = subprocess.run([PYTHON, str(script), str(shipped_onnx), str(tmp_path / "images.npz"),
-                          ",".join(map(str, _free_ports(3))), str(out)],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    run = subprocess.run(
+        [
+            PYTHON,
+            str(script),
+            str(shipped_onnx),
+            str(tmp_path / "images.npz"),
+            ",".join(map(str, _free_ports(3))),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0 and out.is_file(), (run.stdout + run.stderr)[-4000:]
     answers = json.loads(out.read_text())
     with Predictor(shipped_onnx, batch_size=1, threads=1, mask_format="none") as predictor:
@@ -121,7 +136,8 @@ def test_predictor_behind_real_triton_equals_predictor(shipped_onnx, tmp_path): 
     assert sum(len(d) for d in expected) > 0
     for protocol in ("http", "grpc"):
         for got, ref in zip(answers[protocol], expected):
-            np.testing.assert_allclose(np.asarray(got["boxes"], np.float32).reshape(-1, 4), ref.boxes, rtol=0,
-                                       atol=1e-3)
+            np.testing.assert_allclose(
+                np.asarray(got["boxes"], np.float32).reshape(-1, 4), ref.boxes, rtol=0, atol=1e-3
+            )
             np.testing.assert_allclose(np.asarray(got["scores"], np.float32), ref.scores, rtol=0, atol=1e-5)
             assert got["labels"] == ref.labels.tolist()

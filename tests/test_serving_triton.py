@@ -11,21 +11,28 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
-from fixtures_models import shipped_model_file, shipped_onnx  # noqa: F401
 
 from deploy_sdk.errors import DeploySdkError
 from deploy_sdk.serving.triton_repo import write_triton_repository
 
 pytest.importorskip("tritonclient.grpc", reason="the serve extra (tritonclient[grpc]) is not installed")
-from google.protobuf import text_format  # noqa: E402
-from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 # ONNX TensorProto element types to Triton's, written out by hand from the two enums' documentation.
-ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 6: "TYPE_INT32", 7: "TYPE_INT64",
-                  2: "TYPE_UINT8", 3: "TYPE_INT8", 9: "TYPE_BOOL"}
+ONNX_TO_TRITON = {
+    1: "TYPE_FP32",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    9: "TYPE_BOOL",
+}
 
 
-def _parse(path: Path) -> "mc.ModelConfig":
+def _parse(path: Path) -> mc.ModelConfig:
     return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
@@ -56,11 +63,12 @@ def _declared(tensors) -> List[Tuple[str, str, List[int]]]:
     return out
 
 
-def test_onnx_repository_matches_the_graph(shipped_onnx, tmp_path):  # noqa: F811
+def test_onnx_repository_matches_the_graph(shipped_onnx, tmp_path):
     from deploy_sdk import Predictor
 
-    config_path = write_triton_repository(shipped_onnx, tmp_path / "repo", name="mrcnn", version=3,
-                                          max_batch_size=6, max_queue_delay_us=2500, instances=2)
+    config_path = write_triton_repository(
+        shipped_onnx, tmp_path / "repo", name="mrcnn", version=3, max_batch_size=6, max_queue_delay_us=2500, instances=2
+    )
     assert config_path == tmp_path / "repo" / "mrcnn" / "config.pbtxt"
     config = _parse(config_path)
     assert config.name == "mrcnn" and config.platform == "onnxruntime_onnx" and config.backend == "onnxruntime"
@@ -89,7 +97,7 @@ def test_onnx_repository_matches_the_graph(shipped_onnx, tmp_path):  # noqa: F81
     assert "LD_PRELOAD" not in readme
 
 
-def test_cli_writes_the_repository(shipped_onnx, tmp_path, capsys):  # noqa: F811
+def test_cli_writes_the_repository(shipped_onnx, tmp_path, capsys):
     from deploy_sdk.cli import main
 
     assert main(["triton-repo", str(shipped_onnx), "--out", str(tmp_path / "r")]) == 0
@@ -112,15 +120,18 @@ def _engine(path: Path, onnx_path: Path, profile: Dict[str, Dict[str, List[int]]
     return plan
 
 
-def test_engine_repository_is_a_tensorrt_plan_with_the_plugin(shipped_onnx, tmp_path):  # noqa: F811
+def test_engine_repository_is_a_tensorrt_plan_with_the_plugin(shipped_onnx, tmp_path):
     pytest.importorskip("onnx")
     try:
         import tensorrt  # noqa: F401
+
         pytest.skip("TensorRT is importable: the writer would ask it to deserialize this fake plan")
     except ImportError:
         pass
-    profile = {"images": {"min": [1, 3, 64, 64], "opt": [2, 3, 512, 512], "max": [4, 3, 512, 512]},
-               "image_sizes": {"min": [1, 2], "opt": [2, 2], "max": [4, 2]}}
+    profile = {
+        "images": {"min": [1, 3, 64, 64], "opt": [2, 3, 512, 512], "max": [4, 3, 512, 512]},
+        "image_sizes": {"min": [1, 2], "opt": [2, 2], "max": [4, 2]},
+    }
     engine = tmp_path / "model.engine"
     plan = _engine(engine, shipped_onnx, profile)
     plugin = tmp_path / "libmaskrcnn_roi_align.so"
@@ -148,11 +159,13 @@ def test_engine_repository_is_a_tensorrt_plan_with_the_plugin(shipped_onnx, tmp_
     # images_dtype names it for an engine built from a uint8 graph.
     assert "images assumed float32" in text
     config = _parse(write_triton_repository(engine, tmp_path / "repo8", plugin_library=plugin, images_dtype="uint8"))
-    assert [(t.name, mc.DataType.Name(t.data_type)) for t in config.input] == [("images", "TYPE_UINT8"),
-                                                                                ("image_sizes", "TYPE_INT64")]
+    assert [(t.name, mc.DataType.Name(t.data_type)) for t in config.input] == [
+        ("images", "TYPE_UINT8"),
+        ("image_sizes", "TYPE_INT64"),
+    ]
 
 
-def test_bad_inputs_get_one_line_errors(shipped_onnx, tmp_path):  # noqa: F811
+def test_bad_inputs_get_one_line_errors(shipped_onnx, tmp_path):
     other = tmp_path / "model.pt"
     other.write_bytes(b"x")
     cases = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -116,8 +115,21 @@ def test_data_command_leaves_nothing_on_failure(tmp_path, monkeypatch):
 
 def test_overwrite_keeps_the_old_set_when_the_swap_fails(tmp_path, monkeypatch, capsys):
     out = tmp_path / "set"
-    args = ["data", "shapes", "--out", str(out), "--num", "2", "--seed", "4", "--min-size", "48", "--max-size", "48",
-            "--quiet"]
+    args = [
+        "data",
+        "shapes",
+        "--out",
+        str(out),
+        "--num",
+        "2",
+        "--seed",
+        "4",
+        "--min-size",
+        "48",
+        "--max-size",
+        "48",
+        "--quiet",
+    ]
     assert main(args) == 0
     old = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
@@ -139,8 +151,23 @@ def test_overwrite_keeps_the_old_set_when_the_swap_fails(tmp_path, monkeypatch, 
 
 def test_data_sizes_above_the_ceiling_are_refused(tmp_path, capsys):
     # Before the ceiling this was a MemoryError traceback (one image of 100000x100000 is 120 GB as float32).
-    assert main(["data", "shapes", "--out", str(tmp_path / "d"), "--num", "1", "--min-size", "100000",
-                 "--max-size", "100000"]) == 1
+    assert (
+        main(
+            [
+                "data",
+                "shapes",
+                "--out",
+                str(tmp_path / "d"),
+                "--num",
+                "1",
+                "--min-size",
+                "100000",
+                "--max-size",
+                "100000",
+            ]
+        )
+        == 1
+    )
     assert "<= 4096" in capsys.readouterr().err
     assert main(["data", "shapes", "--out", str(tmp_path / "d"), "--min-size", "4096", "--max-size", "4097"]) == 1
     assert "<= 4096" in capsys.readouterr().err

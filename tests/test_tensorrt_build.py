@@ -1,10 +1,10 @@
 """`maskrcnn-deploy build`: everything up to the TensorRT calls, then the calls themselves against a recording fake.
 
-TensorRT cannot be installed on these machines. The fake module below implements only the calls
-``deploy_sdk.conversion.tensorrt_build`` makes (names and signatures checked against the tensorrt-stubs package by mypy, see
-``test_build_module_type_checks_against_tensorrt_stubs``) and records them, so the tests check what is asked of
-TensorRT: network flags per major version, the profile, the workspace, the timing cache, the graph handed to the
-parser (RoIAlign function stripped, node kept), parse errors, and the engine file written with its metadata.
+The tests run where TensorRT is not installed. The fake module below implements only the calls
+``deploy_sdk.conversion.tensorrt_build`` makes (names and signatures checked against the tensorrt-stubs package by
+mypy, see ``test_build_module_type_checks_against_tensorrt_stubs``) and records them, so the tests check what is
+asked of TensorRT: network flags per major version, the profile, the workspace, the timing cache, the graph handed
+to the parser (RoIAlign function stripped, node kept), parse errors, and the engine file written with its metadata.
 The real build runs in ``test_real_tensorrt_build`` (needs_tensorrt).
 """
 
@@ -21,9 +21,9 @@ import onnx
 import pytest
 from precision_toy_graph import TOY_OP, make_toy_graph, toy_metadata
 
+from deploy_sdk.cli import main as cli_main
 from deploy_sdk.conversion import tensorrt_build
 from deploy_sdk.conversion.tensorrt_build import BuildOptions, ProfileSpec, build_engine, parse_hw, profile_shapes
-from deploy_sdk.cli import main as cli_main
 from deploy_sdk.engine_file import GpuIdentity, read_engine_file
 from deploy_sdk.errors import DeploySdkError, EngineError, MissingDependencyError, PluginError
 
@@ -43,7 +43,9 @@ def test_default_profile_covers_the_models_canvas_range():
 
 
 def test_profile_from_options():
-    spec = ProfileSpec(min_batch=1, opt_batch=2, max_batch=8, min_shape=(64, 64), opt_shape=(384, 512), max_shape=(512, 512))
+    spec = ProfileSpec(
+        min_batch=1, opt_batch=2, max_batch=8, min_shape=(64, 64), opt_shape=(384, 512), max_shape=(512, 512)
+    )
     shapes = profile_shapes(spec, toy_metadata())
     assert shapes["images"] == {"min": [1, 3, 64, 64], "opt": [2, 3, 384, 512], "max": [8, 3, 512, 512]}
     assert shapes["image_sizes"] == {"min": [1, 2], "opt": [2, 2], "max": [8, 2]}
@@ -260,14 +262,17 @@ def test_build_with_tensorrt_10_records_the_expected_calls(toy_onnx, tmp_path, m
     cache.write_bytes(b"old")
     engine = tmp_path / "out" / "m.engine"
     options = BuildOptions(
-        profile=ProfileSpec(max_batch=2, max_shape=(96, 96)), workspace_gb=1.5, timing_cache=cache, plugin_library=plugin
+        profile=ProfileSpec(max_batch=2, max_shape=(96, 96)),
+        workspace_gb=1.5,
+        timing_cache=cache,
+        plugin_library=plugin,
     )
     header = build_engine(src, engine, options)
 
     assert calls.named("create_network") == [("create_network", 1 << 1)]  # STRONGLY_TYPED on TensorRT 10
     assert calls.named("load_library") == [("load_library", str(plugin))]
     assert calls.named("get_creator") == [("get_creator", TOY_OP, "1", "")]
-    (_, parsed, path), = calls.named("parse")
+    ((_, parsed, path),) = calls.named("parse")
     assert path == str(src.resolve())
     assert not parsed.functions  # RoIAlign local function stripped ...
     assert [n.op_type for n in parsed.graph.node].count(TOY_OP) == 1  # ... node kept for the plugin
@@ -347,7 +352,17 @@ def test_build_module_type_checks_against_tensorrt_stubs(tmp_path):
     stubs = ROOT / "build" / "trt-stubs"
     if not (stubs / "tensorrt_bindings").is_dir():
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(stubs), "tensorrt-stubs==10.13.0.35.1"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--target",
+                str(stubs),
+                "tensorrt-stubs==10.13.0.35.1",
+            ],
             capture_output=True,
             text=True,
             timeout=300,
@@ -361,13 +376,16 @@ def test_build_module_type_checks_against_tensorrt_stubs(tmp_path):
         text = pyi.read_text()
         text = text.replace("(self: IPluginV3, in: ", "(self: IPluginV3, in_: ").replace("(self, in: ", "(self, in_: ")
         text = text.replace("import tensorrt_libs as tensorrt_libs\n", "")
-        text = text.replace("power: Weights = None, channel_axis: int)", "power: Weights = None, channel_axis: int = 0)")
+        text = text.replace(
+            "power: Weights = None, channel_axis: int)", "power: Weights = None, channel_axis: int = 0)"
+        )
         pyi.write_text(text)
     config = tmp_path / "mypy.ini"
     # Only the TensorRT calls are the point here: other imports are skipped (typed Any), which keeps this fast.
     config.write_text(
         f"[mypy]\nmypy_path = {patched}\nignore_missing_imports = True\nfollow_imports = skip\n"
-        "[mypy-tensorrt,tensorrt.*,tensorrt_bindings,tensorrt_bindings.*]\nfollow_imports = silent\nignore_errors = True\n"
+        "[mypy-tensorrt,tensorrt.*,tensorrt_bindings,tensorrt_bindings.*]\nfollow_imports = "
+        "silent\nignore_errors = True\n"
     )
     # A control file with a misspelt TensorRT call proves the stubs are really in use (else trt would be Any).
     control = tmp_path / "control.py"
@@ -378,7 +396,9 @@ def test_build_module_type_checks_against_tensorrt_stubs(tmp_path):
         str(ROOT / "conversion" / "commands" / "build.py"),
         str(ROOT / "deploy_sdk" / "engine_file.py"),
     ]
-    stdout, stderr, status = mypy.run(["--config-file", str(config), "--cache-dir", str(tmp_path / "cache"), *files, str(control)])
+    stdout, stderr, status = mypy.run(
+        ["--config-file", str(config), "--cache-dir", str(tmp_path / "cache"), *files, str(control)]
+    )
     errors = [line for line in stdout.splitlines() if ": error:" in line]
     assert len(errors) == 1 and "control.py" in errors[0] and "create_netwrk" in errors[0], stdout + stderr
 
@@ -398,7 +418,16 @@ def test_real_tensorrt_build(tmp_path):
 
     torch.manual_seed(0)
     model = build_resnet_fpn_maskrcnn(
-        ArchConfig("resnet18_fpn", num_classes=3, fpn_channels=32, box_head_dim=64, mask_head_dims=(32,), mask_predictor_dim=32, min_size=128, max_size=160)
+        ArchConfig(
+            "resnet18_fpn",
+            num_classes=3,
+            fpn_channels=32,
+            box_head_dim=64,
+            mask_head_dims=(32,),
+            mask_predictor_dim=32,
+            min_size=128,
+            max_size=160,
+        )
     ).eval()
     src = tmp_path / "tiny.onnx"
     export_onnx(load_torchvision_model(model), src)

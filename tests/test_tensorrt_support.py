@@ -1,6 +1,6 @@
 """The TensorRT compatibility check (deploy_sdk.conversion.tensorrt_support, `check --target tensorrt`).
 
-TensorRT is not installable here, so the check is tested against hand-built graphs whose verdicts are worked out
+The check runs without TensorRT, so it is tested against hand-built graphs whose verdicts are worked out
 from the parser's published operator table (the reference): each node below is either a known violation (op not
 supported, a type the table does not list, a documented restriction) or a control that must pass; and the default
 export of the shipped model must come out clean for TensorRT 10 and 11."""
@@ -16,7 +16,6 @@ from deploy_sdk.cli import main
 from deploy_sdk.conversion import tensorrt_support
 from deploy_sdk.conversion.roi_align_function import ROI_ALIGN_DOMAIN, ROI_ALIGN_OP
 from deploy_sdk.errors import DeploySdkError
-from fixtures_models import shipped_model_file, shipped_onnx  # noqa: F401
 
 
 def _const(name, array):
@@ -57,8 +56,7 @@ def _hand_made_graph(opset: int = 17) -> onnx.ModelProto:
         helper.make_node("TopK", ["x", "k_small_min"], ["tk3_v", "tk3_i"], name="ok_topk", axis=1),
         _const("scales", np.array([1, 1, 2, 2], np.float32)),
         helper.make_node("Resize", ["img", "", "scales"], ["rs"], name="bad_resize_cubic", mode="cubic"),
-        helper.make_node("MaxPool", ["img"], ["mp"], name="bad_maxpool_dilated", kernel_shape=[3, 3],
-                         dilations=[2, 2]),
+        helper.make_node("MaxPool", ["img"], ["mp"], name="bad_maxpool_dilated", kernel_shape=[3, 3], dilations=[2, 2]),
         helper.make_node("MaxPool", ["img"], ["mp_ok"], name="ok_maxpool", kernel_shape=[3, 3], strides=[2, 2]),
         helper.make_node("FooOp", ["x"], ["foo"], name="bad_custom_without_plugin", domain="some.vendor"),
         # ReduceSum's axes must be an initializer: computed from a graph input here.

@@ -10,15 +10,14 @@ import copy
 import numpy as np
 import pytest
 import torch
+from compare import assert_close
+from tiny_maskrcnn import build_tiny_maskrcnn, random_canvas
 from torch import nn
 
-from compare import assert_close
 from deploy_sdk.conversion import torch_graphs
 from deploy_sdk.conversion.deploy_module import DeploymentModule
 from deploy_sdk.conversion.torch_graphs import ShapeBuckets, Stage, batch_bucket, eager_capture, row_bucket
 from deploy_sdk.errors import DeploySdkError
-from fixtures_models import shipped_loaded, shipped_model_file  # noqa: F401
-from tiny_maskrcnn import build_tiny_maskrcnn, random_canvas
 
 
 def test_bucket_sizes_hand_worked():
@@ -152,8 +151,9 @@ def test_backend_refuses_bad_speed_options():
 def test_backend_batch_buckets_on_cpu_with_the_capture_stand_in(shipped_loaded, capsys):
     # The backend's CUDA-graph path end to end on the CPU: batch 3 padded to the 4 bucket with blank images,
     # outputs sliced back, one capture per stage for two calls, same detections as the plain backend.
-    from deploy_sdk.conversion.torch_backend import TorchBackend
     from fixtures_models import held_out_images
+
+    from deploy_sdk.conversion.torch_backend import TorchBackend
 
     plain = TorchBackend(shipped_loaded)
     graphed = TorchBackend(shipped_loaded, cuda_graphs=True, graph_batch_sizes=(1, 2, 4), graph_capture=eager_capture)
@@ -192,9 +192,10 @@ def test_bench_system_names_map_to_backend_options():
 
 
 def _shipped_predictions(**options):
+    from fixtures_models import shipped_checkpoint
+
     from deploy_sdk import Predictor
     from deploy_sdk.synthetic_shapes import generate_sample
-    from fixtures_models import shipped_checkpoint
 
     images = [generate_sample(917_000, i).image for i in range(6)]
     predictor = Predictor(str(shipped_checkpoint()), backend="torch", device="cuda", batch_size=3,
@@ -220,13 +221,14 @@ def test_cuda_graphs_replay_equals_eager_fp32():
 @pytest.mark.needs_cuda
 @pytest.mark.parametrize("precision,max_ap_drop", [("fp16", 0.5), ("bf16", 1.5)])
 def test_low_precision_ap_and_graphs(precision, max_ap_drop, tmp_path):
-    # Accuracy as the issue states it: box AP within 0.5 point of fp32 for fp16 on the shipped model (bf16, three
+    # The accuracy target: box AP within 0.5 point of fp32 for fp16 on the shipped model (bf16, three
     # mantissa bits fewer, within 1.5; on the CPU bf16 moves single boxes by up to ~10% IoU, so per-detection
     # parity is not the criterion). Eager and graphed runs of the same precision agree detection by detection.
+    from fixtures_models import shipped_checkpoint
+
     from deploy_sdk import Predictor
     from deploy_sdk.evaluation import evaluate
     from deploy_sdk.synthetic_shapes import write_dataset
-    from fixtures_models import shipped_checkpoint
 
     write_dataset(tmp_path, 40, seed=917_000)
     ap = {}

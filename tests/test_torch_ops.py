@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from compare import assert_close
+from tiny_maskrcnn import build_tiny_maskrcnn, random_canvas
 from torchvision.ops import MultiScaleRoIAlign
 
-from compare import assert_close
-from fixtures_models import shipped_loaded, shipped_model_file  # noqa: F401
 from deploy_sdk.conversion import torch_ops
 from deploy_sdk.conversion.deploy_module import DeploymentModule
 from deploy_sdk.conversion.roi_align_function import (
@@ -24,7 +24,6 @@ from deploy_sdk.conversion.roi_align_function import (
     multi_level_roi_align,
     use_roi_align_kernel,
 )
-from tiny_maskrcnn import build_tiny_maskrcnn, random_canvas
 
 SCALES = [0.25, 0.125, 0.0625, 0.03125]
 CANVAS = (256, 384)
@@ -233,7 +232,9 @@ def test_single_level_op_sampling_ratio_2(device, aligned):
     rois = _boxes(1, 30, seed=7)[0].to(device)
     idx = (torch.arange(30) % 2).to(device)
     actual = torch_ops.roi_align(feats, rois, idx, 4, spatial_scale=0.125, sampling_ratio=2, aligned=aligned)
-    expected = torchvision.ops.roi_align(feats, torch.cat([idx[:, None].float(), rois], 1), 4, 0.125, 2, aligned=aligned)
+    expected = torchvision.ops.roi_align(
+        feats, torch.cat([idx[:, None].float(), rois], 1), 4, 0.125, 2, aligned=aligned
+    )
     assert_close(actual.cpu(), expected.cpu(), what="roi_align op (sampling 2) vs torchvision")
 
 
@@ -308,9 +309,10 @@ def test_max_mode_equals_naive_reference(device, sampling_ratio, aligned):
 
 
 def test_shipped_model_same_detections_with_plugin_and_torchvision_pooling(shipped_loaded):
+    from fixtures_models import held_out_images
+
     from deploy_sdk import Predictor
     from deploy_sdk.conversion.torch_backend import TorchBackend
-    from fixtures_models import held_out_images
 
     ours = TorchBackend(shipped_loaded)
     theirs = TorchBackend(shipped_loaded)

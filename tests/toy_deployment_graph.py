@@ -46,8 +46,13 @@ def toy_metadata(**overrides) -> ModelMetadata:
     return ModelMetadata(**values)
 
 
-def write_toy_graph(path: Path, input_type: str = "float32", metadata: ModelMetadata | None = None,
-                    with_metadata: bool = True, fixed_size=None) -> Path:
+def write_toy_graph(
+    path: Path,
+    input_type: str = "float32",
+    metadata: ModelMetadata | None = None,
+    with_metadata: bool = True,
+    fixed_size=None,
+) -> Path:
     """Write the toy graph to ``path``; ``input_type`` "float32" or "uint8"; ``fixed_size`` (H, W) or None."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper

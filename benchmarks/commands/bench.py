@@ -25,22 +25,30 @@ __all__ = ["add_arguments", "run", "BASELINES"]
 BASELINES = {
     "torch-eager": "the torchvision model with the same weights (needs --checkpoint)",
     "torchvision-onnx[=FILE]": "torchvision's own ONNX export of the same model in ONNX Runtime, one image per "
-                               "call (needs --checkpoint); =FILE keeps the export there and reuses it next time",
+    "call (needs --checkpoint); =FILE keeps the export there and reuses it next time",
     "torchvision-onnx-openvino[=FILE]": "the same torchvision export compiled by OpenVINO (fp32), one image per "
-                                        "call (needs --checkpoint and the openvino extra)",
+    "call (needs --checkpoint and the openvino extra)",
     "sdk-BACKEND[-PRECISION]=FILE": "this SDK's Predictor on another model file, e.g. "
-                                    "sdk-onnxruntime-int8=model.int8.onnx, sdk-openvino-int8=model.int8.onnx",
+    "sdk-onnxruntime-int8=model.int8.onnx, sdk-openvino-int8=model.int8.onnx",
     "sdk-onnxruntime-int8 / sdk-onnxruntime-fp16": "MODEL's sibling file MODEL.int8.onnx / MODEL.fp16.onnx",
     "sdk-openvino-fp32": "MODEL itself (an .onnx) on the SDK's openvino backend (needs the openvino extra)",
     "sdk-openvino-int8 / sdk-openvino-fp16": "MODEL.int8.onnx / MODEL.fp16.onnx on the openvino backend",
     "sdk-openvino-bf16[=FILE]": "MODEL (or FILE, an fp32 graph) on the openvino backend computing in bf16 "
-                                "(inference_precision='bf16'; CPUs with AVX512_BF16 or AMX)",
+    "(inference_precision='bf16'; CPUs with AVX512_BF16 or AMX)",
     "sdk-torch[-PRECISION[cg]]": "this SDK's torch backend on --checkpoint; PRECISION fp32/fp16/bf16, 'cg' = CUDA "
-                                 "graphs (e.g. sdk-torch-fp16cg; --device cuda)",
+    "graphs (e.g. sdk-torch-fp16cg; --device cuda)",
 }
-_ALIASES = {"torch": "torch-eager", "eager": "torch-eager", "torchvision": "torchvision-onnx", "tv-onnx":
-            "torchvision-onnx", "tv-openvino": "torchvision-onnx-openvino", "int8": "sdk-onnxruntime-int8",
-            "fp16": "sdk-onnxruntime-fp16", "openvino": "sdk-openvino-fp32", "openvino-int8": "sdk-openvino-int8"}
+_ALIASES = {
+    "torch": "torch-eager",
+    "eager": "torch-eager",
+    "torchvision": "torchvision-onnx",
+    "tv-onnx": "torchvision-onnx",
+    "tv-openvino": "torchvision-onnx-openvino",
+    "int8": "sdk-onnxruntime-int8",
+    "fp16": "sdk-onnxruntime-fp16",
+    "openvino": "sdk-openvino-fp32",
+    "openvino-int8": "sdk-openvino-int8",
+}
 # Baselines that run torchvision's model (from --checkpoint) rather than a model file of this SDK.
 _TORCHVISION_SYSTEMS = ("torch-eager", "torchvision-onnx", "torchvision-onnx-openvino")
 # Backends that run an .onnx file, so that sdk-BACKEND-PRECISION can name MODEL or its sibling files.
@@ -54,40 +62,62 @@ MAX_POOL_BYTES = 4 * 2**30
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "--compare systems:\n" + "\n".join(f"  {k:<44} {v}" for k, v in BASELINES.items())
-    parser.add_argument("model", help="the model to benchmark: an exported .onnx, a TensorRT engine, or a checkpoint "
-                                      "(then the SDK's torch backend)")
-    parser.add_argument("--checkpoint", help="weights for the PyTorch-based baselines (default: MODEL when it is a "
-                                             "checkpoint); a torchvision or detectron2 checkpoint: torch-eager is "
-                                             "then that framework's own model")
-    parser.add_argument("--config", metavar="FILE",
-                        help="the detectron2 config.yaml of --checkpoint (read as data by the SDK's loader, by "
-                             "detectron2 itself for torch-eager; default: the model zoo's R50-FPN 3x)")
-    parser.add_argument("--backend", default="auto",
-                        help="Predictor backend: auto, onnxruntime, openvino, tensorrt, torch")
+    parser.add_argument(
+        "model",
+        help="the model to benchmark: an exported .onnx, a TensorRT engine, or a checkpoint "
+        "(then the SDK's torch backend)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        help="weights for the PyTorch-based baselines (default: MODEL when it is a "
+        "checkpoint); a torchvision or detectron2 checkpoint: torch-eager is "
+        "then that framework's own model",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the detectron2 config.yaml of --checkpoint (read as data by the SDK's loader, by "
+        "detectron2 itself for torch-eager; default: the model zoo's R50-FPN 3x)",
+    )
+    parser.add_argument(
+        "--backend", default="auto", help="Predictor backend: auto, onnxruntime, openvino, tensorrt, torch"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (gpu or gpu:N: an Intel GPU, openvino)")
     parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default: 1)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per system and batch size")
-    parser.add_argument("--iters", type=int, default=10,
-                        help="timed iterations per system and batch size (default 10); a system whose latency "
-                             "varies by more than 20%% (std / mean) is warned about with a suggested --iters. The "
-                             "table's 'own MB' is each system's own memory (resident memory it added when built "
-                             "and warmed up, plus its peak rise during one iteration), 'peak RSS MB' the "
-                             "process's")
-    parser.add_argument("--image-size", help="HxW of the benchmark images, sides 16..%d (default: the model's native "
-                                             "size, min_size x max_size, so that the resize is the identity)"
-                                             % MAX_IMAGE_SIDE)
-    parser.add_argument("--num-images", type=int, default=8, help="size of the pool of synthetic images (default 8; "
-                                                                  "the pool may take at most %d GiB)"
-                                                                  % (MAX_POOL_BYTES // 2**30))
+    parser.add_argument(
+        "--iters",
+        type=int,
+        default=10,
+        help="timed iterations per system and batch size (default 10); a system whose latency "
+        "varies by more than 20%% (std / mean) is warned about with a suggested --iters. The "
+        "table's 'own MB' is each system's own memory (resident memory it added when built "
+        "and warmed up, plus its peak rise during one iteration), 'peak RSS MB' the "
+        "process's",
+    )
+    parser.add_argument(
+        "--image-size",
+        help=f"HxW of the benchmark images, sides 16..{MAX_IMAGE_SIDE} (default: the model's native "
+        "size, min_size x max_size, so that the resize is the identity)",
+    )
+    parser.add_argument(
+        "--num-images",
+        type=int,
+        default=8,
+        help="size of the pool of synthetic images (default 8; "
+        f"the pool may take at most {MAX_POOL_BYTES // 2**30} GiB)",
+    )
     parser.add_argument("--seed", type=int, default=2024, help="seed of the synthetic images")
     parser.add_argument("--compare", default="", help="comma-separated systems to run side by side (see below)")
-    parser.add_argument("--threads", type=positive_int,
-                        help="CPU threads for every system (default: the usable cores)")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads for every system (default: the usable cores)")
     parser.add_argument("--json", help="write the results as JSON to this file")
     parser.add_argument("--plot", help="write a PNG plot (.png) of latency and throughput against batch size")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help=TRUST_CHECKPOINT_HELP + " (applies to --checkpoint, which the PyTorch baselines load)")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help=TRUST_CHECKPOINT_HELP + " (applies to --checkpoint, which the PyTorch baselines load)",
+    )
 
 
 # ------------------------------------------------------------------------------------------------- parsing
@@ -99,16 +129,19 @@ def parse_batch_sizes(text: str) -> List[int]:
     except ValueError:
         sizes = []
     if not sizes or any(b < 1 for b in sizes):
-        raise DeploySdkError(f"--batch-sizes {text!r} is not a comma-separated list of positive integers, "
-                             "e.g. --batch-sizes 1,2,4")
+        raise DeploySdkError(
+            f"--batch-sizes {text!r} is not a comma-separated list of positive integers, e.g. --batch-sizes 1,2,4"
+        )
     return list(dict.fromkeys(sizes))
 
 
 def parse_image_size(text: str) -> Tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text or "")
     if not m or not all(16 <= int(side) <= MAX_IMAGE_SIDE for side in m.groups()):
-        raise DeploySdkError(f"--image-size {text!r} is not HEIGHTxWIDTH with both sides in 16..{MAX_IMAGE_SIDE}, "
-                             "e.g. --image-size 800x1216")
+        raise DeploySdkError(
+            f"--image-size {text!r} is not HEIGHTxWIDTH with both sides in 16..{MAX_IMAGE_SIDE}, "
+            "e.g. --image-size 800x1216"
+        )
     return int(m.group(1)), int(m.group(2))
 
 
@@ -116,9 +149,11 @@ def check_pool_size(num_images: int, size: Tuple[int, int]) -> None:
     """Refuse an image pool larger than :data:`MAX_POOL_BYTES` before generating it (it would be OOM-killed)."""
     nbytes = num_images * size[0] * size[1] * 3
     if nbytes > MAX_POOL_BYTES:
-        raise DeploySdkError(f"--num-images {num_images} images of {size[0]}x{size[1]} would take "
-                             f"{nbytes / 2**30:.1f} GiB; the pool may take at most {MAX_POOL_BYTES // 2**30} GiB: "
-                             "use fewer or smaller images")
+        raise DeploySdkError(
+            f"--num-images {num_images} images of {size[0]}x{size[1]} would take "
+            f"{nbytes / 2**30:.1f} GiB; the pool may take at most {MAX_POOL_BYTES // 2**30} GiB: "
+            "use fewer or smaller images"
+        )
 
 
 def parse_compare(text: str) -> List[Tuple[str, Optional[str]]]:
@@ -195,10 +230,12 @@ def resolve_compare(args, compare) -> Tuple[List[Tuple[str, Optional[str]]], Opt
     for name, path in compare:
         if name in _TORCHVISION_SYSTEMS:
             if checkpoint is None:
-                raise DeploySdkError(f"--compare {name} needs the PyTorch weights: pass --checkpoint CKPT (the "
-                                     "checkpoint MODEL was exported from)")
+                raise DeploySdkError(
+                    f"--compare {name} needs the PyTorch weights: pass --checkpoint CKPT (the "
+                    "checkpoint MODEL was exported from)"
+                )
         elif path is None:
-            backend, _, precision = name[len("sdk-"):].partition("-")
+            backend, _, precision = name[len("sdk-") :].partition("-")
             if backend == "torch":
                 if checkpoint is None:
                     raise DeploySdkError("--compare sdk-torch needs the PyTorch weights: pass --checkpoint CKPT")
@@ -223,8 +260,10 @@ def _torch_backend_options(name: str, precision: str) -> dict:
     graphs = precision.endswith("cg")
     dtype = precision[:-2] if graphs else precision
     if dtype not in ("fp32", "fp16", "bf16"):
-        raise DeploySdkError(f"--compare {name}: the torch backend takes sdk-torch-fp32/-fp16/-bf16, with 'cg' "
-                             "appended for CUDA graphs (e.g. sdk-torch-fp16cg)")
+        raise DeploySdkError(
+            f"--compare {name}: the torch backend takes sdk-torch-fp32/-fp16/-bf16, with 'cg' "
+            "appended for CUDA graphs (e.g. sdk-torch-fp16cg)"
+        )
     return {"precision": dtype, "cuda_graphs": graphs}
 
 
@@ -241,8 +280,7 @@ def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workd
     if main_backend == "auto" and _is_checkpoint(args.model):
         main_backend = "torch"
     print(f"loading {args.model} ...", file=sys.stderr)
-    main = PredictorSystem(args.model, backend=main_backend, device=args.device, batch_size=max_batch,
-                           threads=threads)
+    main = PredictorSystem(args.model, backend=main_backend, device=args.device, batch_size=max_batch, threads=threads)
     main.load_rss_mb = grown(mark)  # memory per system: see deploy_sdk.benchmarks.memory
     systems = [main]
     checkpoint_mb: Optional[float] = None
@@ -257,30 +295,40 @@ def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workd
         checkpoint_mb = grown(mark)  # torch and the weights: charged to the first torchvision-based system
         sdk_sha = getattr(main.metadata, "checkpoint_sha256", "") if main.metadata is not None else ""
         if sdk_sha and loaded.sha256 and sdk_sha != loaded.sha256:
-            print(f"warning: {args.model} was exported from a checkpoint with sha256 {sdk_sha[:12]}…, but "
-                  f"--checkpoint {checkpoint} has {loaded.sha256[:12]}…; the baselines may run other weights",
-                  file=sys.stderr)
+            print(
+                f"warning: {args.model} was exported from a checkpoint with sha256 {sdk_sha[:12]}…, but "
+                f"--checkpoint {checkpoint} has {loaded.sha256[:12]}…; the baselines may run other weights",
+                file=sys.stderr,
+            )
 
     for name, path in compare:
         mark = current_rss_mb()
         framework = loaded.semantics.source if loaded is not None else "torchvision"
         if name in _TORCHVISION_SYSTEMS and framework != "torchvision":
             if name != "torch-eager":
-                raise DeploySdkError(f"{name} is torchvision's own export of a torchvision model; {checkpoint} is a "
-                                     f"{framework} checkpoint: compare it with torch-eager ({framework}'s "
-                                     "own model) instead")
+                raise DeploySdkError(
+                    f"{name} is torchvision's own export of a torchvision model; {checkpoint} is a "
+                    f"{framework} checkpoint: compare it with torch-eager ({framework}'s "
+                    "own model) instead"
+                )
             from deploy_sdk.benchmarks.framework_baselines import framework_eager_system
 
             print(f"torch-eager: {framework}'s own model", file=sys.stderr)
-            systems.append(framework_eager_system(loaded, Path(checkpoint),
-                                                  Path(args.config) if args.config else None, args.device))
+            systems.append(
+                framework_eager_system(
+                    loaded, Path(checkpoint), Path(args.config) if args.config else None, args.device
+                )
+            )
         elif name == "torch-eager":
             from deploy_sdk.benchmarks.baselines import TorchEagerSystem
 
             systems.append(TorchEagerSystem(loaded.model, loaded.class_names, device=args.device))
         elif name in ("torchvision-onnx", "torchvision-onnx-openvino"):
-            from deploy_sdk.benchmarks.baselines import (TorchvisionOnnxSystem, TorchvisionOpenVinoSystem,
-                                                          export_torchvision_onnx)
+            from deploy_sdk.benchmarks.baselines import (
+                TorchvisionOnnxSystem,
+                TorchvisionOpenVinoSystem,
+                export_torchvision_onnx,
+            )
 
             # Both systems run the same export: a FILE given to either serves both.
             given = path or dict(compare).get("torchvision-onnx") or dict(compare).get("torchvision-onnx-openvino")
@@ -288,18 +336,30 @@ def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workd
             if onnx_path.is_file():
                 print(f"reusing torchvision's export {onnx_path}", file=sys.stderr)
             else:
-                print(f"exporting the torchvision model with torch.onnx.export (torchvision's own path), traced at "
-                      f"{args._image_size[0]}x{args._image_size[1]} ...", file=sys.stderr)
+                print(
+                    f"exporting the torchvision model with torch.onnx.export (torchvision's own path), traced at "
+                    f"{args._image_size[0]}x{args._image_size[1]} ...",
+                    file=sys.stderr,
+                )
                 export_torchvision_onnx(loaded.model, onnx_path, sample_hw=args._image_size)
             cls = TorchvisionOnnxSystem if name == "torchvision-onnx" else TorchvisionOpenVinoSystem
             systems.append(cls(onnx_path, loaded.class_names, threads=threads, device=args.device))
         else:
-            backend, _, precision = name[len("sdk-"):].partition("-")
+            backend, _, precision = name[len("sdk-") :].partition("-")
             options = {"inference_precision": "bf16"} if (backend, precision) == ("openvino", "bf16") else None
             if backend == "torch" and precision:
                 options = _torch_backend_options(name, precision)
-            systems.append(PredictorSystem(path, backend=backend, device=args.device, batch_size=max_batch,
-                                           threads=threads, name=name, backend_options=options))
+            systems.append(
+                PredictorSystem(
+                    path,
+                    backend=backend,
+                    device=args.device,
+                    batch_size=max_batch,
+                    threads=threads,
+                    name=name,
+                    backend_options=options,
+                )
+            )
         load_mb = grown(mark)
         if name in _TORCHVISION_SYSTEMS and checkpoint_mb is not None and load_mb is not None:
             load_mb, checkpoint_mb = load_mb + checkpoint_mb, None
@@ -321,8 +381,10 @@ def run(args: argparse.Namespace) -> int:
     compare = parse_compare(args.compare)
     args._image_size = parse_image_size(args.image_size) if args.image_size else None
     if args.iters < 1 or args.warmup < 0 or args.num_images < 1:
-        raise DeploySdkError(f"--iters must be >= 1, --warmup >= 0 and --num-images >= 1 (got {args.iters}, "
-                             f"{args.warmup}, {args.num_images})")
+        raise DeploySdkError(
+            f"--iters must be >= 1, --warmup >= 0 and --num-images >= 1 (got {args.iters}, "
+            f"{args.warmup}, {args.num_images})"
+        )
     if args._image_size is not None:
         check_pool_size(args.num_images, args._image_size)
     # The outputs are written after a run that may take an hour: refuse a path that cannot be written now.
@@ -368,12 +430,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"generating {args.num_images} synthetic images of {size[0]}x{size[1]} ...", file=sys.stderr)
         images = bench_images(args.num_images, size, args.seed)
         machine = machine_info(threads)
-        print(f"timing {', '.join(s.name for s in systems)} side by side: batch sizes {batch_sizes}, "
-              f"{args.warmup} warm-up + {args.iters} timed iterations each", file=sys.stderr)
+        print(
+            f"timing {', '.join(s.name for s in systems)} side by side: batch sizes {batch_sizes}, "
+            f"{args.warmup} warm-up + {args.iters} timed iterations each",
+            file=sys.stderr,
+        )
         results: list = []
         try:
-            run_side_by_side(systems, images, batch_sizes, args.warmup, args.iters, progress=not args.quiet,
-                             results=results)
+            run_side_by_side(
+                systems, images, batch_sizes, args.warmup, args.iters, progress=not args.quiet, results=results
+            )
             interrupted = False
         except KeyboardInterrupt as exc:
             if not results:
@@ -388,9 +454,17 @@ def run(args: argparse.Namespace) -> int:
 
     rows = [r.to_json() for r in results]
     settings: Dict[str, object] = {
-        "model": args.model, "checkpoint": args.checkpoint, "backend": args.backend, "device": args.device,
-        "batch_sizes": batch_sizes, "warmup": args.warmup, "iters": args.iters, "image_size": list(size),
-        "num_images": args.num_images, "seed": args.seed, "threads": threads,
+        "model": args.model,
+        "checkpoint": args.checkpoint,
+        "backend": args.backend,
+        "device": args.device,
+        "batch_sizes": batch_sizes,
+        "warmup": args.warmup,
+        "iters": args.iters,
+        "image_size": list(size),
+        "num_images": args.num_images,
+        "seed": args.seed,
+        "threads": threads,
         "compare": [n if p is None else f"{n}={p}" for n, p in compare],
         "interrupted": interrupted,
     }
@@ -424,9 +498,10 @@ def _probe_native_size(args, checkpoint: Optional[str]) -> Tuple[int, int]:
             sess = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
             meta = ModelMetadata.from_props(sess.get_modelmeta().custom_metadata_map, source=args.model)
             return int(meta.min_size), int(meta.max_size)
-        except Exception as exc:  # noqa: BLE001 - any failure here only means "unknown", stated below
-            raise DeploySdkError(f"cannot read the native image size from {args.model} ({exc}); "
-                                 "pass --image-size HxW") from exc
+        except Exception as exc:
+            raise DeploySdkError(
+                f"cannot read the native image size from {args.model} ({exc}); pass --image-size HxW"
+            ) from exc
     if checkpoint:
         from deploy_sdk.conversion.checkpoint import load_checkpoint
 
@@ -437,9 +512,27 @@ def _probe_native_size(args, checkpoint: Optional[str]) -> Tuple[int, int]:
 
 def _command_line(args, batch_sizes, size) -> List[str]:
     """The command that reproduces this run (defaults spelled out), for the JSON record."""
-    cmd = ["maskrcnn-deploy", "bench", args.model, "--backend", args.backend, "--device", args.device,
-           "--batch-sizes", ",".join(map(str, batch_sizes)), "--warmup", str(args.warmup), "--iters", str(args.iters),
-           "--image-size", f"{size[0]}x{size[1]}", "--num-images", str(args.num_images), "--seed", str(args.seed)]
+    cmd = [
+        "maskrcnn-deploy",
+        "bench",
+        args.model,
+        "--backend",
+        args.backend,
+        "--device",
+        args.device,
+        "--batch-sizes",
+        ",".join(map(str, batch_sizes)),
+        "--warmup",
+        str(args.warmup),
+        "--iters",
+        str(args.iters),
+        "--image-size",
+        f"{size[0]}x{size[1]}",
+        "--num-images",
+        str(args.num_images),
+        "--seed",
+        str(args.seed),
+    ]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
     if args.compare:
@@ -447,6 +540,3 @@ def _command_line(args, batch_sizes, size) -> List[str]:
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     return cmd
-
-
-

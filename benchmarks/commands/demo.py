@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import List
 
-import numpy as np
-
 from deploy_sdk.atomic_file import atomic_path
 from deploy_sdk.commands.options import add_trust_checkpoint_argument
 from deploy_sdk.errors import DeploySdkError
@@ -42,11 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from deploy_sdk import Predictor
     from deploy_sdk.conversion.checkpoint import load_checkpoint, shipped_model_path
+    from deploy_sdk.conversion.commands.check import reference_detections
     from deploy_sdk.conversion.export import export_onnx
     from deploy_sdk.conversion.parity import compare_detections, summarize
-    from deploy_sdk.conversion.commands.check import reference_detections
-    from deploy_sdk import Predictor
     from deploy_sdk.synthetic_shapes import generate_sample
 
     if args.num_images < 1:
@@ -110,9 +108,19 @@ def run(args: argparse.Namespace) -> int:
         print("[5/5] benchmark: this SDK (ONNX Runtime) vs PyTorch eager, same images, alternating")
         code = _run_bench(
             [
-                str(onnx_path), "--checkpoint", str(ckpt), "--compare", "torch",
-                "--batch-sizes", "1,4", "--warmup", "1", "--iters", str(args.bench_iters),
-                "--json", str(out / "bench.json"),
+                str(onnx_path),
+                "--checkpoint",
+                str(ckpt),
+                "--compare",
+                "torch",
+                "--batch-sizes",
+                "1,4",
+                "--warmup",
+                "1",
+                "--iters",
+                str(args.bench_iters),
+                "--json",
+                str(out / "bench.json"),
             ]
             + (["--trust-checkpoint"] if args.trust_checkpoint else [])
         )
@@ -143,8 +151,7 @@ def export_key(checkpoint_sha256: str) -> str:
     of the SDK version and the source of ``conversion`` and the metadata writer. A change to either re-exports."""
     import hashlib
 
-    from deploy_sdk import conversion
-    from deploy_sdk import model_metadata
+    from deploy_sdk import conversion, model_metadata
     from deploy_sdk.version import __version__
 
     h = hashlib.sha256(__version__.encode())

@@ -23,20 +23,97 @@ from typing import List, Optional, Sequence, Union
 
 from deploy_sdk.errors import CheckpointError
 
-__all__ = ["resolve_class_names", "read_names_json", "COCO_80_NAMES", "COCO_91_NAMES", "coco_names",
-           "describe_class_names"]
+__all__ = [
+    "resolve_class_names",
+    "read_names_json",
+    "COCO_80_NAMES",
+    "COCO_91_NAMES",
+    "coco_names",
+    "describe_class_names",
+]
 
 # The 80 COCO categories in category-id order.
 COCO_80_NAMES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 )
 # Category ids 1..90 that the COCO 2014/2017 releases leave unused.
 _COCO_UNUSED_IDS = (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)
@@ -48,9 +125,13 @@ def _coco_91() -> tuple:
 
 
 COCO_91_NAMES = _coco_91()
-_COCO_LAYOUTS = {91: ("COCO in torchvision's 91-id layout, label = category id", COCO_91_NAMES),
-                 81: ("COCO, 80 classes numbered 1..80 as detectron2 and MMDetection train them",
-                      ("__background__",) + COCO_80_NAMES)}
+_COCO_LAYOUTS = {
+    91: ("COCO in torchvision's 91-id layout, label = category id", COCO_91_NAMES),
+    81: (
+        "COCO, 80 classes numbered 1..80 as detectron2 and MMDetection train them",
+        ("__background__",) + COCO_80_NAMES,
+    ),
+}
 
 
 def coco_names(num_classes: int) -> Optional[List[str]]:
@@ -114,6 +195,6 @@ def read_names_json(path: Path) -> List[str]:
         data = data.get("class_names", data.get("classes"))
     if not isinstance(data, list) or not all(isinstance(n, str) for n in data):
         raise CheckpointError(
-            f"{path} must hold a JSON list of class names (or {{\"class_names\": [...]}}), index = label id"
+            f'{path} must hold a JSON list of class names (or {{"class_names": [...]}}), index = label id'
         )
     return data

@@ -227,9 +227,13 @@ def _refusals(cfg: Mapping[str, Any]) -> Optional[str]:
         return "deformable convolutions (MODEL.RESNETS.DEFORM_ON_PER_STAGE) are not supported"
     for key in ("MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM"):
         if cfg[key]:
-            return f"{key} = {cfg[key]!r}: normalization layers in the FPN or the heads (GN heads, LSJ baselines) are not supported"
+            return (
+                f"{key} = {cfg[key]!r}: normalization layers in the FPN or the heads (GN heads, LSJ baselines) "
+                "are not supported"
+            )
     if cfg["MODEL.RESNETS.NORM"] not in ("FrozenBN", "BN", "SyncBN", "nnSyncBN", "naiveSyncBN"):
-        return f"MODEL.RESNETS.NORM = {cfg['MODEL.RESNETS.NORM']!r} (e.g. GroupNorm) is not supported (FrozenBN or BN only)"
+        norm = cfg["MODEL.RESNETS.NORM"]
+        return f"MODEL.RESNETS.NORM = {norm!r} (e.g. GroupNorm) is not supported (FrozenBN or BN only)"
     if int(cfg["MODEL.RESNETS.NUM_GROUPS"]) != 1:
         return "ResNeXt backbones (MODEL.RESNETS.NUM_GROUPS > 1) are not supported"
     if int(cfg["MODEL.RESNETS.RES5_DILATION"]) != 1:
@@ -268,8 +272,14 @@ def _key_refusals(keys: Sequence[str]) -> Optional[str]:
         (r"^roi_heads\.box_(head|predictor)\.\d+\.", "Cascade R-CNN (one box head per stage) is not supported"),
         (r"^roi_heads\.mask_(point|coarse)_head\.", "PointRend mask heads are not supported"),
         (r"\.conv2_offset\.|\.conv2\.offset|_offset\.weight$", "deformable convolutions are not supported"),
-        (r"^backbone\.fpn_(lateral|output)\d\.norm\.", "normalization layers in the FPN (GN / SyncBN FPN) are not supported"),
-        (r"^roi_heads\.(box|mask)_head\.\w+\.norm\.", "normalization layers in the box or mask head (GN heads) are not supported"),
+        (
+            r"^backbone\.fpn_(lateral|output)\d\.norm\.",
+            "normalization layers in the FPN (GN / SyncBN FPN) are not supported",
+        ),
+        (
+            r"^roi_heads\.(box|mask)_head\.\w+\.norm\.",
+            "normalization layers in the box or mask head (GN heads) are not supported",
+        ),
         (r"^roi_heads\.box_head\.conv\d", "box heads with convolutions (e.g. 4conv1fc) are not supported"),
         (r"^roi_heads\.keypoint_head\.", "keypoint heads are not supported"),
     ]
@@ -291,7 +301,9 @@ def _key_refusals(keys: Sequence[str]) -> Optional[str]:
 # anchors
 
 
-def cell_anchors(sizes: Sequence[Sequence[float]], ratios: Sequence[Sequence[float]], levels: int) -> List[List[List[float]]]:
+def cell_anchors(
+    sizes: Sequence[Sequence[float]], ratios: Sequence[Sequence[float]], levels: int
+) -> List[List[List[float]]]:
     """detectron2 ``DefaultAnchorGenerator.generate_cell_anchors`` per level (size-major, ratio-minor), unrounded:
     ``w = sqrt(size**2 / ratio)``, ``h = ratio * w``, box ``(-w/2, -h/2, w/2, h/2)``; a single list broadcasts."""
     sizes = list(sizes) * levels if len(sizes) == 1 else list(sizes)
@@ -326,7 +338,9 @@ def import_state_dict(state: Dict[str, torch.Tensor], path: Path, request: Any) 
     if problem:
         raise UnsupportedModelError(f"{path}: detectron2 config: {problem}")
     if request.arch is not None:
-        raise CheckpointError("--arch names torchvision architectures; a detectron2 model's comes from its keys and config")
+        raise CheckpointError(
+            "--arch names torchvision architectures; a detectron2 model's comes from its keys and config"
+        )
 
     state = {k: v for k, v in state.items() if k not in ("pixel_mean", "pixel_std")}
     stages = _blocks_per_stage(state, path)
@@ -439,7 +453,9 @@ def import_state_dict(state: Dict[str, torch.Tensor], path: Path, request: Any) 
 
 
 def _depth(stages: Sequence[int]) -> str:
-    return {(3, 4, 6, 3): "50", (3, 4, 23, 3): "101", (3, 8, 36, 3): "152"}.get(tuple(stages), "-" + "-".join(map(str, stages)))
+    return {(3, 4, 6, 3): "50", (3, 4, 23, 3): "101", (3, 8, 36, 3): "152"}.get(
+        tuple(stages), "-" + "-".join(map(str, stages))
+    )
 
 
 def _shape(state: Mapping[str, torch.Tensor], key: str, path: Path) -> Tuple[int, ...]:
@@ -469,8 +485,12 @@ def _norm(out: Dict[str, torch.Tensor], state: Mapping[str, torch.Tensor], src: 
 
 
 def _map_weights(
-    state: Dict[str, torch.Tensor], stages: Sequence[int], mask_convs: Sequence[int], num_classes: int,
-    flip_input: bool, path: Path,
+    state: Dict[str, torch.Tensor],
+    stages: Sequence[int],
+    mask_convs: Sequence[int],
+    num_classes: int,
+    flip_input: bool,
+    path: Path,
 ) -> Dict[str, torch.Tensor]:
     """detectron2 key names and layouts -> the torchvision model's (see the module docstring)."""
     used: set = set()

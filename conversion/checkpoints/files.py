@@ -50,8 +50,6 @@ NESTING_KEYS = ("model", "state_dict", "model_state_dict", "model_state", "net")
 MAX_LISTED = 5
 
 
-
-
 def _is_safetensors(path: Path) -> bool:
     # A safetensors file starts with an 8-byte little-endian header length, then a JSON object.
     with open(path, "rb") as f:
@@ -118,8 +116,9 @@ def _torch_load(path: Path, trust_checkpoint: bool = False) -> Any:
                 raise CheckpointError(_unreadable(path, exc)) from exc
         family = _other_detector_in(names)
         if family:
-            raise UnsupportedModelError(f"{path} is a pickled torchvision {family[0]} module: this checkpoint is "
-                                        f"{family[1]}, not a Mask R-CNN")
+            raise UnsupportedModelError(
+                f"{path} is a pickled torchvision {family[0]} module: this checkpoint is {family[1]}, not a Mask R-CNN"
+            )
         listed = sorted(names, key=_global_rank)
         more = f" and {len(listed) - MAX_LISTED} more" if len(listed) > MAX_LISTED else ""
         raise CheckpointError(
@@ -221,23 +220,33 @@ def _other_file_kind(path: Path) -> Optional[str]:
     with open(path, "rb") as f:
         head = f.read(512)
     if path.suffix.lower() in _ONNX_SUFFIXES or _looks_like_onnx(head):
-        return (f"{path} is an ONNX file, not a checkpoint: use it with infer, eval, check or inspect; export, "
-                "check --checkpoint and convert take the training checkpoint (.pth, .pt or .safetensors)")
+        return (
+            f"{path} is an ONNX file, not a checkpoint: use it with infer, eval, check or inspect; export, "
+            "check --checkpoint and convert take the training checkpoint (.pth, .pt or .safetensors)"
+        )
     if head.startswith(_ENGINE_MAGIC):
-        return (f"{path} is a TensorRT engine built by maskrcnn-deploy build, not a checkpoint: use it with infer, "
-                "eval or inspect; export takes the training checkpoint (.pth, .pt or .safetensors)")
+        return (
+            f"{path} is a TensorRT engine built by maskrcnn-deploy build, not a checkpoint: use it with infer, "
+            "eval or inspect; export takes the training checkpoint (.pth, .pt or .safetensors)"
+        )
     if head and all(b in _TEXT_BYTES for b in head):
         first = head.decode("ascii").strip().splitlines()
         start = (first[0][:40] + ("..." if len(first[0]) > 40 else "")) if first else ""
-        return (f"{path} is a text file (it starts with {start!r}), not a PyTorch checkpoint or safetensors file: "
-                "pass the weights file (.pth, .pt or .safetensors)")
+        return (
+            f"{path} is a text file (it starts with {start!r}), not a PyTorch checkpoint or safetensors file: "
+            "pass the weights file (.pth, .pt or .safetensors)"
+        )
     return None
 
 
 def _looks_like_onnx(head: bytes) -> bool:
     """An ONNX ModelProto starts with field 1 (ir_version, a small varint) and soon names its producer or graph."""
-    return len(head) > 2 and head[0] == 0x08 and 3 <= head[1] <= 20 and (
-        b"pytorch" in head[:64] or b"onnx" in head[:64].lower())
+    return (
+        len(head) > 2
+        and head[0] == 0x08
+        and 3 <= head[1] <= 20
+        and (b"pytorch" in head[:64] or b"onnx" in head[:64].lower())
+    )
 
 
 def _unreadable(path: Path, exc: BaseException, reason: Optional[str] = None) -> str:
@@ -247,11 +256,15 @@ def _unreadable(path: Path, exc: BaseException, reason: Optional[str] = None) ->
     size = path.stat().st_size
     if head == _ZIP_MAGIC and not zipfile.is_zipfile(path):
         # torch's zip checkpoints end with the archive's directory: a cut-off copy has the start but not the end.
-        return (f"{path} is an incomplete PyTorch checkpoint ({size} bytes: a zip archive whose end is missing); "
-                "the download or copy was cut off: fetch the file again")
+        return (
+            f"{path} is an incomplete PyTorch checkpoint ({size} bytes: a zip archive whose end is missing); "
+            "the download or copy was cut off: fetch the file again"
+        )
     if head[:1] == b"\x80" and (isinstance(exc, EOFError) or "truncated" in str(exc).lower()):
-        return (f"{path} is an incomplete PyTorch checkpoint ({size} bytes: the pickle stops before its end); "
-                "the download or copy was cut off: fetch the file again")
+        return (
+            f"{path} is an incomplete PyTorch checkpoint ({size} bytes: the pickle stops before its end); "
+            "the download or copy was cut off: fetch the file again"
+        )
     if size == 0:
         return f"{path} is empty (0 bytes), not a PyTorch checkpoint or safetensors file"
     why = reason if reason is not None else _first_sentence(exc)
@@ -296,7 +309,7 @@ def unwrap_state_dict(obj: Any, path: Path) -> Tuple[Dict[str, torch.Tensor], Di
         )
     check_finite(tensors, path)
     if all(k.startswith("module.") for k in tensors):  # saved from DataParallel/DistributedDataParallel
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors, info
 
 

@@ -69,6 +69,7 @@ def detect_source(keys: Sequence[str]) -> str:
         raise CheckpointError(f"the checkpoint's keys look like several frameworks ({', '.join(claimed)}); pass --from")
     return claimed[0] if claimed else "torchvision"
 
+
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_MODEL = Path("models") / "shapes_r18" / "model.safetensors"
 

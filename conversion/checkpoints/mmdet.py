@@ -62,37 +62,59 @@ SOURCE = "mmdet"
 # goes: what applies when a checkpoint carries no config.
 DEFAULTS: Dict[str, Any] = {
     "type": "MaskRCNN",
-    "data_preprocessor": {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "bgr_to_rgb": True,
-                          "pad_size_divisor": 32},
+    "data_preprocessor": {
+        "mean": [123.675, 116.28, 103.53],
+        "std": [58.395, 57.12, 57.375],
+        "bgr_to_rgb": True,
+        "pad_size_divisor": 32,
+    },
     "backbone": {"type": "ResNet", "style": "pytorch", "dcn": None, "norm_cfg": {"type": "BN"}},
     "neck": {"type": "FPN", "num_outs": 5, "add_extra_convs": False, "start_level": 0},
     "rpn_head": {
         "type": "RPNHead",
-        "anchor_generator": {"type": "AnchorGenerator", "scales": [8], "ratios": [0.5, 1.0, 2.0],
-                             "strides": [4, 8, 16, 32, 64], "center_offset": 0.0},
+        "anchor_generator": {
+            "type": "AnchorGenerator",
+            "scales": [8],
+            "ratios": [0.5, 1.0, 2.0],
+            "strides": [4, 8, 16, 32, 64],
+            "center_offset": 0.0,
+        },
         "bbox_coder": {"type": "DeltaXYWHBBoxCoder", "target_means": [0.0] * 4, "target_stds": [1.0] * 4},
     },
     "roi_head": {
         "type": "StandardRoIHead",
-        "bbox_roi_extractor": {"type": "SingleRoIExtractor", "finest_scale": 56,
-                               "roi_layer": {"type": "RoIAlign", "output_size": 7, "sampling_ratio": 0,
-                                             "aligned": True},
-                               "featmap_strides": [4, 8, 16, 32]},
-        "bbox_head": {"type": "Shared2FCBBoxHead", "reg_class_agnostic": False,
-                      "bbox_coder": {"type": "DeltaXYWHBBoxCoder", "target_means": [0.0] * 4,
-                                     "target_stds": [0.1, 0.1, 0.2, 0.2]},
-                      "loss_cls": {"use_sigmoid": False}},
-        "mask_roi_extractor": {"type": "SingleRoIExtractor", "finest_scale": 56,
-                               "roi_layer": {"type": "RoIAlign", "output_size": 14, "sampling_ratio": 0,
-                                             "aligned": True},
-                               "featmap_strides": [4, 8, 16, 32]},
+        "bbox_roi_extractor": {
+            "type": "SingleRoIExtractor",
+            "finest_scale": 56,
+            "roi_layer": {"type": "RoIAlign", "output_size": 7, "sampling_ratio": 0, "aligned": True},
+            "featmap_strides": [4, 8, 16, 32],
+        },
+        "bbox_head": {
+            "type": "Shared2FCBBoxHead",
+            "reg_class_agnostic": False,
+            "bbox_coder": {
+                "type": "DeltaXYWHBBoxCoder",
+                "target_means": [0.0] * 4,
+                "target_stds": [0.1, 0.1, 0.2, 0.2],
+            },
+            "loss_cls": {"use_sigmoid": False},
+        },
+        "mask_roi_extractor": {
+            "type": "SingleRoIExtractor",
+            "finest_scale": 56,
+            "roi_layer": {"type": "RoIAlign", "output_size": 14, "sampling_ratio": 0, "aligned": True},
+            "featmap_strides": [4, 8, 16, 32],
+        },
         "mask_head": {"type": "FCNMaskHead", "class_agnostic": False},
     },
     "test_cfg": {
-        "rpn": {"nms_pre": 1000, "max_per_img": 1000, "nms": {"type": "nms", "iou_threshold": 0.7},
-                "min_bbox_size": 0},
-        "rcnn": {"score_thr": 0.05, "nms": {"type": "nms", "iou_threshold": 0.5}, "max_per_img": 100,
-                 "mask_thr_binary": 0.5},
+        "rpn": {"nms_pre": 1000, "max_per_img": 1000, "nms": {"type": "nms", "iou_threshold": 0.7}, "min_bbox_size": 0},
+        "rcnn": {
+            "score_thr": 0.05,
+            "nms": {"type": "nms", "iou_threshold": 0.5},
+            "max_per_img": 100,
+            "mask_thr_binary": 0.5,
+        },
     },
     "resize": {"scale": [1333, 800], "keep_ratio": True},
 }
@@ -187,7 +209,7 @@ def model_config(meta: Mapping[str, Any]) -> Tuple[Dict[str, Any], bool]:
 
 
 def _key_refusals(keys: Sequence[str]) -> Optional[str]:
-    has = lambda text: any(text in k for k in keys)  # noqa: E731
+    has = lambda text: any(text in k for k in keys)
     if not any(k.startswith("roi_head.") for k in keys):
         if any(k.startswith("bbox_head.") for k in keys):
             return "a one-stage detector (bbox_head without RoI heads, no masks); only Mask R-CNN is supported"
@@ -226,39 +248,65 @@ def _key_refusals(keys: Sequence[str]) -> Optional[str]:
 def _config_refusals(cfg: Mapping[str, Any]) -> Optional[str]:
     checks = [
         (cfg["type"] == "MaskRCNN", f"detector type {cfg['type']} is not supported (MaskRCNN only)"),
-        (cfg["backbone"].get("type") == "ResNet", f"backbone {cfg['backbone'].get('type')} is not supported "
-                                                  "(ResNet only)"),
+        (
+            cfg["backbone"].get("type") == "ResNet",
+            f"backbone {cfg['backbone'].get('type')} is not supported (ResNet only)",
+        ),
         (cfg["backbone"].get("dcn") is None, "deformable convolutions (DCN) are not supported"),
         (not cfg["backbone"].get("plugins"), "backbone plugins (GCB, attention, ...) are not supported"),
-        ((cfg["backbone"].get("norm_cfg") or {}).get("type", "BN") in ("BN", "SyncBN"),
-         f"backbone norm {(cfg['backbone'].get('norm_cfg') or {}).get('type')} is not supported (BN only)"),
+        (
+            (cfg["backbone"].get("norm_cfg") or {}).get("type", "BN") in ("BN", "SyncBN"),
+            f"backbone norm {(cfg['backbone'].get('norm_cfg') or {}).get('type')} is not supported (BN only)",
+        ),
         (cfg["backbone"].get("style", "pytorch") in ("pytorch", "caffe"), "unknown ResNet style"),
-        (cfg["neck"].get("type") == "FPN" and not cfg["neck"].get("add_extra_convs")
-         and int(cfg["neck"].get("num_outs", 5)) == 5 and int(cfg["neck"].get("start_level", 0)) == 0,
-         "only an FPN with 5 outputs, max-pooled P6 and no extra convs is supported"),
+        (
+            cfg["neck"].get("type") == "FPN"
+            and not cfg["neck"].get("add_extra_convs")
+            and int(cfg["neck"].get("num_outs", 5)) == 5
+            and int(cfg["neck"].get("start_level", 0)) == 0,
+            "only an FPN with 5 outputs, max-pooled P6 and no extra convs is supported",
+        ),
         (cfg["rpn_head"].get("type") == "RPNHead", f"RPN head {cfg['rpn_head'].get('type')} is not supported"),
         (cfg["rpn_head"]["anchor_generator"].get("type") == "AnchorGenerator", "only AnchorGenerator is supported"),
-        (cfg["roi_head"].get("type") == "StandardRoIHead",
-         f"RoI head {cfg['roi_head'].get('type')} is not supported (StandardRoIHead only; no Cascade, HTC, "
-         "PointRend, Mask Scoring)"),
-        (cfg["roi_head"]["bbox_head"].get("type") in ("Shared2FCBBoxHead", "ConvFCBBoxHead"),
-         f"box head {cfg['roi_head']['bbox_head'].get('type')} is not supported (Shared2FCBBoxHead only)"),
-        (not (cfg["roi_head"]["bbox_head"].get("loss_cls") or {}).get("use_sigmoid"),
-         "a sigmoid box classifier is not supported (softmax only)"),
-        (cfg["roi_head"]["mask_head"].get("type") == "FCNMaskHead",
-         f"mask head {cfg['roi_head']['mask_head'].get('type')} is not supported (FCNMaskHead only)"),
+        (
+            cfg["roi_head"].get("type") == "StandardRoIHead",
+            f"RoI head {cfg['roi_head'].get('type')} is not supported (StandardRoIHead only; no Cascade, HTC, "
+            "PointRend, Mask Scoring)",
+        ),
+        (
+            cfg["roi_head"]["bbox_head"].get("type") in ("Shared2FCBBoxHead", "ConvFCBBoxHead"),
+            f"box head {cfg['roi_head']['bbox_head'].get('type')} is not supported (Shared2FCBBoxHead only)",
+        ),
+        (
+            not (cfg["roi_head"]["bbox_head"].get("loss_cls") or {}).get("use_sigmoid"),
+            "a sigmoid box classifier is not supported (softmax only)",
+        ),
+        (
+            cfg["roi_head"]["mask_head"].get("type") == "FCNMaskHead",
+            f"mask head {cfg['roi_head']['mask_head'].get('type')} is not supported (FCNMaskHead only)",
+        ),
         (not cfg["roi_head"]["mask_head"].get("class_agnostic"), "class-agnostic mask heads are not supported"),
         (cfg["roi_head"]["mask_head"].get("norm_cfg") is None, "normalized (GN) mask heads are not supported"),
         (bool(cfg["resize"].get("keep_ratio", True)), "a test Resize without keep_ratio is not supported"),
     ]
     for ext in ("bbox_roi_extractor", "mask_roi_extractor"):
         e = cfg["roi_head"][ext]
-        checks.append((e.get("type") == "SingleRoIExtractor" and (e.get("roi_layer") or {}).get("type") == "RoIAlign"
-                       and int(e.get("finest_scale", 56)) == 56 and list(e.get("featmap_strides")) == [4, 8, 16, 32],
-                       f"{ext}: only SingleRoIExtractor with RoIAlign, finest_scale 56, strides 4-32 is supported"))
+        checks.append(
+            (
+                e.get("type") == "SingleRoIExtractor"
+                and (e.get("roi_layer") or {}).get("type") == "RoIAlign"
+                and int(e.get("finest_scale", 56)) == 56
+                and list(e.get("featmap_strides")) == [4, 8, 16, 32],
+                f"{ext}: only SingleRoIExtractor with RoIAlign, finest_scale 56, strides 4-32 is supported",
+            )
+        )
     for coder in (cfg["rpn_head"]["bbox_coder"], cfg["roi_head"]["bbox_head"]["bbox_coder"]):
-        checks.append((coder.get("type") == "DeltaXYWHBBoxCoder" and not any(coder.get("target_means") or []),
-                       "only DeltaXYWHBBoxCoder with zero target_means is supported"))
+        checks.append(
+            (
+                coder.get("type") == "DeltaXYWHBBoxCoder" and not any(coder.get("target_means") or []),
+                "only DeltaXYWHBBoxCoder with zero target_means is supported",
+            )
+        )
     for ok, why in checks:
         if not ok:
             return why
@@ -330,11 +378,13 @@ def import_state_dict(state: Dict[str, torch.Tensor], path: Path, request: Any) 
     if problem:
         raise UnsupportedModelError(f"{path}: MMDetection checkpoint: {problem}")
     if request.config is not None:
-        raise CheckpointError("--config takes a detectron2 config.yaml; an MMDetection checkpoint carries its config "
-                              "in meta.cfg")
+        raise CheckpointError(
+            "--config takes a detectron2 config.yaml; an MMDetection checkpoint carries its config in meta.cfg"
+        )
     if request.arch is not None:
-        raise CheckpointError("--arch names torchvision architectures; an MMDetection model's comes from its keys "
-                              "and meta.cfg")
+        raise CheckpointError(
+            "--arch names torchvision architectures; an MMDetection model's comes from its keys and meta.cfg"
+        )
     raw = request.raw if isinstance(request.raw, Mapping) else {}
     _refuse_non_tensors(raw.get("state_dict"), path)
     meta_obj = raw.get("meta")
@@ -357,8 +407,9 @@ def import_state_dict(state: Dict[str, torch.Tensor], path: Path, request: Any) 
     for i in range(4):
         conv2 = _shape(state, f"backbone.layer{i + 1}.0.conv2.weight", path)
         if conv2[1] != conv2[0]:
-            raise UnsupportedModelError(f"{path}: MMDetection checkpoint: grouped 3x3 convolutions (ResNeXt) are not "
-                                        "supported (ResNet only)")
+            raise UnsupportedModelError(
+                f"{path}: MMDetection checkpoint: grouped 3x3 convolutions (ResNeXt) are not supported (ResNet only)"
+            )
         if conv2[0] != mid * 2**i or _shape(state, f"backbone.layer{i + 1}.0.conv3.weight", path)[0] != res2 * 2**i:
             raise UnsupportedModelError(f"{path}: MMDetection checkpoint: stage widths do not double per stage")
     fpn = _shape(state, "neck.lateral_convs.0.conv.weight", path)[0]
@@ -376,8 +427,10 @@ def import_state_dict(state: Dict[str, torch.Tensor], path: Path, request: Any) 
     mask_convs = sorted({int(k.split(".")[3]) for k in keys if k.startswith("roi_head.mask_head.convs.")})
     logits = _shape(state, "roi_head.mask_head.conv_logits.weight", path)[0]
     if logits != num_classes - 1:
-        raise UnsupportedModelError(f"{path}: the mask head predicts {logits} masks for {num_classes - 1} classes "
-                                    "(class-agnostic mask heads are not supported)")
+        raise UnsupportedModelError(
+            f"{path}: the mask head predicts {logits} masks for {num_classes - 1} classes "
+            "(class-agnostic mask heads are not supported)"
+        )
     box_in = _shape(state, "roi_head.bbox_head.shared_fcs.0.weight", path)[1]
     box_pool = int(round(math.sqrt(box_in / fpn)))
     if box_pool * box_pool * fpn != box_in:
@@ -387,8 +440,9 @@ def import_state_dict(state: Dict[str, torch.Tensor], path: Path, request: Any) 
     mean = [float(v) for v in dp.get("mean") or DEFAULTS["data_preprocessor"]["mean"]]
     std = [float(v) for v in dp.get("std") or DEFAULTS["data_preprocessor"]["std"]]
     if len(mean) != 3 or len(std) != 3 or not all(v > 0 for v in std):
-        raise UnsupportedModelError(f"{path}: data_preprocessor mean/std must have 3 values, std positive (got "
-                                    f"{mean}, {std})")
+        raise UnsupportedModelError(
+            f"{path}: data_preprocessor mean/std must have 3 values, std positive (got {mean}, {std})"
+        )
     # The loaded image is BGR (cv2); bgr_to_rgb turns it RGB before normalizing with mean/std in that order.
     rgb_model = bool(dp.get("bgr_to_rgb")) and not bool(dp.get("rgb_to_bgr"))
     mean_rgb, std_rgb = (mean, std) if rgb_model else (mean[::-1], std[::-1])
@@ -406,13 +460,16 @@ def import_state_dict(state: Dict[str, torch.Tensor], path: Path, request: Any) 
     if aligned != bool(mask_layer.get("aligned", True)):
         raise UnsupportedModelError(f"{path}: box and mask RoIAlign differ in 'aligned'")
     if int(box_layer.get("output_size", 7)) != box_pool:
-        raise CheckpointError(f"{path}: config RoIAlign output_size {box_layer.get('output_size')} does not fit "
-                              f"shared_fcs.0 ({box_pool}x{box_pool})")
+        raise CheckpointError(
+            f"{path}: config RoIAlign output_size {box_layer.get('output_size')} does not fit "
+            f"shared_fcs.0 ({box_pool}x{box_pool})"
+        )
     rpn_stds = [float(s) for s in cfg["rpn_head"]["bbox_coder"]["target_stds"]]
     box_stds = [float(s) for s in cfg["roi_head"]["bbox_head"]["bbox_coder"]["target_stds"]]
     if len(rpn_stds) != 4 or len(box_stds) != 4 or not all(v > 0 for v in rpn_stds + box_stds):
-        raise UnsupportedModelError(f"{path}: bbox_coder target_stds must be 4 positive values (got {rpn_stds}, "
-                                    f"{box_stds})")
+        raise UnsupportedModelError(
+            f"{path}: bbox_coder target_stds must be 4 positive values (got {rpn_stds}, {box_stds})"
+        )
     min_bbox = float(rpn_t.get("min_bbox_size", -1))
     spec = FpnMaskRCNNSpec(
         num_classes=num_classes,
@@ -455,8 +512,9 @@ def import_state_dict(state: Dict[str, torch.Tensor], path: Path, request: Any) 
     try:
         mapped = _map_weights(state, stages, mask_convs, num_classes, agnostic, flip_input=not rgb_model)
     except KeyError as exc:
-        raise CheckpointError(f"{path}: MMDetection checkpoint lacks {exc.args[0]}, which a Mask R-CNN FPN with "
-                              "these stages has") from None
+        raise CheckpointError(
+            f"{path}: MMDetection checkpoint lacks {exc.args[0]}, which a Mask R-CNN FPN with these stages has"
+        ) from None
     _load_exact(model, mapped, path)
     model.eval()
 
@@ -477,8 +535,13 @@ def import_state_dict(state: Dict[str, torch.Tensor], path: Path, request: Any) 
         level_formula="floor(log2(sqrt(area) / 56 + 1e-6)) + 2",
         config={
             "config_in_checkpoint": had_config,
-            "test_resize": {"scale": scale, "keep_ratio": True, "backend": "cv2", "interpolation": "bilinear",
-                            "size": "int(side * scale + 0.5)"},
+            "test_resize": {
+                "scale": scale,
+                "keep_ratio": True,
+                "backend": "cv2",
+                "interpolation": "bilinear",
+                "size": "int(side * scale + 0.5)",
+            },
             "style": cfg["backbone"].get("style", "pytorch"),
             "depth": cfg["backbone"].get("depth"),
             "bgr_to_rgb": bool(dp.get("bgr_to_rgb")),
@@ -565,8 +628,9 @@ def _map_weights(
         take(f"roi_head.mask_head.upsample.{p}", f"roi_heads.mask_predictor.conv5_mask.{p}")
         logits = state[f"roi_head.mask_head.conv_logits.{p}"].float()
         out[f"roi_heads.mask_predictor.mask_fcn_logits.{p}"] = torch.cat([torch.zeros_like(logits[:1]), logits])
-        used.update({f"roi_head.bbox_head.fc_cls.{p}", f"roi_head.bbox_head.fc_reg.{p}",
-                     f"roi_head.mask_head.conv_logits.{p}"})
+        used.update(
+            {f"roi_head.bbox_head.fc_cls.{p}", f"roi_head.bbox_head.fc_reg.{p}", f"roi_head.mask_head.conv_logits.{p}"}
+        )
     left = [k for k in state if k not in used]
     if left:
         more = f" and {len(left) - MAX_LISTED} more" if len(left) > MAX_LISTED else ""
@@ -579,8 +643,11 @@ def _map_weights(
 def _load_exact(model: torch.nn.Module, mapped: Dict[str, torch.Tensor], path: Path) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in mapped and not k.endswith("num_batches_tracked")]
-    misshaped = [f"{k} ({list(mapped[k].shape)} vs {list(v.shape)})" for k, v in expected.items()
-                 if k in mapped and tuple(mapped[k].shape) != tuple(v.shape)]
+    misshaped = [
+        f"{k} ({list(mapped[k].shape)} vs {list(v.shape)})"
+        for k, v in expected.items()
+        if k in mapped and tuple(mapped[k].shape) != tuple(v.shape)
+    ]
     if missing or misshaped:
         raise CheckpointError(
             f"{path}: MMDetection weights do not fit the rebuilt Mask R-CNN: missing {missing[:MAX_LISTED]}, "

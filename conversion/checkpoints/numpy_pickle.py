@@ -30,7 +30,7 @@ __all__ = ["ALLOWED_GLOBALS", "read_numpy_pickle", "numpy_to_torch"]
 
 
 def _numpy_core(name: str) -> Any:
-    core = getattr(np, "_core", None) or getattr(np, "core")  # numpy 2 renamed numpy.core to numpy._core
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core to numpy._core
     module = getattr(core, name.split(".")[0])
     return getattr(module, name.split(".")[1])
 

@@ -45,8 +45,7 @@ Runtime modes (metadata ``extra`` keys, read by ``deploy_sdk.Predictor``; absent
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -160,7 +159,11 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
         for level, (feat, scale) in enumerate(zip(x_filtered, self.scales)):
             idx = torch.where(levels == level)[0]
             out[idx] = roi_align(
-                feat, rois[idx], self.output_size, spatial_scale=scale, sampling_ratio=self.sampling_ratio,
+                feat,
+                rois[idx],
+                self.output_size,
+                spatial_scale=scale,
+                sampling_ratio=self.sampling_ratio,
                 aligned=True,
             ).to(out.dtype)
         return out

@@ -43,7 +43,7 @@ __all__ = [
 
 def family_problem(keys: Sequence[str]) -> Optional[str]:
     """Why a state dict is not a torchvision Mask R-CNN, or None when it looks like one."""
-    has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
+    has = lambda prefix: any(k.startswith(prefix) for k in keys)
     if has("backbone.bottom_up.") or has("proposal_generator."):
         family = "a detectron2 model; only torchvision Mask R-CNN checkpoints are supported so far"
     elif has("head.classification_head.module_list") or has("head.regression_head.module_list"):

@@ -6,8 +6,8 @@ MMDetection 3.x checkpoints (mmengine's ``save_checkpoint``) hold ``{"meta": ...
 it is needed to convert the model, so those globals are mapped to :class:`InertStandIn`, our own class that
 absorbs whatever arguments and state the pickle gives it and does nothing else: no name from the file is imported
 or called. Only globals under :data:`STAND_IN_PREFIXES` (and the exact names in :data:`STAND_IN_NAMES`) are mapped;
-a file naming anything else (``os.system``, ``builtins.eval``, a model class, ...) is refused as before. An importer that finds a stand-in where it needs data
-(in the state dict, in the class names) refuses the file.
+a file naming anything else (``os.system``, ``builtins.eval``, a model class, ...) is refused. An importer that
+finds a stand-in where it needs data (in the state dict, in the class names) refuses the file.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ STAND_IN_NAMES = ("builtins.getattr",)
 class InertStandIn:
     """Takes the place of a refused training-state object: accepts any construction and state, holds nothing."""
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "InertStandIn":
+    def __new__(cls, *args: Any, **kwargs: Any) -> InertStandIn:
         return super().__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -10,12 +10,18 @@ these modules import torch, torchvision and onnx inside ``run``.
 COMMANDS = (
     ("eval", "deploy_sdk.conversion.commands.evaluate", "COCO box and mask AP of a model on a COCO-format data set"),
     ("export", "deploy_sdk.conversion.commands.export", "export a checkpoint to one deployment ONNX graph"),
-    ("check", "deploy_sdk.conversion.commands.check",
-     "compare two models (checkpoint, .onnx, fp16/INT8 .onnx, engine) detection by detection"),
+    (
+        "check",
+        "deploy_sdk.conversion.commands.check",
+        "compare two models (checkpoint, .onnx, fp16/INT8 .onnx, engine) detection by detection",
+    ),
     ("inline", "deploy_sdk.conversion.commands.inline", "write the portable graph: standard ONNX operators only"),
     ("fp16", "deploy_sdk.conversion.commands.fp16", "convert an exported ONNX graph to fp16"),
     ("quantize", "deploy_sdk.conversion.commands.quantize", "post-training INT8 quantization with explicit Q/DQ"),
     ("build", "deploy_sdk.conversion.commands.build", "build a TensorRT engine from an exported ONNX graph"),
-    ("convert", "deploy_sdk.conversion.commands.convert",
-     "the whole pipeline in one command: export, check, fp16/INT8, engine; a summary table"),
+    (
+        "convert",
+        "deploy_sdk.conversion.commands.convert",
+        "the whole pipeline in one command: export, check, fp16/INT8, engine; a summary table",
+    ),
 )

@@ -35,8 +35,9 @@ def require_tensorrt(purpose: str = "maskrcnn-deploy build"):
 
 def _missing(purpose: str, state: str) -> MissingDependencyError:
     error = MissingDependencyError("tensorrt", "gpu", purpose)
-    error.args = (f"{purpose} needs TensorRT and an NVIDIA GPU; TensorRT (the 'tensorrt' package) {state}: "
-                  f"{TENSORRT_HOW_TO}",)
+    error.args = (
+        f"{purpose} needs TensorRT and an NVIDIA GPU; TensorRT (the 'tensorrt' package) {state}: {TENSORRT_HOW_TO}",
+    )
     return error
 
 
@@ -60,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     require_tensorrt()  # before anything heavy is imported
 
-    from deploy_sdk.conversion.tensorrt_build import BuildOptions, ProfileSpec, build_engine, parse_hw
     from deploy_sdk.atomic_file import check_output_file
+    from deploy_sdk.conversion.tensorrt_build import BuildOptions, ProfileSpec, build_engine, parse_hw
 
     check_output_file(args.output, what="-o/--output")  # before the (minutes long) build
     if args.timing_cache is not None:

@@ -30,13 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "model", help="the model to check: an exported .onnx file (fp32, fp16 or INT8), an engine or a checkpoint"
     )
     parser.add_argument(
-        "--against", default=None, metavar="MODEL",
+        "--against",
+        default=None,
+        metavar="MODEL",
         help="the model to compare with (the reference): a checkpoint (torchvision's model), a .onnx file (ONNX "
         "Runtime) or an engine (TensorRT), e.g. check model.fp16.onnx --against model.onnx, "
         "check model.engine --against model.onnx",
     )
-    parser.add_argument("--checkpoint", default=None, help="the checkpoint the graph was exported from (the same as "
-                        "--against CHECKPOINT)")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="the checkpoint the graph was exported from (the same as --against CHECKPOINT)",
+    )
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--images", type=Path, help="folder of images to compare on")
     src.add_argument(
@@ -49,11 +54,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask-iou", type=float, default=0.95, help="required pasted-mask IoU (0.95)")
     # --target tensorrt: a static check of the graph against TensorRT's ONNX parser (deploy_sdk.conversion.
     # tensorrt_support); no reference, no images, no TensorRT needed.
-    parser.add_argument("--target", choices=["tensorrt"], default=None,
-                        help="instead of comparing detections, list the nodes TensorRT's ONNX parser would refuse "
-                        "(the graph as the engine builder strips it); exit 1 if any")
-    parser.add_argument("--trt-version", choices=["10", "11"], default=None,
-                        help="TensorRT major version for --target tensorrt (default: both)")
+    parser.add_argument(
+        "--target",
+        choices=["tensorrt"],
+        default=None,
+        help="instead of comparing detections, list the nodes TensorRT's ONNX parser would refuse "
+        "(the graph as the engine builder strips it); exit 1 if any",
+    )
+    parser.add_argument(
+        "--trt-version",
+        choices=["10", "11"],
+        default=None,
+        help="TensorRT major version for --target tensorrt (default: both)",
+    )
     add_checkpoint_arguments(parser)
 
 
@@ -66,16 +79,19 @@ def run(args: argparse.Namespace) -> int:
 
         return run_check(args)
     if getattr(args, "trt_version", None):
-        raise DeploySdkError("--trt-version goes with --target tensorrt, e.g. check model.onnx --target tensorrt "
-                             "--trt-version 10")
+        raise DeploySdkError(
+            "--trt-version goes with --target tensorrt, e.g. check model.onnx --target tensorrt --trt-version 10"
+        )
     if args.batch_size < 1:
         raise DeploySdkError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.against is not None and args.checkpoint is not None and args.against != args.checkpoint:
         raise DeploySdkError("give one reference: --against MODEL or --checkpoint CKPT, not both")
     against = args.against if args.against is not None else args.checkpoint
     if against is None:
-        raise DeploySdkError("nothing to compare with: give --against MODEL (a checkpoint, .onnx or engine), "
-                             "e.g. maskrcnn-deploy check model.onnx --against model.pth")
+        raise DeploySdkError(
+            "nothing to compare with: give --against MODEL (a checkpoint, .onnx or engine), "
+            "e.g. maskrcnn-deploy check model.onnx --against model.pth"
+        )
     images, names = _load_images(args)
     thresholds = ParityThresholds(
         min_score=args.min_score, box_iou=args.box_iou, score_diff=args.score_diff, mask_iou=args.mask_iou
@@ -84,22 +100,36 @@ def run(args: argparse.Namespace) -> int:
     try:
         reference = open_source(against, args, batch_size=args.batch_size)
         try:
-            print(f"comparing {candidate.label} with {reference.label} on {len(images)} image(s), "
-                  f"batch {args.batch_size}", flush=True)
-            comparison = compare_sources(candidate, reference, images, names, thresholds, args.batch_size,
-                                         log=lambda line: print(line, flush=True))
+            print(
+                f"comparing {candidate.label} with {reference.label} on {len(images)} image(s), "
+                f"batch {args.batch_size}",
+                flush=True,
+            )
+            comparison = compare_sources(
+                candidate,
+                reference,
+                images,
+                names,
+                thresholds,
+                args.batch_size,
+                log=lambda line: print(line, flush=True),
+            )
         finally:
             reference.close()
     finally:
         candidate.close()
     print(comparison.summary())
-    print(f"time: {candidate.path.name} {comparison.candidate_seconds:.1f} s, {reference.path.name} "
-          f"{comparison.reference_seconds:.1f} s")
+    print(
+        f"time: {candidate.path.name} {comparison.candidate_seconds:.1f} s, {reference.path.name} "
+        f"{comparison.reference_seconds:.1f} s"
+    )
     return 0 if comparison.ok else 1
 
 
 def reference_detections(
-    loaded_model, images: Sequence[np.ndarray], canvas: Optional[Tuple[int, int]] = None,
+    loaded_model,
+    images: Sequence[np.ndarray],
+    canvas: Optional[Tuple[int, int]] = None,
     mask_threshold: Optional[float] = 0.5,
 ) -> List:
     """torchvision's Mask R-CNN eval path on ``images`` (a list of [H, W, 3] uint8 RGB) as ONE batch -> one
@@ -119,8 +149,7 @@ def reference_detections(
     # torch.from_numpy warns on a read-only array (decoded images often are, e.g. np.asarray of a PIL image);
     # np.require copies only such arrays, and the tensor is converted to float (a copy) right away anyway.
     tensors = [
-        torch.from_numpy(np.require(im, requirements=("C", "W"))).permute(2, 0, 1).float().div_(255.0)
-        for im in images
+        torch.from_numpy(np.require(im, requirements=("C", "W"))).permute(2, 0, 1).float().div_(255.0) for im in images
     ]
     with torch.inference_mode():
         batch, _ = model.transform(tensors)

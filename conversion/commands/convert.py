@@ -41,26 +41,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     require_convert_extra("maskrcnn-deploy convert")
     parser.add_argument("checkpoint", help="checkpoint file (.pth, .pt or .safetensors)")
     parser.add_argument(
-        "--to", action="append", default=None, metavar="TARGET",
+        "--to",
+        action="append",
+        default=None,
+        metavar="TARGET",
         help="what to make: onnx, fp16, int8, engine or all (onnx, fp16, int8 when --calib is given, and the engine "
         "where TensorRT is installed); repeat or separate with commas (default: onnx). The fp32 NAME.onnx is "
         "always written: the other files are made from it",
     )
-    parser.add_argument("-o", "--output-dir", type=Path, default=None,
-                        help="folder for the files (default: the checkpoint's folder)")
-    parser.add_argument("--name", default=None, help="file name stem: NAME.onnx, NAME.fp16.onnx, NAME.int8.onnx, "
-                        "NAME.engine (default: the checkpoint's name without its suffix)")
+    parser.add_argument(
+        "-o", "--output-dir", type=Path, default=None, help="folder for the files (default: the checkpoint's folder)"
+    )
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="file name stem: NAME.onnx, NAME.fp16.onnx, NAME.int8.onnx, "
+        "NAME.engine (default: the checkpoint's name without its suffix)",
+    )
 
     data = parser.add_argument_group("checking and evaluation")
-    data.add_argument("--images", type=Path, default=None,
-                      help="folder of images: the parity checks run on the first --check-images of them, and with "
-                      "--annotations the AP is measured on the images it lists (default: held-out synthetic images)")
-    data.add_argument("--annotations", type=Path, default=None,
-                      help="COCO annotation file of the --images: adds box and mask AP of every file to the table")
-    data.add_argument("--check-images", type=positive_int, default=10,
-                      help="images each parity check runs on (default 10)")
-    data.add_argument("--max-eval-images", type=positive_int, default=None,
-                      help="measure the AP on the first N annotated images only")
+    data.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="folder of images: the parity checks run on the first --check-images of them, and with "
+        "--annotations the AP is measured on the images it lists (default: held-out synthetic images)",
+    )
+    data.add_argument(
+        "--annotations",
+        type=Path,
+        default=None,
+        help="COCO annotation file of the --images: adds box and mask AP of every file to the table",
+    )
+    data.add_argument(
+        "--check-images", type=positive_int, default=10, help="images each parity check runs on (default 10)"
+    )
+    data.add_argument(
+        "--max-eval-images", type=positive_int, default=None, help="measure the AP on the first N annotated images only"
+    )
     data.add_argument("--no-check", action="store_true", help="skip the parity checks")
 
     export = parser.add_argument_group("export (as maskrcnn-deploy export)")
@@ -68,26 +86,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument("--width", type=int, default=None, help="fixed input width (multiple of 32)")
     export.add_argument("--max-detections", type=int, default=100, help="K, detections per image (default 100)")
     export.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    export.add_argument("--input-dtype", choices=["float32", "uint8"], default="float32",
-                        help="type of the graph's 'images' input (default float32; see export --help)")
+    export.add_argument(
+        "--input-dtype",
+        choices=["float32", "uint8"],
+        default="float32",
+        help="type of the graph's 'images' input (default float32; see export --help)",
+    )
 
     quant = parser.add_argument_group("INT8 (as maskrcnn-deploy quantize)")
-    quant.add_argument("--calib", type=Path, default=None,
-                       help="folder of calibration images for int8 (not the images you evaluate on)")
+    quant.add_argument(
+        "--calib",
+        type=Path,
+        default=None,
+        help="folder of calibration images for int8 (not the images you evaluate on)",
+    )
     quant.add_argument("--num-calib", type=positive_int, default=100, help="calibration images to use (default 100)")
-    quant.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax",
-                       help="activation range calibration (default minmax)")
-    quant.add_argument("--int8-target", choices=["tensorrt", "cpu"], default="tensorrt",
-                       help="tensorrt: symmetric int8, also runs on ONNX Runtime (default); cpu: uint8 activations, "
-                       "fastest on ONNX Runtime CPU, not buildable by TensorRT")
+    quant.add_argument(
+        "--calib-method",
+        choices=["minmax", "percentile", "entropy"],
+        default="minmax",
+        help="activation range calibration (default minmax)",
+    )
+    quant.add_argument(
+        "--int8-target",
+        choices=["tensorrt", "cpu"],
+        default="tensorrt",
+        help="tensorrt: symmetric int8, also runs on ONNX Runtime (default); cpu: uint8 activations, "
+        "fastest on ONNX Runtime CPU, not buildable by TensorRT",
+    )
 
     engine = parser.add_argument_group("TensorRT engine (as maskrcnn-deploy build; needs TensorRT and a GPU)")
-    engine.add_argument("--engine-from", choices=["fp32", "fp16", "int8"], default="fp32",
-                        help="the graph the engine is built from, i.e. its precision (default fp32; fp16 or int8 "
-                        "make that graph too)")
+    engine.add_argument(
+        "--engine-from",
+        choices=["fp32", "fp16", "int8"],
+        default="fp32",
+        help="the graph the engine is built from, i.e. its precision (default fp32; fp16 or int8 make that graph too)",
+    )
     engine.add_argument("--max-batch", type=positive_int, default=1, help="largest batch of the engine (default 1)")
-    engine.add_argument("--max-shape", default=None, metavar="HxW",
-                        help="largest padded canvas of the engine (default: the model's max size)")
+    engine.add_argument(
+        "--max-shape",
+        default=None,
+        metavar="HxW",
+        help="largest padded canvas of the engine (default: the model's max size)",
+    )
     engine.add_argument("--workspace", type=float, default=None, metavar="GB", help="workspace limit in GiB")
     add_checkpoint_arguments(parser)
 
@@ -144,8 +185,10 @@ def run(args: argparse.Namespace) -> int:
     if "int8" in targets or (args.engine_from == "int8" and "engine" in targets):
         if args.calib is None:
             what = "--to int8" if "int8" in targets else "--engine-from int8"
-            raise DeploySdkError(f"{what} needs calibration images: add --calib DIR (a folder of images like those "
-                                 "the model will see, not the evaluation images)")
+            raise DeploySdkError(
+                f"{what} needs calibration images: add --calib DIR (a folder of images like those "
+                "the model will see, not the evaluation images)"
+            )
         if not args.calib.is_dir():
             raise DeploySdkError(f"--calib {args.calib} is not a folder of images")
     check_export_options(height=args.height, width=args.width, max_detections=args.max_detections, opset=args.opset)
@@ -216,8 +259,16 @@ def run(args: argparse.Namespace) -> int:
 
     stage.next(f"export -> {paths['onnx']}")
     t0 = time.perf_counter()
-    export_onnx(loaded, paths["onnx"], height=args.height, width=args.width, max_detections=args.max_detections,
-                opset=args.opset, input_dtype=args.input_dtype, log=lambda line: log("  " + line))
+    export_onnx(
+        loaded,
+        paths["onnx"],
+        height=args.height,
+        width=args.width,
+        max_detections=args.max_detections,
+        opset=args.opset,
+        input_dtype=args.input_dtype,
+        log=lambda line: log("  " + line),
+    )
     onnx_step = Step("onnx", paths["onnx"], "fp32", seconds=time.perf_counter() - t0)
     steps.append(onnx_step)
     if not args.no_check:
@@ -243,11 +294,20 @@ def run(args: argparse.Namespace) -> int:
 
         stage.next(f"int8 -> {paths['int8']} (calibrating on {args.calib})")
         t0 = time.perf_counter()
-        qreport = quantize_int8(paths["onnx"], paths["int8"], args.calib, num_images=args.num_calib,
-                                method=args.calib_method, target=args.int8_target, stream=sys.stderr)
+        qreport = quantize_int8(
+            paths["onnx"],
+            paths["int8"],
+            args.calib,
+            num_images=args.num_calib,
+            method=args.calib_method,
+            target=args.int8_target,
+            stream=sys.stderr,
+        )
         step = Step("int8", paths["int8"], f"int8 ({args.int8_target})", seconds=time.perf_counter() - t0)
-        log(f"  {len(qreport.quantized_nodes)} layers INT8, calibrated on {qreport.num_calibration_images} images "
-            f"({qreport.method})")
+        log(
+            f"  {len(qreport.quantized_nodes)} layers INT8, calibrated on {qreport.num_calibration_images} images "
+            f"({qreport.method})"
+        )
         steps.append(step)
         if not args.no_check:
             _parity(step, paths["int8"], check_images, check_names, log, against=paths["onnx"], gate=False)
@@ -267,8 +327,11 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(steps), flush=True)
     failed = [s for s in steps if s.parity_ok is False]
     if failed:
-        print(f"parity FAILED for {', '.join(s.path.name for s in failed if s.path)}: see the lines above "
-              "(the worst detection is named); the files were written", flush=True)
+        print(
+            f"parity FAILED for {', '.join(s.path.name for s in failed if s.path)}: see the lines above "
+            "(the worst detection is named); the files were written",
+            flush=True,
+        )
         return 1
     return 0
 
@@ -319,8 +382,19 @@ def _check_images(args) -> Tuple[list, List[str]]:
     return [generate_sample(HELD_OUT_SEED, i).image for i in range(n)], [f"synthetic {i}" for i in range(n)]
 
 
-def _parity(step: Step, path: Path, images, names, log, *, against: Optional[Path] = None, loaded=None,
-            checkpoint: Optional[Path] = None, gate: bool = True, device: str = "cpu") -> None:
+def _parity(
+    step: Step,
+    path: Path,
+    images,
+    names,
+    log,
+    *,
+    against: Optional[Path] = None,
+    loaded=None,
+    checkpoint: Optional[Path] = None,
+    gate: bool = True,
+    device: str = "cpu",
+) -> None:
     """Compare ``path`` with the checkpoint (``loaded``) or with the graph ``against``; record it in ``step``."""
     from deploy_sdk.conversion.detection_sources import compare_sources, open_source
     from deploy_sdk.conversion.parity import ParityThresholds
@@ -337,8 +411,15 @@ def _parity(step: Step, path: Path, images, names, log, *, against: Optional[Pat
                 log(f"  comparing {candidate.label} with {reference.label} on {len(images)} image(s)")
             # Per-image lines for the gated checks (a failure names its worst detection); a reduced precision is
             # summarized in one line, its per-image differences are expected.
-            comparison = compare_sources(candidate, reference, images, names, ParityThresholds(), 1,
-                                         log=(lambda line: log("  " + line)) if gate else None)
+            comparison = compare_sources(
+                candidate,
+                reference,
+                images,
+                names,
+                ParityThresholds(),
+                1,
+                log=(lambda line: log("  " + line)) if gate else None,
+            )
         finally:
             reference.close()
     finally:
@@ -346,9 +427,11 @@ def _parity(step: Step, path: Path, images, names, log, *, against: Optional[Pat
     results = comparison.results
     matched = sum(r.num_matched for r in results)
     total = sum(r.num_reference for r in results)
-    worst = (f"{matched}/{total} matched, box IoU >= {min(r.worst_box_iou for r in results):.3f}, "
-             f"|dscore| <= {max(r.worst_score_diff for r in results):.3f}, "
-             f"mask IoU >= {min(r.worst_mask_iou for r in results):.3f}")
+    worst = (
+        f"{matched}/{total} matched, box IoU >= {min(r.worst_box_iou for r in results):.3f}, "
+        f"|dscore| <= {max(r.worst_score_diff for r in results):.3f}, "
+        f"mask IoU >= {min(r.worst_mask_iou for r in results):.3f}"
+    )
     step.against = "checkpoint" if against is None else against.name
     if gate:
         step.parity_ok = comparison.ok
@@ -367,12 +450,22 @@ def _build(args, paths, stage: _Stages, images, names, log) -> Step:
     source = {"fp32": paths["onnx"], "fp16": paths["fp16"], "int8": paths["int8"]}[args.engine_from]
     stage.next(f"build {paths['engine']} from {source.name} (TensorRT)")
     t0 = time.perf_counter()
-    spec = ProfileSpec(min_batch=1, opt_batch=1, max_batch=args.max_batch,
-                       max_shape=parse_hw(args.max_shape) if args.max_shape else None)
-    header = build_engine(source, paths["engine"], BuildOptions(profile=spec, workspace_gb=args.workspace),
-                          out=sys.stdout)
-    step = Step("engine", paths["engine"], header.metadata.precision, seconds=time.perf_counter() - t0,
-                note=f"TensorRT {header.tensorrt_version}, {header.gpu.name}")
+    spec = ProfileSpec(
+        min_batch=1,
+        opt_batch=1,
+        max_batch=args.max_batch,
+        max_shape=parse_hw(args.max_shape) if args.max_shape else None,
+    )
+    header = build_engine(
+        source, paths["engine"], BuildOptions(profile=spec, workspace_gb=args.workspace), out=sys.stdout
+    )
+    step = Step(
+        "engine",
+        paths["engine"],
+        header.metadata.precision,
+        seconds=time.perf_counter() - t0,
+        note=f"TensorRT {header.tensorrt_version}, {header.gpu.name}",
+    )
     if not args.no_check:
         # The engine against the graph it was built from: the same file through another runtime.
         _parity(step, paths["engine"], images, names, log, against=source, gate=True, device="cuda")
@@ -394,15 +487,15 @@ def _measure_ap(step: Step, args, loaded, log) -> None:
         backend = "tensorrt" if step.what == "engine" else "onnxruntime"
         predictor = Predictor(str(step.path), backend=backend, device="cuda" if step.what == "engine" else "cpu")
     try:
-        metrics = evaluate(predictor, args.images, args.annotations, batch_size=1,
-                           max_images=args.max_eval_images, progress=True)
+        metrics = evaluate(
+            predictor, args.images, args.annotations, batch_size=1, max_images=args.max_eval_images, progress=True
+        )
     finally:
         close = getattr(predictor, "close", None)
         if close is not None:
             close()
     step.box_ap, step.mask_ap = float(metrics["box_ap"]), float(metrics["mask_ap"])
-    log(f"  {step.path.name}: box AP {step.box_ap:.3f}, mask AP {step.mask_ap:.3f} "
-        f"({metrics['num_images']} images)")
+    log(f"  {step.path.name}: box AP {step.box_ap:.3f}, mask AP {step.mask_ap:.3f} ({metrics['num_images']} images)")
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -420,14 +513,15 @@ def format_summary(steps: Sequence[Step]) -> str:
             row = [s.what, s.precision, "-", "-", s.note or "-", "-"]
         else:
             size = s.path.stat().st_size / 2**20 if s.path.exists() else 0.0
-            parity = s.parity if s.parity is not None else ("(the reference)" if s.what == "checkpoint" else
-                                                              "not checked")
+            parity = (
+                s.parity if s.parity is not None else ("(the reference)" if s.what == "checkpoint" else "not checked")
+            )
             row = [str(s.path), s.precision, f"{size:.1f} MiB", f"{s.seconds:.1f} s", parity, s.against or "-"]
         if with_ap:
             row += ["-" if s.box_ap is None else f"{s.box_ap:.3f}", "-" if s.mask_ap is None else f"{s.mask_ap:.3f}"]
         rows.append(row)
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
     out = ["", "summary:", line(header), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
     notes = [f"{s.what}: {s.note}" for s in steps if s.note and s.path is not None]

@@ -32,11 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
     parser.add_argument("--batch-size", type=positive_int, default=4, help="images per predict call (default 4)")
     parser.add_argument("--max-images", type=positive_int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "tensorrt"],
-                        help="Predictor backend for an exported model (default: from the suffix, .onnx -> "
-                             "onnxruntime)")
-    parser.add_argument("--device", default="cpu", help="device: of the PyTorch reference for a checkpoint, of "
-                                                        "--backend for an exported model (default cpu)")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "onnxruntime", "openvino", "tensorrt"],
+        help="Predictor backend for an exported model (default: from the suffix, .onnx -> onnxruntime)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="device: of the PyTorch reference for a checkpoint, of --backend for an exported model (default cpu)",
+    )
     parser.add_argument("--threads", type=positive_int, default=None, help="intra-op threads of the backend")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     add_checkpoint_arguments(parser)
@@ -60,8 +66,10 @@ def make_predictor(args: argparse.Namespace):
             options.update(backend=args.backend, device=args.device)
         return Predictor(path, **options)
     if args.backend != "auto":
-        raise DeploySdkError(f"--backend {args.backend} runs an exported model; {path} is a checkpoint, which the "
-                             "PyTorch reference evaluates (export it first: maskrcnn-deploy export)")
+        raise DeploySdkError(
+            f"--backend {args.backend} runs an exported model; {path} is a checkpoint, which the "
+            "PyTorch reference evaluates (export it first: maskrcnn-deploy export)"
+        )
     from deploy_sdk.conversion.reference import ReferencePredictor
 
     return ReferencePredictor(load_checkpoint_from_args(path, args), device=args.device)

@@ -43,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-detections", type=int, default=100, help="K, detections per image (default 100)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument(
-        "--input-dtype", choices=["float32", "uint8"], default="float32",
+        "--input-dtype",
+        choices=["float32", "uint8"],
+        default="float32",
         help="type of the graph's 'images' input (default float32). uint8 takes a quarter of the bytes per "
         "upload (host pre-processing, GPU inference: ONNX Runtime CUDA, TensorRT with preprocess='numpy'); the "
         "resized pixels are then rounded to integers, a difference of at most half a grey level from the "
@@ -53,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--debug-outputs", action="store_true", help="also output RPN proposals and pooled box features"
     )
     parser.add_argument(
-        "--portable", action="store_true",
+        "--portable",
+        action="store_true",
         help="write the portable graph: the RoIAlign nodes' functions inlined, standard ONNX operators only, for "
         "ONNX runtimes that do not expand local functions. Not for TensorRT engines (they need the custom node); "
         "ONNX Runtime and the SDK's openvino backend run either form",

@@ -15,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deploy_sdk.conversion.fp16 import convert_file_to_fp16
     from deploy_sdk.atomic_file import check_output_file
+    from deploy_sdk.conversion.fp16 import convert_file_to_fp16
 
     check_output_file(args.output, suffixes=(".onnx",), what="-o/--output")
     report = convert_file_to_fp16(args.model, args.output, exclude_nodes=args.exclude)

@@ -23,6 +23,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_file(args.output, suffixes=(".onnx",), what="-o/--output")
     expanded = write_portable_graph(args.model, args.output)
-    print(f"wrote {args.output}: {expanded} custom-domain node(s) replaced by their function bodies; standard ONNX "
-          "operators only")
+    print(
+        f"wrote {args.output}: {expanded} custom-domain node(s) replaced by their function bodies; standard ONNX "
+        "operators only"
+    )
     return 0

@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deploy_sdk.conversion.quantize import quantize_int8
     from deploy_sdk.atomic_file import check_output_file
+    from deploy_sdk.conversion.quantize import quantize_int8
 
     check_output_file(args.output, suffixes=(".onnx",), what="-o/--output")  # before the calibration run
     report = quantize_int8(

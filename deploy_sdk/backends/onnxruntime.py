@@ -45,7 +45,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     thread_safe = True
 
-    def __init__(self, path: "os.PathLike[str] | str", device: str = "cpu", threads: Optional[int] = None):
+    def __init__(self, path: os.PathLike[str] | str, device: str = "cpu", threads: Optional[int] = None):
         ort = require("onnxruntime", "gpu", "the onnxruntime backend")
         self.session = None
         threads = check_threads(threads)
@@ -53,7 +53,9 @@ class OnnxRuntimeBackend(Backend):
         kind, index = parse_device(device)
         self.device = f"cuda:{index}" if kind == "cuda" else "cpu"
         if not os.path.isfile(self.path):
-            raise EngineError(f"ONNX model not found: {self.path}; export one with: maskrcnn-deploy export CKPT -o MODEL.onnx")
+            raise EngineError(
+                f"ONNX model not found: {self.path}; export one with: maskrcnn-deploy export CKPT -o MODEL.onnx"
+            )
         warn_if_several_installed()
         if kind == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -94,4 +96,5 @@ class OnnxRuntimeBackend(Backend):
         self.session = None
 
     def describe(self) -> str:
-        return f"onnxruntime {self.session.get_providers()[0] if self.session else '(closed)'} {os.path.basename(self.path)}"
+        provider = self.session.get_providers()[0] if self.session else "(closed)"
+        return f"onnxruntime {provider} {os.path.basename(self.path)}"

@@ -16,12 +16,22 @@ from typing import List
 
 from deploy_sdk.errors import MissingDependencyError
 
-__all__ = ["GPU_REPLACEMENT", "ONNXRUNTIME_DISTRIBUTIONS", "installed_onnxruntime_distributions",
-           "warn_if_several_installed", "cuda_provider_missing"]
+__all__ = [
+    "GPU_REPLACEMENT",
+    "ONNXRUNTIME_DISTRIBUTIONS",
+    "installed_onnxruntime_distributions",
+    "warn_if_several_installed",
+    "cuda_provider_missing",
+]
 
 # Distributions that each provide the `onnxruntime` import package.
-ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml",
-                             "onnxruntime-training")
+ONNXRUNTIME_DISTRIBUTIONS = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-openvino",
+    "onnxruntime-directml",
+    "onnxruntime-training",
+)
 GPU_REPLACEMENT = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
 
 _warned = False

@@ -13,7 +13,8 @@ Choices:
 - ``inference_precision``: what OpenVINO computes in. Default: the graph's own precision, i.e. ``f32`` for fp32
   and INT8 graphs (the layers INT8 leaves in float stay fp32, as on ONNX Runtime) and ``f16`` for the fp16 graph
   on a GPU that lists FP16 among its capabilities, else ``f32`` (the fp16 weights upcast). ``f16`` on the CPU is
-  refused: OpenVINO 2026.4 never finished compiling these graphs with f16 compute on an AVX512-FP16 Xeon. OpenVINO's own CPU default on CPUs with
+  refused: OpenVINO 2026.4 never finished compiling these graphs with f16 compute on an AVX512-FP16 Xeon. OpenVINO's
+  own CPU default on CPUs with
   AVX512_BF16 or AMX is bf16, which is faster but changes the results (boxes by ~1 px, masks visibly): it has to be
   asked for (``inference_precision="bf16"``).
 - ``performance_hint``: ``"latency"`` (default: one stream, every thread on one request; best for ``predict``)
@@ -105,7 +106,7 @@ class OpenVinoBackend(Backend):
 
     def __init__(
         self,
-        path: "os.PathLike[str] | str",
+        path: os.PathLike[str] | str,
         device: str = "cpu",
         threads: Optional[int] = None,
         performance_hint: str = "latency",
@@ -120,26 +121,32 @@ class OpenVinoBackend(Backend):
         target = openvino_device(device)
         hint = str(performance_hint).strip().lower()
         if hint not in PERFORMANCE_HINTS:
-            raise DeploySdkError(f"performance_hint must be one of {', '.join(PERFORMANCE_HINTS)}, got "
-                                 f"{performance_hint!r}")
+            raise DeploySdkError(
+                f"performance_hint must be one of {', '.join(PERFORMANCE_HINTS)}, got {performance_hint!r}"
+            )
         if num_requests is not None and (isinstance(num_requests, bool) or int(num_requests) < 1):
             raise DeploySdkError(f"num_requests must be a positive integer or None, got {num_requests!r}")
         if inference_precision is not None and inference_precision not in INFERENCE_PRECISIONS:
-            raise DeploySdkError(f"inference_precision must be one of {', '.join(INFERENCE_PRECISIONS)} or None, "
-                                 f"got {inference_precision!r}")
+            raise DeploySdkError(
+                f"inference_precision must be one of {', '.join(INFERENCE_PRECISIONS)} or None, "
+                f"got {inference_precision!r}"
+            )
         ov = require("openvino", "openvino", "the openvino backend")
         onnx = require("onnx", "openvino", "the openvino backend (it reads the .onnx file to inline its functions)")
         from deploy_sdk.portable_graph import is_portable, make_portable
 
         if not os.path.isfile(self.path):
-            raise EngineError(f"ONNX model not found: {self.path}; export one with: maskrcnn-deploy export CKPT -o "
-                              "MODEL.onnx")
+            raise EngineError(
+                f"ONNX model not found: {self.path}; export one with: maskrcnn-deploy export CKPT -o MODEL.onnx"
+            )
         core = ov.Core()
         self.device = target.lower().replace("gpu.", "gpu:")
         kind = target.partition(".")[0]
         if not any(d == target or (target == kind and d.startswith(kind)) for d in core.available_devices):
-            raise DeploySdkError(f"OpenVINO sees no {target} device on this machine (it sees: "
-                                 f"{', '.join(core.available_devices) or 'none'})")
+            raise DeploySdkError(
+                f"OpenVINO sees no {target} device on this machine (it sees: "
+                f"{', '.join(core.available_devices) or 'none'})"
+            )
         try:
             graph = onnx.load(self.path)
         except Exception as exc:  # onnx raises DecodeError and friends without a common base
@@ -178,16 +185,20 @@ class OpenVinoBackend(Backend):
             fp16_compute = self.metadata.precision == "fp16" and "FP16" in capabilities and kind != "CPU"
             inference_precision = "f16" if fp16_compute else "f32"
         if inference_precision == "f16" and kind == "CPU":
-            # OpenVINO 2026.4's CPU plugin never finished compiling these graphs with f16 compute on an AVX512-FP16
-            # Xeon (Sapphire Rapids): compile_model spun for over 20 minutes, for the fp32 and fp16 graphs alike.
+            # OpenVINO 2026.4's CPU plugin does not finish compiling these graphs with f16 compute on CPUs with
+            # AVX512-FP16: compile_model ran for over 20 minutes, for the fp32 and fp16 graphs alike.
             # A refusal beats a hang; bf16 (AMX/AVX512_BF16) is the fast reduced-precision path on those CPUs.
-            raise DeploySdkError("inference_precision='f16' on OpenVINO's CPU device is refused: OpenVINO 2026.4 "
-                                 "does not finish compiling this graph with f16 compute on CPUs with AVX512-FP16; "
-                                 "use 'bf16' (faster, about 1 AP point lower) or 'f32'")
+            raise DeploySdkError(
+                "inference_precision='f16' on OpenVINO's CPU device is refused: OpenVINO 2026.4 "
+                "does not finish compiling this graph with f16 compute on CPUs with AVX512-FP16; "
+                "use 'bf16' (faster, about 1 AP point lower) or 'f32'"
+            )
         needs = {"f16": "FP16", "bf16": "BF16"}.get(inference_precision)
         if needs and needs not in capabilities:
-            raise DeploySdkError(f"inference_precision={inference_precision!r}: OpenVINO's {target} device does not "
-                                 f"support {needs} (its capabilities: {', '.join(sorted(capabilities))})")
+            raise DeploySdkError(
+                f"inference_precision={inference_precision!r}: OpenVINO's {target} device does not "
+                f"support {needs} (its capabilities: {', '.join(sorted(capabilities))})"
+            )
         self.performance_hint = hint
         self.inference_precision = inference_precision
         config: Dict[str, Any] = {"PERFORMANCE_HINT": hint.upper(), "INFERENCE_PRECISION_HINT": inference_precision}
@@ -200,7 +211,7 @@ class OpenVinoBackend(Backend):
         optimal = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         size = int(num_requests) if num_requests is not None else max(2, optimal)
         self._pool = [_Request(self.compiled.create_infer_request()) for _ in range(size)]
-        self._idle: "queue.SimpleQueue[_Request]" = queue.SimpleQueue()
+        self._idle: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         for slot in self._pool:
             slot.request.set_callback(self._finished, slot)
             self._idle.put(slot)
@@ -248,7 +259,7 @@ class OpenVinoBackend(Backend):
         # The outputs are copied out here, before the request goes back to the pool and is reused.
         try:
             slot.outputs = {n: np.array(slot.request.get_tensor(n).data, copy=True) for n in OUTPUT_NAMES}
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller, never lost in OpenVINO's thread
+        except BaseException as exc:
             slot.error = exc
         finally:
             slot.done.set()
@@ -281,7 +292,7 @@ class OpenVinoBackend(Backend):
         for slot in self._pool:
             try:
                 slot.request.wait()
-            except Exception:  # noqa: BLE001 - its caller gets the error from its own wait
+            except Exception:
                 pass
         self._pool = []
         self.compiled = None
@@ -289,8 +300,10 @@ class OpenVinoBackend(Backend):
     def describe(self) -> str:
         if self._closed:
             return f"openvino (closed) {os.path.basename(self.path)}"
-        return (f"openvino {self.device} {os.path.basename(self.path)} ({self.performance_hint}, "
-                f"{self.inference_precision}, {len(self._pool)} requests)")
+        return (
+            f"openvino {self.device} {os.path.basename(self.path)} ({self.performance_hint}, "
+            f"{self.inference_precision}, {len(self._pool)} requests)"
+        )
 
 
 def _onnx_topk_ties(model: Any) -> int:

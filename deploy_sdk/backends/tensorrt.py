@@ -56,7 +56,7 @@ def import_tensorrt() -> Any:
     return trt
 
 
-def load_plugin_library(registry: "trt.IPluginRegistry", library: Optional[os.PathLike] = None) -> str:
+def load_plugin_library(registry: trt.IPluginRegistry, library: Optional[os.PathLike] = None) -> str:
     """Load the RoIAlign plugin library into ``registry`` (a TensorRT ``IPluginRegistry``); return its path.
 
     ``library`` defaults to ``deploy_sdk.plugins.library_path(cuda=True)`` (the installed library). Raises
@@ -70,8 +70,9 @@ def load_plugin_library(registry: "trt.IPluginRegistry", library: Optional[os.Pa
         try:
             library = plugins.library_path(cuda=True)
         except PluginError as exc:
-            raise PluginError(f"the TensorRT plugin '{name}' (version {version}) is not available: {exc}; "
-                              f"{_FIX_PLUGIN}") from exc
+            raise PluginError(
+                f"the TensorRT plugin '{name}' (version {version}) is not available: {exc}; {_FIX_PLUGIN}"
+            ) from exc
     path = os.fspath(library)
     if not os.path.isfile(path):
         raise PluginError(f"the TensorRT plugin library for '{name}' was not found at {path}; {_FIX_PLUGIN}")
@@ -95,7 +96,7 @@ def load_plugin_library(registry: "trt.IPluginRegistry", library: Optional[os.Pa
     return path
 
 
-def _dims(dims: "trt.Dims") -> Tuple[int, ...]:
+def _dims(dims: trt.Dims) -> Tuple[int, ...]:
     return tuple(int(dims[i]) for i in range(len(dims)))
 
 
@@ -113,7 +114,7 @@ class TensorRTBackend(Backend):
 
     def __init__(
         self,
-        path: "os.PathLike[str] | str",
+        path: os.PathLike[str] | str,
         device: str = "cuda",
         plugin_library: Optional[os.PathLike] = None,
         cuda_graphs: bool = False,
@@ -134,15 +135,15 @@ class TensorRTBackend(Backend):
         self.device = f"cuda:{index}"
         self._device = torch.device(self.device)
         self.metadata = header.metadata
-        self._logger: "trt.ILogger" = trt_mod.Logger(trt_mod.Logger.WARNING)
-        self._runtime: "trt.Runtime" = trt_mod.Runtime(self._logger)
+        self._logger: trt.ILogger = trt_mod.Logger(trt_mod.Logger.WARNING)
+        self._runtime: trt.Runtime = trt_mod.Runtime(self._logger)
         self.plugin_library = load_plugin_library(self._runtime.get_plugin_registry(), plugin_library)
         with torch.cuda.device(self._device):
-            engine: Optional["trt.ICudaEngine"] = self._runtime.deserialize_cuda_engine(plan)
+            engine: Optional[trt.ICudaEngine] = self._runtime.deserialize_cuda_engine(plan)
             if engine is None:
                 raise EngineError(f"TensorRT could not deserialize {self.path}; rebuild it with maskrcnn-deploy build")
-            self._engine: "trt.ICudaEngine" = engine
-            self._context: "trt.IExecutionContext" = engine.create_execution_context()
+            self._engine: trt.ICudaEngine = engine
+            self._context: trt.IExecutionContext = engine.create_execution_context()
             self._stream = torch.cuda.Stream(device=self._device)
         self._check_io()
         self._buffers: Dict[str, Any] = {}
@@ -172,7 +173,9 @@ class TensorRTBackend(Backend):
         super().check_inputs(images, image_sizes)
         b, _, h, w = images.shape
         if b < self.min_batch_size:
-            raise DeploySdkError(f"tensorrt backend: batch {b} is below the engine profile's minimum {self.min_batch_size}")
+            raise DeploySdkError(
+                f"tensorrt backend: batch {b} is below the engine profile's minimum {self.min_batch_size}"
+            )
         if not (self._min_hw[0] <= h <= self._max_hw[0] and self._min_hw[1] <= w <= self._max_hw[1]):
             raise DeploySdkError(
                 f"tensorrt backend: canvas {h}x{w} is outside the engine profile {self._min_hw}..{self._max_hw}; "
@@ -255,7 +258,9 @@ class TensorRTBackend(Backend):
                 self._graphs[shape_key] = g
             except Exception as exc:  # capture unsupported for this engine: stop trying
                 self._cuda_graphs = False
-                warnings.warn(f"CUDA graph capture is not possible for this engine ({exc}); running without")
+                warnings.warn(
+                    f"CUDA graph capture is not possible for this engine ({exc}); running without", stacklevel=2
+                )
 
     def close(self) -> None:
         self._graphs.clear()

@@ -32,12 +32,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple
 
+from deploy_sdk.commands.infer_inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_sources
 from deploy_sdk.commands.options import add_trust_checkpoint_argument, positive_int
 from deploy_sdk.errors import DeploySdkError, InputImageError
 
-from deploy_sdk.commands.infer_inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_sources
+if TYPE_CHECKING:
+    from deploy_sdk.detections import Detections
 
 # The JSON files written next to the overlays; no overlay may take one of these names.
 RESERVED_NAMES = ("results.json", "images.json", "failures.json")
@@ -55,10 +57,16 @@ def _score(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=Path, help="model: .onnx (onnxruntime, or openvino with --backend openvino), "
-                                                 ".engine (tensorrt) or a checkpoint (torch)")
     parser.add_argument(
-        "images", nargs="*", metavar="SOURCE",
+        "model",
+        type=Path,
+        help="model: .onnx (onnxruntime, or openvino with --backend openvino), "
+        ".engine (tensorrt) or a checkpoint (torch)",
+    )
+    parser.add_argument(
+        "images",
+        nargs="*",
+        metavar="SOURCE",
         help="image files; folders of images (" + " ".join(IMAGE_SUFFIXES) + "); quoted glob patterns "
         "('shots/**/*.jpg'); @list.txt (one path a line, relative to the list's folder); - (paths on stdin); "
         "video files (" + " ".join(VIDEO_SUFFIXES) + ") and webcam:N, through the video extra "
@@ -67,31 +75,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--recursive", "-r", action="store_true", help="folders: also the images in their subfolders")
-    parser.add_argument("--list", action="append", default=[], type=Path, metavar="FILE",
-                        help="a text file listing image paths, one a line (may be repeated; same as @FILE)")
+    parser.add_argument(
+        "--list",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="a text file listing image paths, one a line (may be repeated; same as @FILE)",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=4, help="images per inference call (default 4)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "tensorrt", "torch"],
-                        help="default: from the model file's suffix")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N; gpu or gpu:N (an Intel GPU) "
-                                                        "for --backend openvino")
-    parser.add_argument("--score-threshold", type=float, default=None,
-                        help="drop detections below this score from every output (default: the model's own "
-                             "threshold)")
-    parser.add_argument("--draw-min-score", type=_score, default=0.5,
-                        help="draw only the detections scoring at least this in overlays and annotated videos "
-                             "(default 0.5); the JSON files keep every detection")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "onnxruntime", "openvino", "tensorrt", "torch"],
+        help="default: from the model file's suffix",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda or cuda:N; gpu or gpu:N (an Intel GPU) for --backend openvino",
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="drop detections below this score from every output (default: the model's own threshold)",
+    )
+    parser.add_argument(
+        "--draw-min-score",
+        type=_score,
+        default=0.5,
+        help="draw only the detections scoring at least this in overlays and annotated videos "
+        "(default 0.5); the JSON files keep every detection",
+    )
     parser.add_argument("--threads", type=positive_int, default=None, help="intra-op threads of the backend")
     parser.add_argument("--no-overlays", action="store_true", help="write only the JSON files")
-    parser.add_argument("--save-json-per-image", action="store_true",
-                        help="also write json/<image name>.json per image: its detections with class names and "
-                             "boxes x1 y1 x2 y2 (docs/json_schemas.md)")
-    parser.add_argument("--image-ids-from", type=Path, default=None, metavar="ANNOTATIONS",
-                        help="a COCO annotations file: give each image the id it has there (matched by file name), "
-                             "so results.json can be evaluated against it")
-    parser.add_argument("--max-frames", type=positive_int, default=None,
-                        help="videos and webcams: stop after this many frames (a webcam also stops at Ctrl-C)")
     parser.add_argument(
-        "--on-error", choices=["skip", "stop"], default="skip",
+        "--save-json-per-image",
+        action="store_true",
+        help="also write json/<image name>.json per image: its detections with class names and "
+        "boxes x1 y1 x2 y2 (docs/json_schemas.md)",
+    )
+    parser.add_argument(
+        "--image-ids-from",
+        type=Path,
+        default=None,
+        metavar="ANNOTATIONS",
+        help="a COCO annotations file: give each image the id it has there (matched by file name), "
+        "so results.json can be evaluated against it",
+    )
+    parser.add_argument(
+        "--max-frames",
+        type=positive_int,
+        default=None,
+        help="videos and webcams: stop after this many frames (a webcam also stops at Ctrl-C)",
+    )
+    parser.add_argument(
+        "--on-error",
+        choices=["skip", "stop"],
+        default="skip",
         help="an image that cannot be read: skip it and go on (default) or stop there; either way the results so "
         "far are written, the failures are listed in failures.json and the exit code is 1",
     )
@@ -114,6 +156,7 @@ def _overlay_names(files: List[Path]) -> List[str]:
     ``a.jpg.png``); a name still taken (the same file name in two folders, or a clash with another input's name or
     with :data:`RESERVED_NAMES`) gets ``-1``, ``-2``, ... before ``.png``, the first number that is free.
     """
+
     def key(name: str) -> str:
         return name.casefold()
 
@@ -128,15 +171,17 @@ def _overlay_names(files: List[Path]) -> List[str]:
     names: List[Optional[str]] = [None] * len(files)
     for i, b in enumerate(bases):  # unique bases keep their plain name
         if base_count[key(b)] == 1 and key(f"{b}.png") not in taken:
-            names[i] = f"{b}.png"
-            taken.add(key(names[i]))
+            name = f"{b}.png"
+            names[i] = name
+            taken.add(key(name))
     for i, b in enumerate(bases):  # the rest are numbered, in input order, with the first free number
         if names[i] is None:
             n = 1
             while key(f"{b}-{n}.png") in taken:
                 n += 1
-            names[i] = f"{b}-{n}.png"
-            taken.add(key(names[i]))
+            name = f"{b}-{n}.png"
+            names[i] = name
+            taken.add(key(name))
     return [str(n) for n in names]
 
 
@@ -145,6 +190,7 @@ def _refuse_overwriting_inputs(
 ) -> None:
     """Refuse an --out that is one of the input folders (when writing overlays), and any output file that is
     one of the input files (compared by device and inode, so links and other spellings count too)."""
+
     def ident(p: Path) -> Optional[Tuple[int, int]]:
         try:
             st = os.stat(p)
@@ -171,7 +217,9 @@ def _refuse_overwriting_inputs(
             )
 
 
-def _predict_files(predictor, files: List[Path], batch_size: int) -> Iterator[Tuple[int, object, Optional[str]]]:
+def _predict_files(
+    predictor, files: List[Path], batch_size: int
+) -> Iterator[Tuple[int, Optional[Detections], Optional[str]]]:
     """``(index, detections, None)`` for each image that worked and ``(index, None, message)`` for each image
     that could not be read, in input order.
 
@@ -217,8 +265,10 @@ def _image_ids_from(path: Path, files: List[Path]) -> List[int]:
     except FileNotFoundError:
         raise DeploySdkError(f"--image-ids-from: file not found: {path}") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DeploySdkError(f"--image-ids-from {path}: not a COCO annotations file with an 'images' list of "
-                             f"{{'id', 'file_name'}} entries ({type(exc).__name__}: {exc})") from exc
+        raise DeploySdkError(
+            f"--image-ids-from {path}: not a COCO annotations file with an 'images' list of "
+            f"{{'id', 'file_name'}} entries ({type(exc).__name__}: {exc})"
+        ) from exc
     by_path = {os.path.normpath(name): i for name, i in pairs}
     by_base: dict = {}
     for name, i in pairs:
@@ -234,12 +284,16 @@ def _image_ids_from(path: Path, files: List[Path]) -> List[int]:
         if found is None:
             same = by_base.get(f.name, [])
             if len(same) > 1:
-                raise DeploySdkError(f"--image-ids-from {path}: {len(same)} images are called {f.name} (ids "
-                                     f"{same[:5]}); name the files as the annotations do ({f})")
+                raise DeploySdkError(
+                    f"--image-ids-from {path}: {len(same)} images are called {f.name} (ids "
+                    f"{same[:5]}); name the files as the annotations do ({f})"
+                )
             found = same[0] if same else None
         if found is None:
-            raise DeploySdkError(f"--image-ids-from {path}: no image {f.name} in its 'images' ({len(pairs)} "
-                                 "entries); pass only images of that data set")
+            raise DeploySdkError(
+                f"--image-ids-from {path}: no image {f.name} in its 'images' ({len(pairs)} "
+                "entries); pass only images of that data set"
+            )
         ids.append(found)
     duplicates = {i for i in ids if ids.count(i) > 1}
     if duplicates:
@@ -258,8 +312,11 @@ def coco_document(images: List[dict], annotations: List[dict], class_names: List
         ann = dict(r)
         ann["id"] = k
         ann["iscrowd"] = 0
-        ann["area"] = float(_rle_area(r["segmentation"])) if "segmentation" in r else round(
-            float(r["bbox"][2]) * float(r["bbox"][3]), 3)
+        ann["area"] = (
+            float(_rle_area(r["segmentation"]))
+            if "segmentation" in r
+            else round(float(r["bbox"][2]) * float(r["bbox"][3]), 3)
+        )
         anns.append(ann)
     categories = [{"id": i, "name": str(n), "supercategory": "object"} for i, n in enumerate(class_names) if i > 0]
     info = {"description": f"maskrcnn-deploy infer {model}", "version": __version__}
@@ -290,8 +347,10 @@ def run(args: argparse.Namespace) -> int:
             probe_video(video)
         video_names = [n for v in videos for n in video_output_names(v, not args.no_overlays) if n]
         if len(set(video_names)) != len(video_names):
-            raise DeploySdkError("two videos have the same name (stem); their outputs would overwrite each other: "
-                                 "run them separately with different --out")
+            raise DeploySdkError(
+                "two videos have the same name (stem); their outputs would overwrite each other: "
+                "run them separately with different --out"
+            )
     else:
         video_names = []
     image_ids = _image_ids_from(args.image_ids_from, files) if args.image_ids_from and files else None
@@ -299,10 +358,13 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.out, "--out")
     names = [] if args.no_overlays else _overlay_names(files)
     json_names = [Path(n).stem + ".json" for n in (names or _overlay_names(files))] if args.save_json_per_image else []
-    _refuse_overwriting_inputs(args.out, files, [Path(a) for a in args.images if a not in ("-",)],
-                               names + list(RESERVED_NAMES) + video_names
-                               + [f"{PER_IMAGE_JSON_DIR}/{n}" for n in json_names],
-                               overlays=not args.no_overlays)
+    _refuse_overwriting_inputs(
+        args.out,
+        files,
+        [Path(a) for a in args.images if a not in ("-",)],
+        names + list(RESERVED_NAMES) + video_names + [f"{PER_IMAGE_JSON_DIR}/{n}" for n in json_names],
+        overlays=not args.no_overlays,
+    )
     predictor = Predictor(
         args.model,
         backend=args.backend,
@@ -322,17 +384,27 @@ def run(args: argparse.Namespace) -> int:
             (args.out / PER_IMAGE_JSON_DIR).mkdir(exist_ok=True)
     except OSError as exc:
         raise cannot_write(args.out, exc) from exc
-    code = _run_images(args, predictor, files, names, json_names, image_ids, atomic_path, Image, ProgressBar) \
-        if files else 0
+    code = (
+        _run_images(args, predictor, files, names, json_names, image_ids, atomic_path, Image, ProgressBar)
+        if files
+        else 0
+    )
     for video in videos:
         from deploy_sdk.commands.infer_video import run_video
 
-        frames, count = run_video(predictor, video, args.out, overlays=not args.no_overlays,
-                                  draw_min_score=args.draw_min_score, batch_size=args.batch_size,
-                                  max_frames=args.max_frames)
+        frames, count = run_video(
+            predictor,
+            video,
+            args.out,
+            overlays=not args.no_overlays,
+            draw_min_score=args.draw_min_score,
+            batch_size=args.batch_size,
+            max_frames=args.max_frames,
+        )
         outputs = [n for n in video_output_names(video, not args.no_overlays) if n]
-        print(f"{video}: {count} detections in {frames} frames; wrote "
-              + " and ".join(str(args.out / n) for n in outputs))
+        print(
+            f"{video}: {count} detections in {frames} frames; wrote " + " and ".join(str(args.out / n) for n in outputs)
+        )
     return code
 
 
@@ -346,16 +418,15 @@ def _run_images(args, predictor, files, names, json_names, image_ids, atomic_pat
     with ProgressBar(len(files), "infer") as bar:
         for index, det, error in _predict_files(predictor, files, args.batch_size):
             bar.update()
-            if error is None and not args.no_overlays:
+            if det is not None and not args.no_overlays:  # det is None exactly when error is set
                 try:
-                    overlay = det.draw(load_image(files[index], what=str(files[index])),
-                                       min_score=args.draw_min_score)
+                    overlay = det.draw(load_image(files[index], what=str(files[index])), min_score=args.draw_min_score)
                 except InputImageError as exc:  # the file changed since it was read
                     error = str(exc)
                 else:
                     with atomic_path(args.out / names[index]) as tmp:
                         Image.fromarray(overlay).save(tmp, format="PNG")
-            if error is not None:
+            if error is not None or det is None:
                 failures.append({"index": index, "file_name": str(files[index]), "error": error})
                 if args.on_error == "stop":
                     break
@@ -386,15 +457,20 @@ def _run_images(args, predictor, files, names, json_names, image_ids, atomic_pat
     elif failures_path.is_file():
         failures_path.unlink()  # it describes an earlier run
     done = len(images_json)
-    print(f"{total} detections in {done} images; wrote {args.out / 'results.json'}"
-          + ("" if args.no_overlays else f" and {done} overlays")
-          + (f" and {done} files in {args.out / PER_IMAGE_JSON_DIR}" if json_names else ""))
+    print(
+        f"{total} detections in {done} images; wrote {args.out / 'results.json'}"
+        + ("" if args.no_overlays else f" and {done} overlays")
+        + (f" and {done} files in {args.out / PER_IMAGE_JSON_DIR}" if json_names else "")
+    )
     if not failures:
         return 0
     for failure in failures:
         print(f"maskrcnn-deploy infer: failed: {failure['error']}", file=sys.stderr)
     not_run = len(files) - done - len(failures)
-    print(f"maskrcnn-deploy infer: {len(failures)} of {len(files)} images failed"
-          + (f" ({not_run} not run: --on-error stop)" if not_run else "")
-          + f"; listed in {failures_path}", file=sys.stderr)
+    print(
+        f"maskrcnn-deploy infer: {len(failures)} of {len(files)} images failed"
+        + (f" ({not_run} not run: --on-error stop)" if not_run else "")
+        + f"; listed in {failures_path}",
+        file=sys.stderr,
+    )
     return 1

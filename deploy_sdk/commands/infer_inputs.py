@@ -62,11 +62,15 @@ def _hidden(rel: Path) -> bool:
 
 def _folder_images(folder: Path, recursive: bool) -> List[Path]:
     if recursive:
-        found = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                 and not _hidden(p.relative_to(folder))]
+        found = [
+            p
+            for p in folder.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not _hidden(p.relative_to(folder))
+        ]
         return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                  and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
+    )
 
 
 def read_list_file(path: Path) -> List[str]:
@@ -77,8 +81,9 @@ def read_list_file(path: Path) -> List[str]:
     except FileNotFoundError:
         raise InputImageError(f"list file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputImageError(f"cannot read the list file {path}: {exc}; it must be a text file with one image "
-                              "path a line") from exc
+        raise InputImageError(
+            f"cannot read the list file {path}: {exc}; it must be a text file with one image path a line"
+        ) from exc
     lines = _lines(text.splitlines())
     return [line if os.path.isabs(line) else os.path.join(path.parent, line) for line in lines]
 
@@ -89,7 +94,7 @@ def _lines(lines: Iterable[str]) -> List[str]:
 
 def _camera(text: str) -> Optional[int]:
     if text.lower().startswith("webcam:"):
-        rest = text[len("webcam:"):]
+        rest = text[len("webcam:") :]
         if not rest.isdigit():
             raise InputImageError(f"{text!r}: a webcam is webcam:N, N the camera's number (webcam:0 is the first)")
         return int(rest)

@@ -47,13 +47,20 @@ def video_output_names(source: VideoSource, overlays: bool) -> Tuple[Optional[st
 
 
 def _open(cv2: Any, source: VideoSource) -> Any:
-    cap = cv2.VideoCapture(int(source.camera)) if source.path is None else cv2.VideoCapture(os.fspath(source.path))
+    if source.path is not None:
+        cap = cv2.VideoCapture(os.fspath(source.path))
+    elif source.camera is not None:
+        cap = cv2.VideoCapture(int(source.camera))
+    else:
+        raise ValueError(f"{source!r} names neither a video file nor a webcam")
     if not cap.isOpened():
         cap.release()
         if source.path is None:
             raise DeploySdkError(f"cannot open webcam {source.camera} ({source}): no such camera, or it is in use")
-        raise DeploySdkError(f"cannot open the video {source.path}: OpenCV cannot decode it (corrupt, or a codec "
-                             "this OpenCV build lacks)")
+        raise DeploySdkError(
+            f"cannot open the video {source.path}: OpenCV cannot decode it (corrupt, or a codec "
+            "this OpenCV build lacks)"
+        )
     return cap
 
 
@@ -119,13 +126,17 @@ def run_video(
         video_name, json_name = video_output_names(source, overlays)
         tmpdir = make_temp_dir(out, source.name)
         if video_name is not None:
-            writer = cv2.VideoWriter(os.fspath(tmpdir / video_name), cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                     (int(width), int(height)))
+            writer = cv2.VideoWriter(
+                os.fspath(tmpdir / video_name), cv2.VideoWriter_fourcc(*"mp4v"), fps, (int(width), int(height))
+            )
             if not writer.isOpened():
-                raise DeploySdkError(f"OpenCV cannot write an mp4v video to {out / video_name}; pass --no-overlays "
-                                     "for the JSON only")
-        with open(tmpdir / json_name, "w") as lines, ProgressBar(total, str(source), unit="frame",
-                                                                 enabled=show_progress) as bar:
+                raise DeploySdkError(
+                    f"OpenCV cannot write an mp4v video to {out / video_name}; pass --no-overlays for the JSON only"
+                )
+        with (
+            open(tmpdir / json_name, "w") as lines,
+            ProgressBar(total, str(source), unit="frame", enabled=show_progress) as bar,
+        ):
             try:
                 for det in predictor.predict_iter(_frames(cap, max_frames, first), batch_size=batch_size):
                     item = {"frame": frames, "time_s": round(frames / fps, 4)}

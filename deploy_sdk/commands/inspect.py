@@ -86,8 +86,10 @@ def _inspect_onnx(path: Path) -> Dict[str, Any]:
         "inputs": [{"name": t.name, "dtype": t.dtype, "shape": t.shape} for t in s.inputs],
         "outputs": [{"name": t.name, "dtype": t.dtype, "shape": t.shape} for t in s.outputs],
         "num_nodes": s.num_nodes,
-        "ops": {(f"{d}.{op}" if d not in _STANDARD_DOMAINS[:2] else op): n
-                for (d, op), n in sorted(s.ops.items(), key=lambda kv: (-kv[1], kv[0]))},
+        "ops": {
+            (f"{d}.{op}" if d not in _STANDARD_DOMAINS[:2] else op): n
+            for (d, op), n in sorted(s.ops.items(), key=lambda kv: (-kv[1], kv[0]))
+        },
         "weights": {dtype: {"tensors": n, "bytes": b} for dtype, (n, b) in sorted(s.weights.items())},
     }
     functions = {(d, name): nodes for d, name, nodes in s.functions}
@@ -135,8 +137,12 @@ def _inspect_engine(path: Path) -> Dict[str, Any]:
     header = read_engine_header(path)
     meta = header.metadata
     inputs = [
-        {"name": name, "dtype": "int64" if name == "image_sizes" else "float32", "shape": _range_shape(ranges),
-         "profile": ranges}
+        {
+            "name": name,
+            "dtype": "int64" if name == "image_sizes" else "float32",
+            "shape": _range_shape(ranges),
+            "profile": ranges,
+        }
         for name, ranges in sorted(header.profile.items(), key=lambda kv: _INPUT_ORDER.get(kv[0], len(_INPUT_ORDER)))
     ]
     return {
@@ -150,8 +156,13 @@ def _inspect_engine(path: Path) -> Dict[str, Any]:
         "plan_sha256": header.engine_sha256,
         "inputs": inputs,
         "outputs": _contract_outputs(meta),
-        "plugin_nodes": [{"op": MULTILEVEL_OP, "version": PLUGIN_VERSION, "library": "the SDK's RoIAlign plugin, "
-                          "loaded by the tensorrt backend before the plan"}],
+        "plugin_nodes": [
+            {
+                "op": MULTILEVEL_OP,
+                "version": PLUGIN_VERSION,
+                "library": "the SDK's RoIAlign plugin, loaded by the tensorrt backend before the plan",
+            }
+        ],
         "metadata": _metadata_dict(meta),
         "precision": meta.precision,
     }
@@ -183,8 +194,13 @@ def _inspect_checkpoint(path: Path, trust_checkpoint: bool) -> Dict[str, Any]:
             entry[1] += int(p.numel() * p.element_size())
         with open(path, "rb") as f:
             head = f.read(9)
-        form = ("safetensors" if len(head) == 9 and head[8:9] == b"{" else
-                "PyTorch zip (torch.save)" if head[:4] == b"PK\x03\x04" else "PyTorch legacy pickle")
+        form = (
+            "safetensors"
+            if len(head) == 9 and head[8:9] == b"{"
+            else "PyTorch zip (torch.save)"
+            if head[:4] == b"PK\x03\x04"
+            else "PyTorch legacy pickle"
+        )
         return {
             "format": form,
             "parameters": {k: {"values": v[0], "bytes": v[1]} for k, v in sorted(by_dtype.items())},
@@ -208,8 +224,10 @@ def _inspect_checkpoint(path: Path, trust_checkpoint: bool) -> Dict[str, Any]:
 def _contract_outputs(meta) -> List[Dict[str, Any]]:
     k, m = int(meta.detections_per_image), int(meta.mask_size)
     sizes = {"K": k, "M": m, "B": "B"}
-    return [{"name": name, "dtype": dtype, "shape": [sizes.get(d, d) if isinstance(d, str) else d for d in shape]}
-            for name, dtype, shape in _OUTPUT_SHAPES]
+    return [
+        {"name": name, "dtype": dtype, "shape": [sizes.get(d, d) if isinstance(d, str) else d for d in shape]}
+        for name, dtype, shape in _OUTPUT_SHAPES
+    ]
 
 
 def _metadata_dict(meta) -> Dict[str, Any]:
@@ -248,24 +266,34 @@ def format_report(r: Dict[str, Any], all_ops: bool = False) -> str:
         opsets = ", ".join(f"{d} {v}" for d, v in r["opsets"].items())
         lines.append(f"producer: {r['producer'] or 'unknown'}; opsets: {opsets}")
     if r["kind"] == "engine":
-        lines.append(f"built with TensorRT {r['tensorrt_version']} on {r['gpu']} (compute capability "
-                     f"{r['compute_capability']}), {r['built_utc'] or 'time unknown'}, maskrcnn-deploy "
-                     f"{r['built_by_sdk']}; runs only with that TensorRT version on that GPU type")
+        lines.append(
+            f"built with TensorRT {r['tensorrt_version']} on {r['gpu']} (compute capability "
+            f"{r['compute_capability']}), {r['built_utc'] or 'time unknown'}, maskrcnn-deploy "
+            f"{r['built_by_sdk']}; runs only with that TensorRT version on that GPU type"
+        )
     meta = r.get("metadata")
     lines.append(f"precision: {r.get('precision', 'unknown')}")
     if meta:
         names = meta["class_names"]
         shown = ", ".join(names[:12]) + (f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
         lines.append(f"model: {meta['arch']}, {meta['num_classes']} classes incl. background: {shown}")
-        canvas = (f"fixed {meta['fixed_size'][0]}x{meta['fixed_size'][1]}" if meta["fixed_size"]
-                  else f"any multiple of {meta['size_divisible']}")
-        lines.append(f"pre-processing: resize to min {meta['min_size']} / max {meta['max_size']} px, canvas "
-                     f"{canvas}, mean {meta['image_mean']}, std {meta['image_std']} (inside the graph)")
-        lines.append(f"detections: K = {meta['detections_per_image']} per image, score >= {meta['score_threshold']}, "
-                     f"NMS IoU {meta['nms_threshold']}, masks {meta['mask_size']}x{meta['mask_size']}")
+        canvas = (
+            f"fixed {meta['fixed_size'][0]}x{meta['fixed_size'][1]}"
+            if meta["fixed_size"]
+            else f"any multiple of {meta['size_divisible']}"
+        )
+        lines.append(
+            f"pre-processing: resize to min {meta['min_size']} / max {meta['max_size']} px, canvas "
+            f"{canvas}, mean {meta['image_mean']}, std {meta['image_std']} (inside the graph)"
+        )
+        lines.append(
+            f"detections: K = {meta['detections_per_image']} per image, score >= {meta['score_threshold']}, "
+            f"NMS IoU {meta['nms_threshold']}, masks {meta['mask_size']}x{meta['mask_size']}"
+        )
         if meta["checkpoint_sha256"]:
-            lines.append(f"source checkpoint sha256: {meta['checkpoint_sha256']}; "
-                         f"maskrcnn-deploy {meta['sdk_version']}")
+            lines.append(
+                f"source checkpoint sha256: {meta['checkpoint_sha256']}; maskrcnn-deploy {meta['sdk_version']}"
+            )
     elif r["kind"] == "onnx":
         lines.append(f"metadata: none from maskrcnn-deploy ({r.get('metadata_problem', '')})")
     lines.append("inputs:")
@@ -280,24 +308,32 @@ def format_report(r: Dict[str, Any], all_ops: bool = False) -> str:
         ops = list(r["ops"].items())
         shown_ops = ops if all_ops else ops[:12]
         rest = "" if len(shown_ops) == len(ops) else f", ... {len(ops) - len(shown_ops)} more types (--all-ops)"
-        lines.append(f"ops: {r['num_nodes']} nodes, {len(ops)} types: "
-                     + ", ".join(f"{op} {n}" for op, n in shown_ops) + rest)
+        lines.append(
+            f"ops: {r['num_nodes']} nodes, {len(ops)} types: " + ", ".join(f"{op} {n}" for op, n in shown_ops) + rest
+        )
         q = r["quantization"]
         if q["QuantizeLinear"] or q["DequantizeLinear"]:
-            lines.append(f"quantization: {q['QuantizeLinear']} QuantizeLinear, {q['DequantizeLinear']} "
-                         "DequantizeLinear (explicit INT8 Q/DQ)")
+            lines.append(
+                f"quantization: {q['QuantizeLinear']} QuantizeLinear, {q['DequantizeLinear']} "
+                "DequantizeLinear (explicit INT8 Q/DQ)"
+            )
     if r["kind"] == "checkpoint":
         params = ", ".join(f"{d} {p['values']:,} values {_mib(p['bytes'])}" for d, p in r["parameters"].items())
         lines.append(f"weights: {params} (the checkpoint's parameters and buffers, and the graph's mean/std)")
     plugins = r.get("plugin_nodes") or []
     if r["kind"] == "onnx":
         if not plugins:
-            lines.append("plugin nodes: none (standard ONNX operators only: any ONNX runtime; not for TensorRT "
-                         "builds, which need the custom RoIAlign node)")
+            lines.append(
+                "plugin nodes: none (standard ONNX operators only: any ONNX runtime; not for TensorRT "
+                "builds, which need the custom RoIAlign node)"
+            )
         for p in plugins:
-            how = (f"a local function of {p['function_nodes']} standard nodes runs it on ONNX Runtime; TensorRT "
-                   "uses the RoIAlign plugin instead" if p["local_function"] else
-                   "no local function: needs a runtime with this op registered")
+            how = (
+                f"a local function of {p['function_nodes']} standard nodes runs it on ONNX Runtime; TensorRT "
+                "uses the RoIAlign plugin instead"
+                if p["local_function"]
+                else "no local function: needs a runtime with this op registered"
+            )
             lines.append(f"plugin nodes: {p['count']} x {p['domain']}.{p['op']} ({how})")
     elif r["kind"] == "engine":
         for p in plugins:

@@ -42,37 +42,76 @@ def _bounds(text: str):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="model: .onnx (onnxruntime or openvino), .engine (tensorrt)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for "
-                                                             "every interface)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)"
+    )
     parser.add_argument("--port", type=positive_int, default=8000, help="HTTP port (default 8000)")
     parser.add_argument("--route-prefix", default="/", help="URL prefix of the endpoints (default /)")
-    parser.add_argument("--app-name", default="maskrcnn",
-                        help="Ray Serve application name (default maskrcnn); one name per model on a shared cluster")
+    parser.add_argument(
+        "--app-name",
+        default="maskrcnn",
+        help="Ray Serve application name (default maskrcnn); one name per model on a shared cluster",
+    )
     scale = parser.add_mutually_exclusive_group()
     scale.add_argument("--replicas", type=positive_int, default=1, help="replicas of the model (default 1)")
-    scale.add_argument("--autoscale", type=_bounds, default=None, metavar="MIN:MAX",
-                       help="autoscale between MIN and MAX replicas on the number of ongoing requests")
-    parser.add_argument("--max-batch-size", type=positive_int, default=8,
-                        help="most images in one model call, gathered across concurrent requests (default 8)")
-    parser.add_argument("--batch-wait-ms", type=_non_negative_float, default=10.0,
-                        help="longest wait for a batch to fill (default 10 ms)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "tensorrt"],
-                        help="default: from the model file's suffix")
+    scale.add_argument(
+        "--autoscale",
+        type=_bounds,
+        default=None,
+        metavar="MIN:MAX",
+        help="autoscale between MIN and MAX replicas on the number of ongoing requests",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=positive_int,
+        default=8,
+        help="most images in one model call, gathered across concurrent requests (default 8)",
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=_non_negative_float,
+        default=10.0,
+        help="longest wait for a batch to fill (default 10 ms)",
+    )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "onnxruntime", "openvino", "tensorrt"],
+        help="default: from the model file's suffix",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--threads", type=positive_int, default=None, help="intra-op threads per replica")
     parser.add_argument("--num-cpus", type=_non_negative_float, default=1.0, help="Ray CPUs per replica (default 1)")
-    parser.add_argument("--num-gpus", type=_non_negative_float, default=0.0,
-                        help="Ray GPUs per replica, for the GPU backends (default 0)")
-    parser.add_argument("--score-threshold", type=float, default=None,
-                        help="drop detections below this score (default: the model's own threshold)")
-    parser.add_argument("--max-body-mb", type=_non_negative_float, default=32.0,
-                        help="largest request body accepted, in MiB (default 32); larger ones get HTTP 413")
-    parser.add_argument("--max-images", type=positive_int, default=16,
-                        help="most images in one multipart request (default 16)")
-    parser.add_argument("--graceful-timeout", type=_non_negative_float, default=20.0,
-                        help="seconds a stopping replica may spend finishing its requests (default 20)")
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster to join (host:port or 'auto'); default: start a local one")
+    parser.add_argument(
+        "--num-gpus",
+        type=_non_negative_float,
+        default=0.0,
+        help="Ray GPUs per replica, for the GPU backends (default 0)",
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="drop detections below this score (default: the model's own threshold)",
+    )
+    parser.add_argument(
+        "--max-body-mb",
+        type=_non_negative_float,
+        default=32.0,
+        help="largest request body accepted, in MiB (default 32); larger ones get HTTP 413",
+    )
+    parser.add_argument(
+        "--max-images", type=positive_int, default=16, help="most images in one multipart request (default 16)"
+    )
+    parser.add_argument(
+        "--graceful-timeout",
+        type=_non_negative_float,
+        default=20.0,
+        help="seconds a stopping replica may spend finishing its requests (default 20)",
+    )
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster to join (host:port or 'auto'); default: start a local one"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,9 +125,17 @@ def run(args: argparse.Namespace) -> int:
     ray = require("ray", "serve", "maskrcnn-deploy serve")
     serve = require("ray.serve", "serve", "maskrcnn-deploy serve")
     app = build_app(
-        args.model, backend=args.backend, device=args.device, threads=args.threads,
-        score_threshold=args.score_threshold, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
-        replicas=args.replicas, autoscaling=args.autoscale, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+        args.model,
+        backend=args.backend,
+        device=args.device,
+        threads=args.threads,
+        score_threshold=args.score_threshold,
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        replicas=args.replicas,
+        autoscaling=args.autoscale,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
         limits=RequestLimits(max_body_bytes=body, max_images=args.max_images),
         graceful_shutdown_timeout_s=args.graceful_timeout,
     )
@@ -101,13 +148,17 @@ def run(args: argparse.Namespace) -> int:
                 serve.start(http_options={"host": args.host, "port": args.port})
                 try:
                     serve.run(app, name=args.app_name, route_prefix=args.route_prefix, blocking=False)
-                except Exception as exc:  # noqa: BLE001 - Ray's deployment failure carries the replica's traceback
+                except Exception as exc:
                     reason = _replica_error(serve, args.app_name) or _last_line(exc)
                     raise DeploySdkError(f"the application did not start: {reason}") from exc
                 prefix = "/" + args.route_prefix.strip("/")
                 base = f"http://{args.host}:{args.port}{'' if prefix == '/' else prefix}"
-                print(f"serving {args.model} at {base}/predict (also {base}/healthz, {base}/metadata); "
-                      "SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
+                print(
+                    f"serving {args.model} at {base}/predict (also {base}/healthz, {base}/metadata); "
+                    "SIGTERM or Ctrl-C stops",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 while True:
                     time.sleep(1.0)
             except KeyboardInterrupt:
@@ -118,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
                 # at once would drop the proxy and the connections of in-flight requests with it.
                 try:
                     serve.delete(args.app_name, _blocking=True)
-                except Exception as exc:  # noqa: BLE001 - best effort: report and go on stopping
+                except Exception as exc:
                     print(f"maskrcnn-deploy serve: deleting the application failed: {exc}", file=sys.stderr)
     finally:
         if started_here:  # a cluster joined with --address keeps its Serve instance and other applications
@@ -143,7 +194,7 @@ def _replica_error(serve, app_name: str) -> str:
     try:
         app = serve.status().applications.get(app_name)
         texts = [str(d.message or "") for d in app.deployments.values()] + [str(app.message or "")] if app else []
-    except Exception:  # noqa: BLE001 - the status is a best-effort detail of an error already being reported
+    except Exception:
         return ""
     pattern = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (\S.*)$")
     for text in texts:

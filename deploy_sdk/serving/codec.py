@@ -48,7 +48,13 @@ __all__ = [
 
 JSON_MASK_FORMATS = ("rle", "box", "none")
 IMAGE_CONTENT_TYPES = (
-    "image/jpeg", "image/png", "image/webp", "image/bmp", "image/tiff", "image/gif", "application/octet-stream",
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/bmp",
+    "image/tiff",
+    "image/gif",
+    "application/octet-stream",
 )
 _MULTIPART = "multipart/form-data"
 
@@ -67,8 +73,7 @@ class RequestLimits:
     ``max_pixels`` (per image, checked from the image header before any pixel is decoded)."""
 
     def __init__(self, max_body_bytes: int = 32 * 1024 * 1024, max_images: int = 16, max_pixels: int = 40_000_000):
-        for name, value in (("max_body_bytes", max_body_bytes), ("max_images", max_images),
-                            ("max_pixels", max_pixels)):
+        for name, value in (("max_body_bytes", max_body_bytes), ("max_images", max_images), ("max_pixels", max_pixels)):
             if int(value) < 1:
                 raise DeploySdkError(f"{name} must be a positive integer, got {value}")
         self.max_body_bytes = int(max_body_bytes)
@@ -76,8 +81,10 @@ class RequestLimits:
         self.max_pixels = int(max_pixels)
 
     def __repr__(self) -> str:
-        return (f"RequestLimits(max_body_bytes={self.max_body_bytes}, max_images={self.max_images}, "
-                f"max_pixels={self.max_pixels})")
+        return (
+            f"RequestLimits(max_body_bytes={self.max_body_bytes}, max_images={self.max_images}, "
+            f"max_pixels={self.max_pixels})"
+        )
 
 
 def check_mask_format(value: Optional[str]) -> str:
@@ -105,11 +112,17 @@ def decode_request(body: bytes, content_type: Optional[str], limits: RequestLimi
     multipart one. Raises :class:`RequestError` (4xx) for every kind of bad request.
     """
     if len(body) > limits.max_body_bytes:
-        raise RequestError(413, f"request body is {len(body)} bytes, more than this service accepts "
-                                f"({limits.max_body_bytes}); send a smaller image or split the request")
+        raise RequestError(
+            413,
+            f"request body is {len(body)} bytes, more than this service accepts "
+            f"({limits.max_body_bytes}); send a smaller image or split the request",
+        )
     if not body:
-        raise RequestError(400, "empty request body; send an encoded image (JPEG, PNG, ...) as the body, or "
-                                "multipart/form-data with one file part per image")
+        raise RequestError(
+            400,
+            "empty request body; send an encoded image (JPEG, PNG, ...) as the body, or "
+            "multipart/form-data with one file part per image",
+        )
     if not content_type:
         raise RequestError(415, "missing Content-Type; use an image type (e.g. image/jpeg) or multipart/form-data")
     media, params = _media_type(content_type)
@@ -117,8 +130,9 @@ def decode_request(body: bytes, content_type: Optional[str], limits: RequestLimi
         parts = _multipart_parts(body, params.get("boundary"), limits)
         return [(name, decode_image_bytes(data, name, limits)) for name, data in parts]
     if media not in IMAGE_CONTENT_TYPES:
-        raise RequestError(415, f"Content-Type {media} is not accepted; use one of "
-                                f"{', '.join(IMAGE_CONTENT_TYPES)} or {_MULTIPART}")
+        raise RequestError(
+            415, f"Content-Type {media} is not accepted; use one of {', '.join(IMAGE_CONTENT_TYPES)} or {_MULTIPART}"
+        )
     return [("image", decode_image_bytes(body, "image", limits))]
 
 
@@ -183,8 +197,11 @@ def decode_image_bytes(data: bytes, what: str, limits: RequestLimits) -> np.ndar
             with Image.open(io.BytesIO(data)) as im:  # reads the header only
                 width, height = im.size
                 if width * height > limits.max_pixels:
-                    raise RequestError(413, f"{what}: {width}x{height} = {width * height} pixels is more than this "
-                                            f"service accepts ({limits.max_pixels}); downscale the image first")
+                    raise RequestError(
+                        413,
+                        f"{what}: {width}x{height} = {width * height} pixels is more than this "
+                        f"service accepts ({limits.max_pixels}); downscale the image first",
+                    )
                 im.load()
                 if im.getexif().get(0x0112, 1) in range(2, 9):
                     ImageOps.exif_transpose(im, in_place=True)
@@ -196,8 +213,9 @@ def decode_image_bytes(data: bytes, what: str, limits: RequestLimits) -> np.ndar
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise RequestError(413, f"{what}: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise RequestError(400, f"{what}: not an image (no format Pillow reads, JPEG, PNG, ..., was recognized)") \
-            from exc
+        raise RequestError(
+            400, f"{what}: not an image (no format Pillow reads, JPEG, PNG, ..., was recognized)"
+        ) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         # Pillow: OSError for truncated or corrupt data, ValueError/SyntaxError for malformed headers.
         raise RequestError(400, f"{what}: not a decodable image ({exc})") from exc
@@ -243,7 +261,7 @@ def _rle_masks(det: Detections, mask_format: str) -> List[Dict[str, Any]]:
                 offsets.append((0, 0))
                 continue
             y0, x0 = int(ys.min()), int(xs.min())
-            crops.append(m[y0: int(ys.max()) + 1, x0: int(xs.max()) + 1])
+            crops.append(m[y0 : int(ys.max()) + 1, x0 : int(xs.max()) + 1])
             offsets.append((x0, y0))
     else:
         crops, offsets = list(det.mask_crops), [tuple(o) for o in det.mask_offsets.tolist()]
@@ -254,7 +272,7 @@ def _rle_masks(det: Detections, mask_format: str) -> List[Dict[str, Any]]:
             rle["offset"] = [int(x), int(y)]
         else:
             full = np.zeros((height, width), dtype=bool)
-            full[y: y + crop.shape[0], x: x + crop.shape[1]] = crop
+            full[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
             rle = encode_rle(full)
         out.append(rle)
     return out

@@ -98,8 +98,11 @@ def resolve_inputs(inputs: Sequence[PathLike]) -> List[Path]:
         elif p.is_file():
             files.append(p)
         elif any(c in text for c in "*?["):
-            found = sorted(Path(m) for m in glob.glob(os.path.expanduser(text), recursive=True)
-                           if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                Path(m)
+                for m in glob.glob(os.path.expanduser(text), recursive=True)
+                if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_SUFFIXES
+            )
             if not found:
                 raise InputImageError(f"the pattern {text} matches no image files ({', '.join(IMAGE_SUFFIXES)})")
             files.extend(found)
@@ -116,7 +119,7 @@ def _read_manifest(path: Path) -> List[Path]:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputImageError(f"cannot read the manifest {path}: {exc}") from exc
     files = []
-    for number, line in enumerate(lines, 1):
+    for line in lines:
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
@@ -137,8 +140,15 @@ class _BlockWorker:
         from deploy_sdk.predictor import Predictor
 
         self.spec = spec
-        self.predictor = Predictor(spec.model, backend=spec.backend, device=spec.device, batch_size=spec.batch_size,
-                                   score_threshold=spec.score_threshold, threads=spec.threads, mask_format="box")
+        self.predictor = Predictor(
+            spec.model,
+            backend=spec.backend,
+            device=spec.device,
+            batch_size=spec.batch_size,
+            score_threshold=spec.score_threshold,
+            threads=spec.threads,
+            mask_format="box",
+        )
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         shards = [self.run_block(json.loads(str(items))) for items in batch["items"]]
@@ -170,8 +180,9 @@ class _BlockWorker:
                 results.extend(det.to_coco(image_id))
                 if self.spec.overlays_dir:
                     self._write_overlay(image_id, path, image, det)
-        return json.dumps({"images": images, "results": results, "failures": failures,
-                           "class_names": list(meta.class_names)})
+        return json.dumps(
+            {"images": images, "results": results, "failures": failures, "class_names": list(meta.class_names)}
+        )
 
     def _write_overlay(self, image_id: int, path: str, image: np.ndarray, det: Any) -> None:
         from PIL import Image
@@ -186,8 +197,7 @@ class _BlockWorker:
 
 # ------------------------------------------------------------------------------------------------- the driver
 def _job_record(files: List[Path], model_sha256: str, batch_size: int) -> Dict[str, Any]:
-    return {"format": 1, "model_sha256": model_sha256, "batch_size": int(batch_size),
-            "files": [str(f) for f in files]}
+    return {"format": 1, "model_sha256": model_sha256, "batch_size": int(batch_size), "files": [str(f) for f in files]}
 
 
 def _check_or_write_job(out: Path, record: Dict[str, Any]) -> None:
@@ -212,7 +222,7 @@ def _check_or_write_job(out: Path, record: Dict[str, Any]) -> None:
 
 def _blocks(files: List[Path], batch_size: int) -> List[List[Tuple[int, str]]]:
     items = [(i + 1, str(f)) for i, f in enumerate(files)]
-    return [items[s: s + batch_size] for s in range(0, len(items), batch_size)]
+    return [items[s : s + batch_size] for s in range(0, len(items), batch_size)]
 
 
 def _shard_path(out: Path, block: int) -> Path:
@@ -226,8 +236,9 @@ def _write_shard(out: Path, block: int, text: str) -> None:
         tmp.write_text(text)
 
 
-def merge_shards(out: PathLike, expected_blocks: Optional[int] = None,
-                 model: str = "") -> Tuple[int, int, List[Dict[str, Any]]]:
+def merge_shards(
+    out: PathLike, expected_blocks: Optional[int] = None, model: str = ""
+) -> Tuple[int, int, List[Dict[str, Any]]]:
     """Merge ``OUT/shards/*.json`` into ``results.json`` (a complete COCO file, as ``maskrcnn-deploy infer``
     writes it), ``images.json`` and ``failures.json`` (atomically; a stale ``failures.json`` is deleted when there
     are none). Returns (images, detections, failures).
@@ -239,8 +250,10 @@ def merge_shards(out: PathLike, expected_blocks: Optional[int] = None,
     out = Path(out)
     shard_files = sorted((out / SHARDS).glob("block-*.json"))
     if expected_blocks is not None and len(shard_files) != expected_blocks:
-        raise DeploySdkError(f"{out / SHARDS} holds {len(shard_files)} shards, {expected_blocks} expected; rerun "
-                             "the job to compute the missing blocks")
+        raise DeploySdkError(
+            f"{out / SHARDS} holds {len(shard_files)} shards, {expected_blocks} expected; rerun "
+            "the job to compute the missing blocks"
+        )
     images: Dict[int, Dict[str, Any]] = {}
     results: Dict[int, List[Dict[str, Any]]] = {}
     failures: Dict[int, Dict[str, Any]] = {}
@@ -249,8 +262,9 @@ def merge_shards(out: PathLike, expected_blocks: Optional[int] = None,
         try:
             data = json.loads(shard.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise DeploySdkError(f"{shard} is unreadable ({exc}); delete it and rerun the job to recompute its "
-                                 "block") from exc
+            raise DeploySdkError(
+                f"{shard} is unreadable ({exc}); delete it and rerun the job to recompute its block"
+            ) from exc
         class_names = class_names or list(data.get("class_names", []))
         for entry in data["images"]:
             if entry["id"] in images or entry["id"] in failures:
@@ -258,8 +272,9 @@ def merge_shards(out: PathLike, expected_blocks: Optional[int] = None,
             images[entry["id"]] = entry
         for failure in data["failures"]:
             if failure["image_id"] in images or failure["image_id"] in failures:
-                raise DeploySdkError(f"image id {failure['image_id']} appears in two shards ({shard}); delete "
-                                     f"{out} and rerun")
+                raise DeploySdkError(
+                    f"image id {failure['image_id']} appears in two shards ({shard}); delete {out} and rerun"
+                )
             failures[failure["image_id"]] = failure
         for r in data["results"]:
             results.setdefault(int(r["image_id"]), []).append(r)
@@ -338,14 +353,26 @@ def run_batch_job(
         import ray.data
 
         ray.data.DataContext.get_current().enable_progress_bars = bool(progress)
-        spec = BatchJobSpec(model=str(model_path), backend=backend, device=device, threads=threads,
-                            score_threshold=score_threshold, batch_size=int(batch_size),
-                            overlays_dir=str(out / "overlays") if overlays else None)
+        spec = BatchJobSpec(
+            model=str(model_path),
+            backend=backend,
+            device=device,
+            threads=threads,
+            score_threshold=score_threshold,
+            batch_size=int(batch_size),
+            overlays_dir=str(out / "overlays") if overlays else None,
+        )
         items = [{"block": k, "items": json.dumps(blocks[k])} for k in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(_BlockWorker, fn_constructor_kwargs={"spec": spec}, batch_size=1,
-                            compute=ray.data.ActorPoolStrategy(size=int(workers)), num_cpus=float(num_cpus_per_worker),
-                            num_gpus=float(num_gpus_per_worker) or None, batch_format="numpy")
+        ds = ds.map_batches(
+            _BlockWorker,
+            fn_constructor_kwargs={"spec": spec},
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=int(workers)),
+            num_cpus=float(num_cpus_per_worker),
+            num_gpus=float(num_gpus_per_worker) or None,
+            batch_format="numpy",
+        )
         for row in ds.iter_rows():
             block = int(row["block"])
             _write_shard(out, block, str(row["shard"]))
@@ -354,5 +381,12 @@ def run_batch_job(
     done, detections, failures = merge_shards(out, expected_blocks=len(blocks), model=str(model))
     if not done:
         raise InputImageError(f"none of the {len(files)} images could be read; the first: {failures[0]['error']}")
-    return BatchSummary(total_images=len(files), skipped_images=skipped, processed_images=processed,
-                        detections=detections, seconds=seconds, failures=failures, out=out)
+    return BatchSummary(
+        total_images=len(files),
+        skipped_images=skipped,
+        processed_images=processed,
+        detections=detections,
+        seconds=seconds,
+        failures=failures,
+        out=out,
+    )

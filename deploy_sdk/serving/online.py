@@ -111,12 +111,21 @@ def build_app(
         raise DeploySdkError(f"batch_wait_ms must be 0 or more, got {batch_wait_ms}")
     if autoscaling is None and int(replicas) < 1:
         raise DeploySdkError(f"replicas must be at least 1, got {replicas}")
-    if autoscaling is not None and not 0 <= int(autoscaling[0]) <= int(autoscaling[1]) or (
-            autoscaling is not None and int(autoscaling[1]) < 1):
+    if (
+        autoscaling is not None
+        and not 0 <= int(autoscaling[0]) <= int(autoscaling[1])
+        or (autoscaling is not None and int(autoscaling[1]) < 1)
+    ):
         raise DeploySdkError(f"autoscaling bounds must be 0 <= min <= max, max >= 1, got {autoscaling}")
     spec = ServiceSpec(
-        model=model, backend=backend, device=device, threads=threads, score_threshold=score_threshold,
-        max_batch_size=int(max_batch_size), batch_wait_ms=float(batch_wait_ms), limits=limits or RequestLimits(),
+        model=model,
+        backend=backend,
+        device=device,
+        threads=threads,
+        score_threshold=score_threshold,
+        max_batch_size=int(max_batch_size),
+        batch_wait_ms=float(batch_wait_ms),
+        limits=limits or RequestLimits(),
         backend_options=dict(backend_options or {}),
     )
     options: Dict[str, Any] = {
@@ -155,12 +164,18 @@ def _deployment_class():
             self._spec = spec
             # Box-cropped masks: the cheapest form to turn into either JSON form (no [N, H, W] arrays).
             self._predictor = Predictor(
-                spec.model, backend=spec.backend, device=spec.device, batch_size=spec.max_batch_size,
-                score_threshold=spec.score_threshold, threads=spec.threads, mask_format="box",
+                spec.model,
+                backend=spec.backend,
+                device=spec.device,
+                batch_size=spec.max_batch_size,
+                score_threshold=spec.score_threshold,
+                threads=spec.threads,
+                mask_format="box",
                 backend_options=spec.backend_options or None,
             )
-            self._batched_predict.set_max_batch_size(spec.max_batch_size)
-            self._batched_predict.set_batch_wait_timeout_s(spec.batch_wait_ms / 1000.0)
+            # Ray's type hints declare serve.batch's result a plain coroutine function, without these setters.
+            self._batched_predict.set_max_batch_size(spec.max_batch_size)  # type: ignore[attr-defined]
+            self._batched_predict.set_batch_wait_timeout_s(spec.batch_wait_ms / 1000.0)  # type: ignore[attr-defined]
             # One thread runs the model (one batch at a time: the backend uses every core it is given); others
             # decode requests and encode answers meanwhile, off the replica's event loop.
             self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maskrcnn-model")
@@ -168,7 +183,7 @@ def _deployment_class():
             meta = self._predictor.metadata
             try:
                 replica = str(serve.get_replica_context().replica_id.unique_id)
-            except Exception:  # noqa: BLE001 - outside a replica (a unit test constructing the class)
+            except Exception:
                 replica = f"pid-{os.getpid()}"
             self._replica = replica
             # Since the replica started (GET /healthz): images inferred, model calls, most images in one call.
@@ -213,7 +228,7 @@ def _deployment_class():
             path = request.url.path
             root = request.scope.get("root_path", "") or ""
             if root and path.startswith(root):
-                path = path[len(root):]
+                path = path[len(root) :]
             path = "/" + path.strip("/")
             if path == "/predict":
                 if request.method != "POST":
@@ -225,8 +240,7 @@ def _deployment_class():
                 if path == "/healthz":
                     return json_response({"status": "ok", "replica": self._replica, **self._stats})
                 return json_response(self._metadata)
-            return json_response({"error": f"no endpoint {path}; use POST /predict, GET /healthz, GET /metadata"},
-                                 404)
+            return json_response({"error": f"no endpoint {path}; use POST /predict, GET /healthz, GET /metadata"}, 404)
 
         async def _predict(self, request) -> Response:
             loop = asyncio.get_running_loop()
@@ -234,7 +248,8 @@ def _deployment_class():
                 mask_format = check_mask_format(request.query_params.get("mask_format"))
                 body = await _read_body(request, self._spec.limits.max_body_bytes)
                 images = await loop.run_in_executor(
-                    self._io_threads, decode_request, body, request.headers.get("content-type"), self._spec.limits)
+                    self._io_threads, decode_request, body, request.headers.get("content-type"), self._spec.limits
+                )
                 meta = self._predictor.metadata
                 for name, image in images:
                     _check_model_can_resize(image, name, int(meta.min_size), int(meta.max_size))
@@ -243,8 +258,9 @@ def _deployment_class():
             try:
                 detections = await asyncio.gather(*(self._batched_predict(image) for _, image in images))
                 results = await loop.run_in_executor(
-                    self._io_threads, lambda: [detections_to_json(d, mask_format) for d in detections])
-            except Exception as exc:  # noqa: BLE001 - a server-side failure: 500 with one line, never a 4xx
+                    self._io_threads, lambda: [detections_to_json(d, mask_format) for d in detections]
+                )
+            except Exception as exc:
                 reason = " ".join(f"{type(exc).__name__}: {exc}".split())
                 return json_response({"error": f"inference failed: {reason}"}, 500)
             if len(images) > 1 or images[0][0] != "image":
@@ -274,8 +290,13 @@ def _canvas_groups(images: List[Any], predictor: Any) -> List[List[int]]:
     meta = predictor.metadata
     groups: Dict[Tuple[int, int], List[int]] = {}
     for i, image in enumerate(images):
-        _, canvas = batch_layout([image.shape[:2]], int(meta.min_size), int(meta.max_size),
-                                 int(meta.size_divisible or 1), predictor.backend.fixed_size)
+        _, canvas = batch_layout(
+            [image.shape[:2]],
+            int(meta.min_size),
+            int(meta.max_size),
+            int(meta.size_divisible or 1),
+            predictor.backend.fixed_size,
+        )
         groups.setdefault(canvas, []).append(i)
     return list(groups.values())
 
@@ -284,15 +305,21 @@ async def _read_body(request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        raise RequestError(413, f"request body is {int(declared)} bytes, more than this service accepts ({limit}); "
-                                "send a smaller image or split the request")
+        raise RequestError(
+            413,
+            f"request body is {int(declared)} bytes, more than this service accepts ({limit}); "
+            "send a smaller image or split the request",
+        )
     chunks: List[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise RequestError(413, f"request body is more than this service accepts ({limit} bytes); send a "
-                                    "smaller image or split the request")
+            raise RequestError(
+                413,
+                f"request body is more than this service accepts ({limit} bytes); send a "
+                "smaller image or split the request",
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -36,13 +36,24 @@ __all__ = ["TensorSpec", "write_triton_repository", "graph_io_from_onnx", "trito
 
 PathLike = Union[str, os.PathLike]
 _ONNX_TO_TRITON = {
-    "tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16", "tensor(double)": "TYPE_FP64",
-    "tensor(int64)": "TYPE_INT64", "tensor(int32)": "TYPE_INT32", "tensor(int8)": "TYPE_INT8",
-    "tensor(uint8)": "TYPE_UINT8", "tensor(bool)": "TYPE_BOOL", "tensor(bfloat16)": "TYPE_BF16",
+    "tensor(float)": "TYPE_FP32",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(double)": "TYPE_FP64",
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(int32)": "TYPE_INT32",
+    "tensor(int8)": "TYPE_INT8",
+    "tensor(uint8)": "TYPE_UINT8",
+    "tensor(bool)": "TYPE_BOOL",
+    "tensor(bfloat16)": "TYPE_BF16",
 }
 _NUMPY_TO_TRITON = {
-    "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
-    "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL",
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "int64": "TYPE_INT64",
+    "int32": "TYPE_INT32",
+    "int8": "TYPE_INT8",
+    "uint8": "TYPE_UINT8",
+    "bool": "TYPE_BOOL",
 }
 _ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 METADATA_PARAMETER = "maskrcnn_deploy.metadata"
@@ -67,7 +78,7 @@ def graph_io_from_onnx(path: PathLike) -> Tuple[List[TensorSpec], List[TensorSpe
 
     try:
         session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+    except Exception as exc:
         raise EngineError(f"cannot load {path} with onnxruntime: {' '.join(str(exc).split())[:300]}") from exc
 
     def specs(values) -> List[TensorSpec]:
@@ -75,8 +86,9 @@ def graph_io_from_onnx(path: PathLike) -> Tuple[List[TensorSpec], List[TensorSpe
         for v in values:
             if v.type not in _ONNX_TO_TRITON:
                 raise DeploySdkError(f"{path}: tensor {v.name} has type {v.type}, which Triton has no type for")
-            out.append(TensorSpec(v.name, _ONNX_TO_TRITON[v.type], [d if isinstance(d, int) else None
-                                                                       for d in v.shape]))
+            out.append(
+                TensorSpec(v.name, _ONNX_TO_TRITON[v.type], [d if isinstance(d, int) else None for d in v.shape])
+            )
         return out
 
     props = dict(session.get_modelmeta().custom_metadata_map)
@@ -84,12 +96,13 @@ def graph_io_from_onnx(path: PathLike) -> Tuple[List[TensorSpec], List[TensorSpe
     return specs(session.get_inputs()), specs(session.get_outputs()), metadata
 
 
-def _graph_io_from_engine(path: Path, header: Any, plan: bytes,
-                          images_dtype: Optional[str] = None) -> Tuple[List[TensorSpec], List[TensorSpec], str]:
+def _graph_io_from_engine(
+    path: Path, header: Any, plan: bytes, images_dtype: Optional[str] = None
+) -> Tuple[List[TensorSpec], List[TensorSpec], str]:
     """(inputs, outputs, where they came from) of an engine: TensorRT's own view when it is importable, else the
     profile in the header (inputs) and the graph contract (outputs)."""
     try:
-        import tensorrt as trt  # noqa: F401
+        import tensorrt as trt
     except ImportError:
         trt = None
     if trt is not None:
@@ -101,7 +114,8 @@ def _graph_io_from_engine(path: Path, header: Any, plan: bytes,
         engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(plan)
         if engine is None:
             raise EngineError(f"{path}: TensorRT cannot deserialize the plan on this machine")
-        inputs, outputs = [], []
+        inputs: List[TensorSpec] = []
+        outputs: List[TensorSpec] = []
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             dtype = str(__import__("numpy").dtype(trt.nptype(engine.get_tensor_dtype(name))))
@@ -112,8 +126,10 @@ def _graph_io_from_engine(path: Path, header: Any, plan: bytes,
     meta: ModelMetadata = header.metadata
     profile = header.profile or {}
     if set(profile) != {"images", "image_sizes"}:
-        raise EngineError(f"{path}: the engine header's profile names inputs {sorted(profile)}, expected images and "
-                          "image_sizes (the deployment graph contract); rebuild it with maskrcnn-deploy build")
+        raise EngineError(
+            f"{path}: the engine header's profile names inputs {sorted(profile)}, expected images and "
+            "image_sizes (the deployment graph contract); rebuild it with maskrcnn-deploy build"
+        )
 
     def dims(name: str) -> List[Optional[int]]:
         lo, hi = profile[name]["min"], profile[name]["max"]
@@ -121,8 +137,10 @@ def _graph_io_from_engine(path: Path, header: Any, plan: bytes,
 
     k, m = int(meta.detections_per_image), int(meta.mask_size)
     images_type = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8"}[images_dtype or "float32"]
-    inputs = [TensorSpec("images", images_type, dims("images")), TensorSpec("image_sizes", "TYPE_INT64",
-                                                                            dims("image_sizes"))]
+    inputs = [
+        TensorSpec("images", images_type, dims("images")),
+        TensorSpec("image_sizes", "TYPE_INT64", dims("image_sizes")),
+    ]
     outputs = [
         TensorSpec("num_detections", "TYPE_INT32", [None]),
         TensorSpec("boxes", "TYPE_FP32", [None, k, 4]),
@@ -130,13 +148,19 @@ def _graph_io_from_engine(path: Path, header: Any, plan: bytes,
         TensorSpec("labels", "TYPE_INT32", [None, k]),
         TensorSpec("masks", "TYPE_FP32", [None, k, m, m]),
     ]
-    how = ("images as --images-dtype says" if images_dtype else
-           "images assumed float32: pass --images-dtype uint8 for an engine built from an --input-dtype uint8 graph")
-    return inputs, outputs, (f"the engine header's profile and the deployment graph contract (TensorRT not "
-                             f"importable here; {how})")
+    how = (
+        "images as --images-dtype says"
+        if images_dtype
+        else "images assumed float32: pass --images-dtype uint8 for an engine built from an --input-dtype uint8 graph"
+    )
+    return (
+        inputs,
+        outputs,
+        (f"the engine header's profile and the deployment graph contract (TensorRT not importable here; {how})"),
+    )
 
 
-def _dims_text(dims: Sequence[Optional[int]]) -> str:
+def _dims_text(dims: Sequence[Union[int, str, None]]) -> str:
     return "[ " + ", ".join("-1" if d is None else str(d) for d in dims) + " ]"
 
 
@@ -179,12 +203,18 @@ def triton_config_text(
     ]
     if batched:
         preferred = "".join(f"\n  preferred_batch_size: {int(b)}" for b in preferred_batch_sizes)
-        parts.append("dynamic_batching {" + preferred
-                     + f"\n  max_queue_delay_microseconds: {int(max_queue_delay_us)}\n}}")
+        parts.append(
+            "dynamic_batching {" + preferred + f"\n  max_queue_delay_microseconds: {int(max_queue_delay_us)}\n}}"
+        )
     parts.append(f"instance_group [\n  {{\n    count: {int(instances)}\n    kind: {kind}\n  }}\n]")
     value = json.dumps(json.loads(metadata.to_json()), separators=(",", ":"))
-    parts.append("parameters {\n  key: " + json.dumps(METADATA_PARAMETER) + "\n  value: { string_value: "
-                 + json.dumps(value) + " }\n}")
+    parts.append(
+        "parameters {\n  key: "
+        + json.dumps(METADATA_PARAMETER)
+        + "\n  value: { string_value: "
+        + json.dumps(value)
+        + " }\n}"
+    )
     return "\n".join(parts) + "\n"
 
 
@@ -215,7 +245,7 @@ def write_triton_repository(
     model = Path(model)
     if not model.is_file():
         raise DeploySdkError(f"model file not found: {model}")
-    if not name or any(c in name for c in "/\\ \"") or name.startswith("."):
+    if not name or any(c in name for c in '/\\ "') or name.startswith("."):
         raise DeploySdkError(f"model name {name!r} must be a plain folder name (no slashes, spaces or quotes)")
     if int(version) < 1 or int(max_batch_size) < 1:
         raise DeploySdkError(f"version and max_batch_size must be positive, got {version} and {max_batch_size}")
@@ -224,6 +254,7 @@ def write_triton_repository(
     out = check_output_dir(out, "--out")
     suffix = model.suffix.lower()
     comments: List[str] = [f"Written by maskrcnn-deploy triton-repo from {model.name}."]
+    plugin_source: Optional[Path] = None  # the plugin library, copied into the repository as plugin_copy
     plugin_copy: Optional[Path] = None
     if suffix == ".onnx":
         inputs, outputs, metadata = graph_io_from_onnx(model)
@@ -239,11 +270,15 @@ def write_triton_repository(
         batch_max = (header.profile.get("images") or {}).get("max", [None])[0]
         if batch_max:
             max_batch_size = min(int(max_batch_size), int(batch_max))
-        library = Path(plugin_library) if plugin_library else _installed_plugin_library()
-        if plugin_library and not library.is_file():
-            raise DeploySdkError(f"--plugin-library {plugin_library} does not exist")
+        library: Optional[Path]
+        if plugin_library:
+            library = Path(plugin_library)
+            if not library.is_file():
+                raise DeploySdkError(f"--plugin-library {plugin_library} does not exist")
+        else:
+            library = _installed_plugin_library()
         if library is not None:
-            plugin_copy = out / "plugins" / library.name
+            plugin_source, plugin_copy = library, out / "plugins" / library.name
         library_name = library.name if library is not None else "libmaskrcnn_roi_align.so"
         comments += [
             f"Built with TensorRT {header.tensorrt_version} for {header.gpu}: serve it with a Triton release that "
@@ -253,16 +288,19 @@ def write_triton_repository(
             f"--backend-config=tensorrt,plugins=<repo>/plugins/{library_name}",
         ]
     else:
-        raise DeploySdkError(f"{model}: Triton repositories are written for .onnx files (onnxruntime) and engines "
-                             f"({', '.join(_ENGINE_SUFFIXES)}, tensorrt_plan); export or build the model first")
+        raise DeploySdkError(
+            f"{model}: Triton repositories are written for .onnx files (onnxruntime) and engines "
+            f"({', '.join(_ENGINE_SUFFIXES)}, tensorrt_plan); export or build the model first"
+        )
     batched = bool(inputs) and inputs[0].shape[:1] == [None] and all(s.shape[:1] == [None] for s in inputs + outputs)
     if not batched:
         comments.append("The graph's first dimension is not a dynamic batch: no batching (max_batch_size 0).")
     comments.append(f"Inputs and outputs from {source}.")
     batch = int(max_batch_size) if batched else 0
     preferred = sorted({b for b in (batch // 2, batch) if b >= 1}) if batched else []
-    text = triton_config_text(name, platform, inputs, outputs, metadata, batch, preferred, max_queue_delay_us,
-                              instances, kind, comments)
+    text = triton_config_text(
+        name, platform, inputs, outputs, metadata, batch, preferred, max_queue_delay_us, instances, kind, comments
+    )
     folder = out / name
     try:
         (folder / str(int(version))).mkdir(parents=True, exist_ok=True)
@@ -274,9 +312,9 @@ def write_triton_repository(
             shutil.copyfile(model, tmp)
         else:
             tmp.write_bytes(plan)  # Triton reads a bare plan: the SDK's header stays with the .engine file
-    if plugin_copy is not None:
+    if plugin_source is not None and plugin_copy is not None:
         with atomic_path(plugin_copy) as tmp:
-            shutil.copyfile(Path(plugin_library) if plugin_library else _installed_plugin_library(), tmp)
+            shutil.copyfile(plugin_source, tmp)
     config = folder / "config.pbtxt"
     with atomic_path(config) as tmp:
         tmp.write_text(text)
@@ -291,23 +329,36 @@ def _installed_plugin_library() -> Optional[Path]:
     return bundled_library()
 
 
-def _readme(name: str, platform: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
-            metadata: ModelMetadata, max_batch_size: int, plugin: Optional[Path], out: Path) -> str:
-    rows = "\n".join(f"| {'input' if s in inputs else 'output'} | `{s.name}` | {s.data_type} | "
-                     f"{_dims_text(['B' if i == 0 and max_batch_size else d for i, d in enumerate(s.shape)])} |"
-                     for s in list(inputs) + list(outputs))
+def _readme(
+    name: str,
+    platform: str,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    metadata: ModelMetadata,
+    max_batch_size: int,
+    plugin: Optional[Path],
+    out: Path,
+) -> str:
+    rows = "\n".join(
+        f"| {'input' if s in inputs else 'output'} | `{s.name}` | {s.data_type} | "
+        f"{_dims_text(['B' if i == 0 and max_batch_size else d for i, d in enumerate(s.shape)])} |"
+        for s in list(inputs) + list(outputs)
+    )
     start = f"tritonserver --model-repository={out.resolve()}"
     if plugin is not None:
-        start = (f"LD_PRELOAD={plugin.resolve()} {start}\n# or: {start} "
-                 f"--backend-config=tensorrt,plugins={plugin.resolve()}")
+        start = (
+            f"LD_PRELOAD={plugin.resolve()} {start}\n# or: {start} --backend-config=tensorrt,plugins={plugin.resolve()}"
+        )
     elif platform == "tensorrt_plan":
-        start = (f"LD_PRELOAD=/path/to/libmaskrcnn_roi_align.so {start}\n# the plugin library built with CUDA and "
-                 "TensorRT (plugins/README.md); or --backend-config=tensorrt,plugins=/path/to/libmaskrcnn_roi_align.so")
+        start = (
+            f"LD_PRELOAD=/path/to/libmaskrcnn_roi_align.so {start}\n# the plugin library built with CUDA and "
+            "TensorRT (plugins/README.md); or --backend-config=tensorrt,plugins=/path/to/libmaskrcnn_roi_align.so"
+        )
     size = int(metadata.max_size)
     canvas = -(-size // int(metadata.size_divisible or 1)) * int(metadata.size_divisible or 1)
     return f"""# Triton model repository: `{name}` ({platform})
 
-Written by `maskrcnn-deploy triton-repo`. Classes: {', '.join(metadata.class_names[1:])}.
+Written by `maskrcnn-deploy triton-repo`. Classes: {", ".join(metadata.class_names[1:])}.
 
 | | tensor | type | shape |
 | --- | --- | --- | --- |

@@ -70,8 +70,8 @@ struct Args
         {
             if (heights[l] <= 0 || widths[l] <= 0)
             {
-                return "feature level " + std::to_string(l) + " has an empty map (" + std::to_string(heights[l])
-                    + " x " + std::to_string(widths[l]) + ")";
+                return "feature level " + std::to_string(l) + " has an empty map (" + std::to_string(heights[l]) + " x "
+                    + std::to_string(widths[l]) + ")";
             }
             if (features[l] == nullptr && batch > 0 && channels > 0)
             {
@@ -103,8 +103,8 @@ struct Args
 
     mrd::RoiSource source() const
     {
-        return mrd::RoiSource{rois, roisDtype == MRD_DTYPE_FLOAT16, batchIndices, indexType == MRD_INDEX_INT64,
-            roisPerImage, numRois};
+        return mrd::RoiSource{
+            rois, roisDtype == MRD_DTYPE_FLOAT16, batchIndices, indexType == MRD_INDEX_INT64, roisPerImage, numRois};
     }
 
     mrd::PoolParams params() const
@@ -117,12 +117,12 @@ struct Args
 } // namespace
 
 // Both entries take the same argument list; this gathers it into Args in one place.
-#define MRD_COLLECT_ARGS                                                                                          \
-    Args                                                                                                           \
-    {                                                                                                              \
-        dtype, features, heights, widths, spatial_scales, num_levels, batch, channels, rois, rois_dtype,           \
-            batch_indices, index_type, rois_per_image, num_rois, out_h, out_w, sampling_ratio, aligned, mode,      \
-            canonical_scale, canonical_level, out                                                                  \
+#define MRD_COLLECT_ARGS                                                                                               \
+    Args                                                                                                               \
+    {                                                                                                                  \
+        dtype, features, heights, widths, spatial_scales, num_levels, batch, channels, rois, rois_dtype,               \
+            batch_indices, index_type, rois_per_image, num_rois, out_h, out_w, sampling_ratio, aligned, mode,          \
+            canonical_scale, canonical_level, out                                                                      \
     }
 
 extern "C" {

@@ -58,8 +58,8 @@ MRD_API int32_t mrd_roi_align_cuda(int32_t dtype, void const* const* features, i
     float canonical_scale, int32_t canonical_level, void* out, void* stream);
 
 //! FPN level index (0-based) of each fp32 box [num_rois, 4] for levels with the given spatial scales.
-MRD_API int32_t mrd_level_indices(float const* rois, int64_t num_rois, float const* spatial_scales,
-    int32_t num_levels, float canonical_scale, int32_t canonical_level, int32_t* out_levels);
+MRD_API int32_t mrd_level_indices(float const* rois, int64_t num_rois, float const* spatial_scales, int32_t num_levels,
+    float canonical_scale, int32_t canonical_level, int32_t* out_levels);
 
 #ifdef __cplusplus
 }

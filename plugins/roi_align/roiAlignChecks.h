@@ -46,9 +46,8 @@ inline std::string checkAttributes(int32_t outH, int32_t outW, int32_t samplingR
             float const expected = std::ldexp(1.0f, -(first + l));
             if (std::fabs(spatialScales[l] - expected) > 1e-3f * expected)
             {
-                return "spatial_scales must be consecutive powers of two (1/4, 1/8, ...); level "
-                    + std::to_string(l) + " has " + std::to_string(spatialScales[l]) + ", expected "
-                    + std::to_string(expected);
+                return "spatial_scales must be consecutive powers of two (1/4, 1/8, ...); level " + std::to_string(l)
+                    + " has " + std::to_string(spatialScales[l]) + ", expected " + std::to_string(expected);
             }
         }
         if (!(canonicalScale > 0.0f) || !std::isfinite(canonicalScale))

@@ -29,8 +29,8 @@ struct Scratch
 //! Pool ``Block`` consecutive channels starting at ``c0`` over all bins, reusing each sample's taps for every
 //! channel of the block. Same reduction as BinReducer, written out so the accumulators stay in registers.
 template <typename T, int Block, bool IsMax>
-void poolChannels(T const* image, int64_t planeSize, int32_t c0, SampleTaps const* taps, int64_t bins,
-    int32_t count, T* outRoi)
+void poolChannels(
+    T const* image, int64_t planeSize, int32_t c0, SampleTaps const* taps, int64_t bins, int32_t count, T* outRoi)
 {
     T const* planes[Block];
     for (int j = 0; j < Block; ++j)
@@ -101,8 +101,8 @@ void poolSeparable(T const* image, int64_t planeSize, int32_t width, PoolParams 
 }
 
 template <typename T>
-void poolOneRoi(FeatureLevels<T> const& levels, RoiSource const& src, PoolParams const& p, int64_t roi, T* out,
-    Scratch& s)
+void poolOneRoi(
+    FeatureLevels<T> const& levels, RoiSource const& src, PoolParams const& p, int64_t roi, T* out, Scratch& s)
 {
     int64_t const binsPerChannel = static_cast<int64_t>(p.outH) * p.outW;
     int64_t const perRoi = binsPerChannel * p.channels;
@@ -215,8 +215,8 @@ void poolOneRoi(FeatureLevels<T> const& levels, RoiSource const& src, PoolParams
 } // namespace
 
 template <typename T>
-void roiAlignCpu(FeatureLevels<T> const& levels, RoiSource const& src, PoolParams const& params, T* out,
-    int32_t numThreads)
+void roiAlignCpu(
+    FeatureLevels<T> const& levels, RoiSource const& src, PoolParams const& params, T* out, int32_t numThreads)
 {
     int64_t const numRois = src.numRois;
     if (numRois <= 0)

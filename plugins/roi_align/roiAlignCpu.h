@@ -14,8 +14,8 @@ namespace mrd
 //! ``numThreads`` <= 0 uses the hardware concurrency; 1 runs on the calling thread.
 //! A RoI whose batch index is outside [0, params.batch) yields zeros.
 template <typename T>
-void roiAlignCpu(FeatureLevels<T> const& levels, RoiSource const& src, PoolParams const& params, T* out,
-    int32_t numThreads);
+void roiAlignCpu(
+    FeatureLevels<T> const& levels, RoiSource const& src, PoolParams const& params, T* out, int32_t numThreads);
 
 //! The same result computed one output element at a time with poolOutputElement(), i.e. exactly the code a CUDA
 //! thread runs. Single-threaded and slow: it exists to test the kernel's code path on machines without a GPU.

@@ -14,7 +14,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock) roiAlignKernel(
     FeatureLevels<T> const levels, RoiSource const src, PoolParams const p, T* __restrict__ out, int64_t total)
 {
     for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < total;
-         index += static_cast<int64_t>(gridDim.x) * blockDim.x)
+        index += static_cast<int64_t>(gridDim.x) * blockDim.x)
     {
         storeFromFloat(out, index, poolOutputElement(levels, src, p, index));
     }

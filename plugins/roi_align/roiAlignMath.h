@@ -1,10 +1,14 @@
 // RoIAlign math shared by the CPU implementation and the CUDA kernel.
 //
-// This is the ONE place where sampling positions, bilinear weights, the adaptive sampling ratio, the FPN level
-// of a box and the avg/max reductions are defined. Everything here is __host__ __device__ so the CPU code and the
-// kernel cannot drift apart (torchvision keeps two copies of bilinear_interpolate; we keep one).
+// Defined here, __host__ __device__, for both: the sampling positions, the adaptive sampling ratio, the bilinear
+// taps of each axis (edges, clamping, per-axis weights), the FPN level of a box and the fp16 conversion, so the CPU
+// code and the kernel cannot drift apart on them. The per-element pooling (weight products and avg/max reduction:
+// interpolate(), BinReducer, poolOutputElement()) is what each CUDA thread runs. The CPU fast path
+// (roiAlignCpu.cpp) takes the geometry and the axis taps from here but forms the weight products and the reduction
+// in its own loops, hoisted out of the channel loop; the tests compare it with poolOutputElement() run on the CPU
+// (roiAlignElementwiseCpu).
 //
-// Conventions (see plugins/README.md and the RoIAlign op contract in ARCHITECTURE.md):
+// Conventions (see plugins/README.md and the RoIAlign op contract in docs/architecture.md):
 //   * boxes are x1 y1 x2 y2 in input-image pixels; a level's spatial scale maps them to feature pixels;
 //   * aligned = half-pixel offset (detectron2 ROIAlignV2, ONNX coordinate_transformation_mode="half_pixel");
 //     legacy (aligned = false) forces the RoI size to at least 1 (torchvision Mask R-CNN, "output_half_pixel");
@@ -408,8 +412,8 @@ struct BinReducer
 //! One output bin: the full per-bin computation, used directly by the CUDA kernel and as the reference
 //! structure for the CPU path (which hoists the taps out of the channel loop).
 template <typename T>
-MRD_HD float poolBin(T const* plane, int32_t height, int32_t width, RoiGeometry const& g, int32_t ph, int32_t pw,
-    PoolMode mode)
+MRD_HD float poolBin(
+    T const* plane, int32_t height, int32_t width, RoiGeometry const& g, int32_t ph, int32_t pw, PoolMode mode)
 {
     BinReducer red(mode);
     for (int32_t iy = 0; iy < g.gridH; ++iy)

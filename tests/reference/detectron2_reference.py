@@ -25,7 +25,8 @@ Random weights and confident detections: detectron2's own init gives near-unifor
 0.01), so nothing would reach 0.3. Here (1) every FrozenBN gets the mean/variance of its input on a calibration
 image (a data-dependent init, so activations stay O(1) through 50 layers, as in a trained network), (2) the
 classifier weights are N(0, 0.25) after the box head's features are normalized the same way (fc2 bias shifted so
-its outputs are centred), and the background logit's bias is raised (``BACKGROUND_BIAS``: the best of ~5000 candidates per image
+its outputs are centred), and the background logit's bias is raised (``BACKGROUND_BIAS``: the best of ~5000
+candidates per image
 would otherwise all pass 0.3), and (3) the
 mask predictor's weights are scaled so mask logits have std ~3 (masks with structure, not a sea of 0.5). The
 seeds are fixed; the counts of detections >= 0.3 are printed and recorded in ``manifest.json``.
@@ -178,7 +179,9 @@ def save_pkl(model, path: Path) -> None:
         pickle.dump({"model": state, "__author__": "maskrcnn-deploy detectron2_reference"}, f, protocol=2)
 
 
-def run_detectron2(cfg, checkpoint: Path, images_rgb: List[np.ndarray], batched: bool = False) -> List[Dict[str, np.ndarray]]:
+def run_detectron2(
+    cfg, checkpoint: Path, images_rgb: List[np.ndarray], batched: bool = False
+) -> List[Dict[str, np.ndarray]]:
     """A fresh model from ``cfg`` loads ``checkpoint`` with DetectionCheckpointer; DefaultPredictor runs it."""
     from detectron2.engine import DefaultPredictor
 
@@ -258,10 +261,17 @@ def make_variant(variant: str, out: Path, images: List[np.ndarray], seed: int, f
             flat[f"batch{len(images)}_{i}_{k}"] = v
     np.savez_compressed(out / f"{variant}.outputs.npz", **flat)
     counts = [int((o["scores"] >= 0.3).sum()) for o in outputs]
-    print(f"{variant}: {ckpt.name} {ckpt.stat().st_size / 2**20:.2f} MiB; detections >= 0.3 per image: {counts}; "
-          f"all: {[len(o['scores']) for o in outputs]}")
-    return {"checkpoint": ckpt.name, "num_classes": int(cfg.MODEL.ROI_HEADS.NUM_CLASSES), "seed": seed,
-            "detections_ge_0.3": counts, "images": [f"image_{i}.png" for i in range(len(images))]}
+    print(
+        f"{variant}: {ckpt.name} {ckpt.stat().st_size / 2**20:.2f} MiB; detections >= 0.3 per image: {counts}; "
+        f"all: {[len(o['scores']) for o in outputs]}"
+    )
+    return {
+        "checkpoint": ckpt.name,
+        "num_classes": int(cfg.MODEL.ROI_HEADS.NUM_CLASSES),
+        "seed": seed,
+        "detections_ge_0.3": counts,
+        "images": [f"image_{i}.png" for i in range(len(images))],
+    }
 
 
 def main(argv=None) -> int:
@@ -278,7 +288,8 @@ def main(argv=None) -> int:
         return 0
     images = make_images(args.out)
     manifest = {
-        "command": "PYTHONPATH=/tmp/detectron2:. python tests/reference/detectron2_reference.py --out tests/fixtures/detectron2",
+        "command": "PYTHONPATH=/tmp/detectron2:. python tests/reference/detectron2_reference.py --out "
+        "tests/fixtures/detectron2",
         "zoo_pkl": make_variant("zoo_pkl", args.out, images, seed=1),
         "custom_pth": make_variant("custom_pth", args.out, images, seed=2),
     }

@@ -63,8 +63,8 @@ CLASSES = ("cube", "ring", "blob")
 
 
 def build_config(full_size: bool, style: str = "pytorch"):
-    from mmengine.config import Config
     import mmdet
+    from mmengine.config import Config
 
     cfg_path = Path(mmdet.__file__).parent / ".mim" / "configs" / "mask_rcnn" / "mask-rcnn_r50_fpn_1x_coco.py"
     cfg = Config.fromfile(str(cfg_path))
@@ -108,7 +108,7 @@ def randomize(model, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     model.init_weights()
     with torch.no_grad():
-        for name, m in model.named_modules():
+        for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.weight.copy_(0.5 + 0.5 * torch.rand(m.weight.shape, generator=g))
                 m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
@@ -161,8 +161,13 @@ def save_like_runner(model, cfg, path: Path) -> None:
         hub.update_scalar("train/lr", 0.02)
     hub.update_info("iter", 3)
     meta = dict(
-        cfg=cfg.pretty_text, seed=0, experiment_name="mmdet_reference", time=time.strftime("%Y%m%d_%H%M%S"),
-        mmengine_version=mmengine.__version__, epoch=1, iter=3,
+        cfg=cfg.pretty_text,
+        seed=0,
+        experiment_name="mmdet_reference",
+        time=time.strftime("%Y%m%d_%H%M%S"),
+        mmengine_version=mmengine.__version__,
+        epoch=1,
+        iter=3,
         dataset_meta=dict(classes=CLASSES, palette=[(220, 20, 60), (119, 11, 32), (0, 0, 142)]),
     )
     checkpoint = {"meta": meta, "state_dict": weights_to_cpu(get_state_dict(model)), "message_hub": hub.state_dict()}
@@ -192,8 +197,8 @@ def _packed(pred, size) -> dict:
 def batch_inference(detector, paths) -> list:
     """MMDetection's inference on all images as ONE batch: the test pipeline per image, then ``test_step`` on the
     collated batch (``DetDataPreprocessor`` stacks and pads it), as its test loop runs a batch of a dataloader."""
-    from mmengine.dataset import Compose, pseudo_collate
     from mmdet.utils import get_test_pipeline_cfg
+    from mmengine.dataset import Compose, pseudo_collate
 
     pipeline = Compose(get_test_pipeline_cfg(detector.cfg))
     batch = pseudo_collate([pipeline(dict(img_path=str(p), img_id=i)) for i, p in enumerate(paths)])
@@ -257,8 +262,10 @@ def main(argv=None) -> int:
         for key, value in _packed(result.pred_instances, path_size(path)).items():
             out[f"{key}_{i}"] = value
         scores = out[f"scores_{i}"]
-        print(f"{path.name}: {len(scores)} detections, top scores {np.round(scores[:5], 3)}, "
-              f"{int((scores >= 0.3).sum())} with score >= 0.3")
+        print(
+            f"{path.name}: {len(scores)} detections, top scores {np.round(scores[:5], 3)}, "
+            f"{int((scores >= 0.3).sum())} with score >= 0.3"
+        )
     batched = batch_inference(detector, images)
     for i, (path, result) in enumerate(zip(images, batched)):
         for key, value in _packed(result.pred_instances, path_size(path)).items():
@@ -296,13 +303,20 @@ def compare(ckpt: Path, images, out: dict) -> int:
         for i, det in enumerate(dets):
             n, h, w = (int(v) for v in out[f"{prefix}mask_shape_{i}"])
             masks = np.unpackbits(out[f"{prefix}masks_{i}"], axis=1)[:, : h * w].reshape(n, h, w).astype(bool)
-            ref = Detections(boxes=out[f"{prefix}boxes_{i}"], scores=out[f"{prefix}scores_{i}"],
-                             labels=out[f"{prefix}labels_{i}"] + 1, masks=masks, class_names=det.class_names,
-                             image_size=(h, w))
+            ref = Detections(
+                boxes=out[f"{prefix}boxes_{i}"],
+                scores=out[f"{prefix}scores_{i}"],
+                labels=out[f"{prefix}labels_{i}"] + 1,
+                masks=masks,
+                class_names=det.class_names,
+                image_size=(h, w),
+            )
             result = compare_detections(det, ref, thresholds)
             failed += not result.ok
-            print(f"batch {batch}, {images[i].name}: {result.summary()} (exact: box IoU {result.worst_box_iou:.6f}, "
-                  f"|dscore| {result.worst_score_diff:.2e}, mask IoU {result.worst_mask_iou:.6f})")
+            print(
+                f"batch {batch}, {images[i].name}: {result.summary()} (exact: box IoU {result.worst_box_iou:.6f}, "
+                f"|dscore| {result.worst_score_diff:.2e}, mask IoU {result.worst_mask_iou:.6f})"
+            )
     return 1 if failed else 0
 
 
