@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint venv plugin clean
+.PHONY: demo test lint typecheck venv plugin clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 # ruff (lint + format, pyproject.toml) for the Python, clang-format (plugins/.clang-format) for plugins/; CI runs it.
 # `ruff check --fix . && ruff format .` and clang-format -i on the same files apply the style.
 PLUGIN_SOURCES = $(shell git ls-files 'plugins/*.h' 'plugins/*.hpp' 'plugins/*.cpp' 'plugins/*.cu' 'plugins/*.cuh')
+# mypy on the runtime layer deploy_sdk (files and settings in pyproject.toml's [tool.mypy]); CI runs it.
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -166,8 +166,8 @@ def _varint(buf: memoryview, pos: int) -> Tuple[int, int]:
 
 def _data(value: Union[int, memoryview]) -> memoryview:
     """The bytes of a length-delimited field (wire type 2, which the callers check)."""
-    if isinstance(value, int):
-        raise TypeError(f"a length-delimited protobuf field was expected, got the number {value}")
+    if isinstance(value, int):  # a damaged file: the caller turns ValueError into a one-line EngineError
+        raise ValueError(f"a length-delimited protobuf field was expected, got the number {value}")
     return value
 
 
