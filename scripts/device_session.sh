@@ -15,7 +15,7 @@
 # training train.log, training_log.json, model.safetensors parts (<16 MB each; `cat` them back together).
 #
 #   OUT=$OUT bash scripts/device_session.sh                       # on the GPU machine (~6 min)
-#   OUT=/tmp/dry BENCH_DEVICE=cpu QUICK=1 bash scripts/device_session.sh
+#   OUT=dry_out BENCH_DEVICE=cpu QUICK=1 bash scripts/device_session.sh
 #                                                                 # CPU dry run: GPU tests skip, tiny bench
 # Without CUDA (or with BENCH_DEVICE=cpu) the GPU-only parts say so in checks.log and are skipped or run on the CPU
 # in their smallest form (QUICK=1: batch 1, one iteration, 2 AP images), so the script is tested end to end

@@ -4,8 +4,8 @@ backend), called over HTTP and gRPC with `tritonclient`: the answers equal `Pred
 PyTriton 0.7.0 pins numpy<2, and this project's environment has numpy 2, so PyTriton cannot live in it. The test
 runs in a separate interpreter named by ``MASKRCNN_DEPLOY_PYTRITON_PYTHON`` and skips without one:
 
-    python3 -m venv /tmp/pytriton && /tmp/pytriton/bin/pip install nvidia-pytriton onnxruntime pillow
-    MASKRCNN_DEPLOY_PYTRITON_PYTHON=/tmp/pytriton/bin/python pytest tests/test_serving_pytriton.py
+    python3 -m venv ../pytriton-venv && ../pytriton-venv/bin/pip install nvidia-pytriton onnxruntime pillow
+    MASKRCNN_DEPLOY_PYTRITON_PYTHON=../pytriton-venv/bin/python pytest tests/test_serving_pytriton.py
 
 The Python backend's stub links ``libpython3.X.so`` from the library path: the script puts the interpreter's own
 ``LIBDIR`` first, so that a system libpython of another patch release (Debian's 3.11.2 next to a 3.11.7 interpreter

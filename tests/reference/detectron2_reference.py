@@ -34,7 +34,7 @@ seeds are fixed; the counts of detections >= 0.3 are printed and recorded in ``m
 Command (from the repository root; detectron2's source tree from github.com/facebookresearch/detectron2 on
 PYTHONPATH, its Python dependencies installed; its _C extension is not needed on CPU)::
 
-    PYTHONPATH=/tmp/detectron2:. /tmp/d2env/bin/python tests/reference/detectron2_reference.py \
+    PYTHONPATH=<detectron2 source tree>:. <d2 venv>/bin/python tests/reference/detectron2_reference.py \
         --out tests/fixtures/detectron2
 
 ``--full-size`` instead builds the full-width R50-FPN (random weights, same init) into ``--out`` for the
@@ -288,7 +288,7 @@ def main(argv=None) -> int:
         return 0
     images = make_images(args.out)
     manifest = {
-        "command": "PYTHONPATH=/tmp/detectron2:. python tests/reference/detectron2_reference.py --out "
+        "command": "PYTHONPATH=<detectron2 source tree>:. python tests/reference/detectron2_reference.py --out "
         "tests/fixtures/detectron2",
         "zoo_pkl": make_variant("zoo_pkl", args.out, images, seed=1),
         "custom_pth": make_variant("custom_pth", args.out, images, seed=2),

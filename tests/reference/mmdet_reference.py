@@ -4,7 +4,7 @@ by mmengine, and MMDetection's own inference on a few images of different sizes.
 Needs MMDetection 3.3.0, mmengine and the full mmcv (with its CPU ops), which CI does not install. Command (from
 the repository root, in a venv that has them):
 
-    PYTHONPATH=. /tmp/mm/venv/bin/python tests/reference/mmdet_reference.py tests/fixtures/mmdet
+    PYTHONPATH=. <mmdet venv>/bin/python tests/reference/mmdet_reference.py tests/fixtures/mmdet
 
 How that venv was made (2026-12-02; Python 3.11, the repository's torch 2.14.1 / torchvision 0.29.1): ``python3.11
 -m venv``, a ``.pth`` file running ``site.addsitedir`` on the repository venv's site-packages (torch, numpy, cv2,
@@ -21,7 +21,7 @@ to the output folder. ``--compare`` then exports the written checkpoint with the
 detections agree with MMDetection's, per image and as one batch (the issue's thresholds); the full-size figures of
 the closing note came from
 
-    PYTHONPATH=. /tmp/mm/venv/bin/python tests/reference/mmdet_reference.py /tmp/mm/full --full-size --compare
+    PYTHONPATH=. <mmdet venv>/bin/python tests/reference/mmdet_reference.py full_r50_out --full-size --compare
 
 What it writes to the output folder:
 
