@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_import_detectron2 import THRESHOLDS  # the issue's match criteria, the same for both frameworks
 
 from deploy_sdk.conversion.parity import compare_detections
 
@@ -41,6 +42,29 @@ class _Clock:
         self.stages.append(stage)
 
 
+def _run_and_compare(system, images, reference_of):
+    """Run ``system`` on the images as one batch; every detection >= 0.3 of ``reference_of(i, names)`` must match."""
+    clock = _Clock()
+    dets = system.run(images, clock)
+    assert clock.stages == ["preprocess", "inference", "postprocess"]
+    checked = 0
+    for i, det in enumerate(dets):
+        result = compare_detections(det, reference_of(i, det.class_names), THRESHOLDS)
+        assert not result.problems, f"image {i}: {result}"
+        checked += result.num_reference
+    assert checked >= 10
+
+
+def _bench_errors(checkpoint: Path, system: str, capsys):
+    """Run ``bench CHECKPOINT --compare SYSTEM`` (tiny settings): its exit code and its ``error:`` lines."""
+    from deploy_sdk.cli import main
+
+    argv = ["bench", str(checkpoint), "--compare", system, "--warmup", "0", "--iters", "1", "--image-size", "64x64"]
+    rc = main([*argv, "--quiet"])
+    err = capsys.readouterr().err
+    return rc, [line for line in err.splitlines() if "error:" in line], err
+
+
 @pytest.mark.skipif(
     not HAVE_DETECTRON2,
     reason="detectron2 is not importable (not on the package index; put its "
@@ -48,71 +72,28 @@ class _Clock:
 )
 @pytest.mark.parametrize("variant", ["zoo_pkl", "custom_pth"])
 def test_detectron2_eager_system_reproduces_default_predictor(variant):
-    from test_import_detectron2 import THRESHOLDS, VARIANTS, _images, _load, _reference
+    from test_import_detectron2 import VARIANTS, _images, _load, _reference
 
     from deploy_sdk.benchmarks.framework_baselines import framework_eager_system
 
     ckpt, config = VARIANTS[variant]
-    loaded = _load(variant)
-    system = framework_eager_system(loaded, FIXTURES / ckpt, FIXTURES / config if config else None, "cpu")
+    system = framework_eager_system(_load(variant), FIXTURES / ckpt, FIXTURES / config if config else None, "cpu")
     outputs = np.load(FIXTURES / f"{variant}.outputs.npz")
-    clock = _Clock()
-    dets = system.run(_images(), clock)  # one batched call, as the fixture's batch3_* outputs
-    assert clock.stages == ["preprocess", "inference", "postprocess"]
-    checked = 0
-    for i, det in enumerate(dets):
-        result = compare_detections(det, _reference(outputs, f"batch3_{i}", det.class_names), THRESHOLDS)
-        assert not result.problems, f"image {i}: {result}"
-        checked += result.num_reference
-    assert checked >= 10
+    # one batched call, as the fixture's batch3_* outputs
+    _run_and_compare(system, _images(), lambda i, names: _reference(outputs, f"batch3_{i}", names))
 
 
 @pytest.mark.skipif(
     HAVE_DETECTRON2, reason="detectron2 is importable here: the missing-framework message is not reachable"
 )
-def test_bench_says_detectron2_is_needed_for_its_torch_eager(tmp_path, capsys):
-    from deploy_sdk.cli import main
-
-    rc = main(
-        [
-            "bench",
-            str(FIXTURES / "zoo_pkl.pkl"),
-            "--compare",
-            "torch-eager",
-            "--warmup",
-            "0",
-            "--iters",
-            "1",
-            "--image-size",
-            "64x64",
-            "--quiet",
-        ]
-    )
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "error:" in line]
+def test_bench_says_detectron2_is_needed_for_its_torch_eager(capsys):
+    rc, lines, err = _bench_errors(FIXTURES / "zoo_pkl.pkl", "torch-eager", capsys)
     assert rc == 1 and len(lines) == 1, err
     assert "detectron2 is not importable" in lines[0] and "torch-eager" in lines[0]
 
 
 def test_bench_refuses_torchvision_export_of_a_detectron2_checkpoint(capsys):
-    from deploy_sdk.cli import main
-
-    rc = main(
-        [
-            "bench",
-            str(FIXTURES / "zoo_pkl.pkl"),
-            "--compare",
-            "torchvision-onnx",
-            "--warmup",
-            "0",
-            "--iters",
-            "1",
-            "--image-size",
-            "64x64",
-            "--quiet",
-        ]
-    )
-    err = capsys.readouterr().err
+    rc, _, err = _bench_errors(FIXTURES / "zoo_pkl.pkl", "torchvision-onnx", capsys)
     assert rc == 1 and "detectron2 checkpoint" in err and "torch-eager" in err, err
 
 
@@ -122,49 +103,21 @@ def test_bench_refuses_torchvision_export_of_a_detectron2_checkpoint(capsys):
     "its ops are not in the dev install; mmcv has no wheel)",
 )
 def test_mmdet_eager_system_reproduces_mmdetection():
-    from test_import_mmdet import CHECKPOINT, THRESHOLDS, _images, _load, _reference
+    from test_import_mmdet import CHECKPOINT, _images, _load, _reference
 
     from deploy_sdk.benchmarks.framework_baselines import framework_eager_system
 
-    loaded = _load()
-    system = framework_eager_system(loaded, CHECKPOINT, None, "cpu")
+    system = framework_eager_system(_load(), CHECKPOINT, None, "cpu")
     outputs = np.load(MMDET_FIXTURES / "reference.npz")
-    clock = _Clock()
-    dets = system.run(_images(), clock)  # one test_step on the batch, as the fixture's batch3_* outputs
-    assert clock.stages == ["preprocess", "inference", "postprocess"]
-    checked = 0
-    for i, det in enumerate(dets):
-        ref = _reference(
-            {k: outputs[f"batch3_{k}_{i}"] for k in ("boxes", "scores", "labels", "masks", "mask_shape")},
-            "",
-            det.class_names,
-        )
-        result = compare_detections(det, ref, THRESHOLDS)
-        assert not result.problems, f"image {i}: {result}"
-        checked += result.num_reference
-    assert checked >= 10
+    keys = ("boxes", "scores", "labels", "masks", "mask_shape")
+    # one test_step on the batch, as the fixture's batch3_* outputs
+    _run_and_compare(
+        system, _images(), lambda i, names: _reference({k: outputs[f"batch3_{k}_{i}"] for k in keys}, "", names)
+    )
 
 
 @pytest.mark.skipif(HAVE_MMDET, reason="MMDetection is importable here: the missing-framework message is not reachable")
 def test_bench_says_mmdetection_is_needed_for_its_torch_eager(capsys):
-    from deploy_sdk.cli import main
-
-    rc = main(
-        [
-            "bench",
-            str(MMDET_FIXTURES / "mask_rcnn_r50_fpn_tiny.pth"),
-            "--compare",
-            "torch-eager",
-            "--warmup",
-            "0",
-            "--iters",
-            "1",
-            "--image-size",
-            "64x64",
-            "--quiet",
-        ]
-    )
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "error:" in line]
+    rc, lines, err = _bench_errors(MMDET_FIXTURES / "mask_rcnn_r50_fpn_tiny.pth", "torch-eager", capsys)
     assert rc == 1 and len(lines) == 1, err
     assert "MMDetection" in lines[0] and "not importable" in lines[0] and "torch-eager" in lines[0]

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from deploy_sdk.commands.options import positive_int
+from deploy_sdk.commands.options import add_runtime_arguments, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,14 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=positive_int, default=4, help="images per block: one model call and one shard (default 4)"
     )
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "onnxruntime", "openvino", "tensorrt"],
-        help="default: from the model file's suffix",
-    )
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--threads", type=positive_int, default=None, help="intra-op threads per worker")
+    add_runtime_arguments(parser, per="worker")
     parser.add_argument("--num-cpus", type=float, default=1.0, help="Ray CPUs per worker (default 1)")
     parser.add_argument("--num-gpus", type=float, default=0.0, help="Ray GPUs per worker (default 0)")
     parser.add_argument(

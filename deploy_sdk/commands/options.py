@@ -47,6 +47,20 @@ def add_trust_checkpoint_argument(parser) -> None:
     parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
 
 
+# The Predictor backends of the runtime layer (the torch backend needs deploy_sdk.conversion and its extra).
+RUNTIME_BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
+
+
+def add_runtime_arguments(parser, per: str) -> None:
+    """Add ``--backend`` (:data:`RUNTIME_BACKENDS`), ``--device`` and ``--threads`` for the Predictor of each
+    ``per`` (e.g. "replica", "worker") of a serving command."""
+    parser.add_argument(
+        "--backend", default="auto", choices=RUNTIME_BACKENDS, help="default: from the model file's suffix"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--threads", type=positive_int, default=None, help=f"intra-op threads per {per}")
+
+
 class Terminated(KeyboardInterrupt):
     """Raised in the main thread on SIGTERM, so that the program unwinds as for Ctrl-C: ``with`` blocks and
     ``finally`` clauses run and delete temporary output (the default SIGTERM action would kill the process on the

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from deploy_sdk.commands.options import positive_int, sigterm_unwinds
+from deploy_sdk.commands.options import add_runtime_arguments, positive_int, sigterm_unwinds
 
 
 def _non_negative_float(text: str) -> float:
@@ -73,14 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         help="longest wait for a batch to fill (default 10 ms)",
     )
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "onnxruntime", "openvino", "tensorrt"],
-        help="default: from the model file's suffix",
-    )
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--threads", type=positive_int, default=None, help="intra-op threads per replica")
+    add_runtime_arguments(parser, per="replica")
     parser.add_argument("--num-cpus", type=_non_negative_float, default=1.0, help="Ray CPUs per replica (default 1)")
     parser.add_argument(
         "--num-gpus",
