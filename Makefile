@@ -22,10 +22,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
-# ruff (lint + format, pyproject.toml) for the Python, clang-format (plugins/.clang-format) for plugins/; CI runs it.
+# ruff (lint + format, pyproject.toml) for the Python, clang-format (plugins/.clang-format) for plugins/, and the
+# import-layer contract (lint-imports, pyproject.toml's [tool.importlinter]); CI runs it.
 # `ruff check --fix . && ruff format .` and clang-format -i on the same files apply the style.
 PLUGIN_SOURCES = $(shell git ls-files 'plugins/*.h' 'plugins/*.hpp' 'plugins/*.cpp' 'plugins/*.cu' 'plugins/*.cuh')
-# mypy on the runtime layer deploy_sdk (files and settings in pyproject.toml's [tool.mypy]); CI runs it.
+# mypy on the whole package, conversion and benchmarks included (files and settings in pyproject.toml's [tool.mypy]);
+# CI runs it.
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
@@ -33,6 +35,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/clang-format --dry-run --Werror $(PLUGIN_SOURCES)
+	$(VENV)/bin/lint-imports
 
 # The path of the RoIAlign plugin library with CUDA, for trtexec --dynamicPlugins: the one the install compiled into
 # the package (deploy_sdk/_lib/), or, when that one lacks CUDA or the TensorRT plugins that headers found now (or

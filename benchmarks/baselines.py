@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -62,6 +62,8 @@ class TorchEagerSystem:
     ``model.transform`` (normalize, resize, pad, batch); inference = backbone, RPN, RoI heads; postprocess =
     ``transform.postprocess`` (boxes back to the original size, mask pasting) and conversion to ``Detections``.
     """
+
+    load_rss_mb: Optional[float] = None  # memory its construction took (MB): see side_by_side.BenchSystem
 
     def __init__(self, model: Any, class_names: Sequence[str], device: str = "cpu", name: str = "torch-eager"):
         self._torch = require("torch", "convert", "the torch-eager baseline")
@@ -145,6 +147,8 @@ class TorchvisionOnnxSystem:
     thresholding and conversion to ``Detections``.
     """
 
+    load_rss_mb: Optional[float] = None  # memory its construction took (MB): see side_by_side.BenchSystem
+
     def __init__(
         self,
         onnx_path: os.PathLike,
@@ -205,7 +209,7 @@ class TorchvisionOpenVinoSystem(TorchvisionOnnxSystem):
         from deploy_sdk.backends.openvino import openvino_device
 
         target = openvino_device(device)
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        config: Dict[str, Union[str, int]] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if threads and target == "CPU":
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = ov.Core()

@@ -122,6 +122,8 @@ class Detectron2EagerSystem:
     postprocess = ``detector_postprocess`` (boxes to the original size, mask pasting) and ``Detections``.
     """
 
+    load_rss_mb: Optional[float] = None  # memory its construction took (MB): see side_by_side.BenchSystem
+
     def __init__(
         self,
         checkpoint: Path,
@@ -221,6 +223,8 @@ class MMDetEagerSystem:
     normalization and padding, backbone, RPN, RoI heads, rescaling and mask pasting: MMDetection does them in one
     call); postprocess = conversion to ``Detections``.
     """
+
+    load_rss_mb: Optional[float] = None  # memory its construction took (MB): see side_by_side.BenchSystem
 
     def __init__(self, checkpoint: Path, class_names: Sequence[str], device: str = "cpu", name: str = "torch-eager"):
         self._torch = require("torch", "convert", "the torch-eager baseline")

@@ -123,6 +123,7 @@ def load_average() -> Optional[List[float]]:
 
 def machine_info(threads: Optional[int] = None) -> Dict[str, Any]:
     """The machine the numbers were measured on: CPU, cores, memory, GPUs, library versions, load."""
+    usable: Optional[int]
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux

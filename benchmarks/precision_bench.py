@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -126,7 +126,7 @@ def measure_accuracy(
             if index >= num_images[name]:
                 continue
             start = time.perf_counter()
-            det = predictor.predict(image)
+            det = predictor.predict([image])[0]
             seconds[name] += time.perf_counter() - start
             found[name].extend(detections_to_coco(det, entry["id"]))
             done[name].append(entry["id"])
@@ -158,7 +158,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     models = {"fp32": args.fp32, "int8": args.int8}
     if args.fp16 is not None:
         models["fp16"] = args.fp16
-    results: Dict[str, object] = {"threads": args.threads, "models": {k: str(v) for k, v in models.items()}}
+    results: Dict[str, Any] = {"threads": args.threads, "models": {k: str(v) for k, v in models.items()}}
     latency = measure_latency(models, args.eval, args.latency_images, args.threads)
     results["latency_batch1"] = latency
     results["int8_speedup_vs_fp32"] = latency["fp32"]["median_ms"] / latency["int8"]["median_ms"]
@@ -185,7 +185,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"{'graph':<6} {'median ms':>10} {'p90 ms':>8} {'box AP':>8} {'mask AP':>8} {'images':>7}")
     for name in models:
         lat = latency[name]
-        acc = results.get("accuracy", {}).get(name, {})  # type: ignore[union-attr]
+        acc = results.get("accuracy", {}).get(name, {})
         box = f"{100 * acc['box_ap']:.2f}" if acc else "-"
         mask = f"{100 * acc['mask_ap']:.2f}" if acc else "-"
         print(
@@ -194,7 +194,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
     print(f"INT8 speed-up over fp32 (ratio of medians): {results['int8_speedup_vs_fp32']:.2f}x")
     if "accuracy" in results:
-        acc = results["accuracy"]  # type: ignore[assignment]
+        acc = results["accuracy"]
         for name in [n for n in models if n != "fp32"]:
             if acc[name].get("num_images") != acc["fp32"].get("num_images"):
                 # AP over different image sets is not a difference of precision: say so instead of subtracting.

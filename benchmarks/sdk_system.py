@@ -23,6 +23,8 @@ class PredictorSystem:
     exposes none, the whole call is charged to ``inference`` and ``notes`` says so.
     """
 
+    load_rss_mb: Optional[float] = None  # memory its construction took (MB): see side_by_side.BenchSystem
+
     def __init__(
         self,
         model: os.PathLike,

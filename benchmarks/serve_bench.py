@@ -41,8 +41,6 @@ import numpy as np
 
 __all__ = ["main", "percentiles", "run_in_process", "run_load"]
 
-SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shapes_r18" / "model.safetensors"
-
 
 def percentiles(samples_ms: Sequence[float]) -> Dict[str, float]:
     """p50/p90/p99 (numpy's linear interpolation) and the mean of ``samples_ms``."""
@@ -256,13 +254,13 @@ def format_table(in_process: Dict[int, Dict[str, float]], rows: List[Dict[str, A
             f"{r['images_per_s'] / best:.2f} | {r['p50_ms']:.0f} | {r['p90_ms']:.0f} | {r['p99_ms']:.0f} "
             "| - |"
         )
-    for r in rows:
-        paired = r["in_process_paired"]["images_per_s"]
+    for row in rows:
+        paired = row["in_process_paired"]["images_per_s"]
         lines.append(
-            f"| service | {r['batch_wait_ms']:g} | concurrency {r['concurrency']} | {r['images_per_s']:.2f} "
-            f"| {paired:.2f} | {r['images_per_s'] / paired:.2f} | {r.get('p50_ms', float('nan')):.0f} | "
-            f"{r.get('p90_ms', float('nan')):.0f} | {r.get('p99_ms', float('nan')):.0f} | "
-            f"{r['requests'] - r['ok']} |"
+            f"| service | {row['batch_wait_ms']:g} | concurrency {row['concurrency']} | {row['images_per_s']:.2f} "
+            f"| {paired:.2f} | {row['images_per_s'] / paired:.2f} | {row.get('p50_ms', float('nan')):.0f} | "
+            f"{row.get('p90_ms', float('nan')):.0f} | {row.get('p99_ms', float('nan')):.0f} | "
+            f"{row['requests'] - row['ok']} |"
         )
     lines.append("")
     lines.append(
@@ -276,7 +274,7 @@ def format_table(in_process: Dict[int, Dict[str, float]], rows: List[Dict[str, A
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--model", type=Path, default=SHIPPED, help="an .onnx file or a checkpoint (default: the shipped model)"
+        "--model", type=Path, default=None, help="an .onnx file or a checkpoint (default: the shipped model)"
     )
     parser.add_argument(
         "--cache",
@@ -312,6 +310,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from deploy_sdk import Predictor
     from deploy_sdk.benchmarks.machine import load_average, machine_info
 
+    if args.model is None:
+        from deploy_sdk.conversion.checkpoint import shipped_model_path
+
+        args.model = shipped_model_path()
     model = _onnx_model(args.model, args.cache)
     images = _images(args.images, args.size)
     with Predictor(model, batch_size=1, threads=args.threads, mask_format="rle") as predictor:

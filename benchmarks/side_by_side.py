@@ -30,6 +30,9 @@ class BenchSystem(Protocol):
     name: str
     device: str
     notes: str
+    # Resident memory (MB) the system's construction took, set by whoever built it; None when not measured. A
+    # system without the attribute counts as not measured.
+    load_rss_mb: Optional[float]
 
     def run(self, images: Sequence[np.ndarray], clock: StageClock) -> list:
         """images: HxWx3 uint8 RGB arrays; returns one ``Detections`` per image, in order."""
@@ -127,8 +130,9 @@ def run_side_by_side(
                 before = current_rss_mb()
                 system.run(batch, clocks[system.name])
                 after = current_rss_mb()
-                if before is not None and after is not None and resident[system.name] is not None:
-                    resident[system.name] = resident[system.name] + max(0.0, after - before)  # type: ignore[operator]
+                brought = resident[system.name]
+                if before is not None and after is not None and brought is not None:
+                    resident[system.name] = brought + max(0.0, after - before)
                 bar.update()
         samples: Dict[str, List[Dict[str, float]]] = {s.name: [] for s in systems}
         peaks: Dict[str, List[float]] = {s.name: [] for s in systems}
@@ -180,11 +184,12 @@ def run_side_by_side(
                     image_sizes=[list(s) for s in image_sizes],
                     notes=getattr(system, "notes", ""),
                     run_peak_mb=max(rises[system.name]) if rises[system.name] else None,
-                    memory_mb=(
-                        resident[system.name] + max(rises[system.name])
-                        if rises[system.name] and resident[system.name] is not None
-                        else None
-                    ),
+                    memory_mb=_memory_mb(resident[system.name], rises[system.name]),
                 )
             )
     return results
+
+
+def _memory_mb(resident: Optional[float], rises: List[float]) -> Optional[float]:
+    """What a system needs in memory: what it brought plus its largest rise during one run (None if unknown)."""
+    return resident + max(rises) if rises and resident is not None else None

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.ops import MultiScaleRoIAlign
 
+from deploy_sdk.conversion.checkpoints.settings import RoIAlignSettings
 from deploy_sdk.conversion.roi_align_function import RoIAlignConfig, multi_level_roi_align
 from deploy_sdk.errors import UnsupportedModelError
 
@@ -137,20 +138,7 @@ def _pooler_config(pool: nn.Module, spatial_scales: List[float], what: str) -> R
         raise UnsupportedModelError(
             f"{what} is a {type(pool).__name__}; only torchvision MultiScaleRoIAlign poolers are supported"
         )
-    size = pool.output_size
-    oh, ow = (size, size) if isinstance(size, int) else tuple(size)
-    return RoIAlignConfig(
-        output_height=int(oh),
-        output_width=int(ow),
-        sampling_ratio=int(pool.sampling_ratio),
-        spatial_scales=tuple(spatial_scales),
-        # torchvision's MultiScaleRoIAlign always calls roi_align(aligned=False); importers of half-pixel frameworks
-        # use checkpoints.settings.AlignedMultiScaleRoIAlign, which says so with `aligned = True`.
-        aligned=int(bool(getattr(pool, "aligned", False))),
-        mode="avg",
-        canonical_scale=float(pool.canonical_scale),
-        canonical_level=int(pool.canonical_level),
-    )
+    return RoIAlignSettings.from_pooler(pool).config(spatial_scales)
 
 
 class DeploymentModule(nn.Module):
@@ -160,6 +148,10 @@ class DeploymentModule(nn.Module):
     ``max_detections``
     is K, the padded output size. ``debug=True`` appends :data:`DEBUG_OUTPUT_NAMES` to the outputs.
     """
+
+    # Buffers (register_buffer in __init__): the normalization, [1, 3, 1, 1] each.
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, loaded_model, max_detections: int = 100, debug: bool = False):
         super().__init__()
@@ -382,7 +374,8 @@ class DeploymentModule(nn.Module):
         # are zeroed below.
         num = valid.sum(1)
         n = torch.clamp(num.max(), min=1)
-        first = torch.arange(n, device=det_boxes.device)
+        # torch's type hints take a Python number as the end only; a 0-d tensor works and keeps the graph dynamic.
+        first = torch.arange(n, device=det_boxes.device)  # type: ignore[call-overload]
         mask_boxes = det_boxes.index_select(1, first)
         mask_pooled = multi_level_roi_align(mask_boxes, feats, self.mask_pool_cfg)
         mask_pooled = mask_pooled.reshape((-1,) + tuple(mask_pooled.shape[2:]))

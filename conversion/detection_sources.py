@@ -2,7 +2,8 @@
 
 A *source* is one model run on batches of images:
 
-- a checkpoint: torchvision's own ``MaskRCNN`` eval path (the reference, :func:`reference_detections`);
+- a checkpoint: torchvision's own ``MaskRCNN`` eval path on the same batches
+  (:func:`deploy_sdk.conversion.reference.batch_reference_detections`);
 - an ONNX graph (fp32, fp16 or INT8 Q/DQ): ONNX Runtime through :class:`deploy_sdk.Predictor`;
 - an engine: TensorRT through :class:`deploy_sdk.Predictor` (needs TensorRT and a GPU).
 
@@ -49,7 +50,7 @@ class DetectionSource:
 
 
 class CheckpointSource(DetectionSource):
-    """torchvision's model from a checkpoint: the reference every export is measured against."""
+    """torchvision's model from a checkpoint, each batch run as one (:func:`batch_reference_detections`)."""
 
     kind = CHECKPOINT
 
@@ -60,9 +61,9 @@ class CheckpointSource(DetectionSource):
         self.label = f"{self.path.name} (PyTorch, torchvision's model)"
 
     def detections(self, images: Sequence[np.ndarray], canvas: Canvas = None) -> List[Detections]:
-        from deploy_sdk.conversion.commands.check import reference_detections
+        from deploy_sdk.conversion.reference import batch_reference_detections
 
-        return reference_detections(self.loaded, images, canvas=canvas, mask_threshold=None)
+        return batch_reference_detections(self.loaded, images, canvas=canvas, mask_threshold=None)
 
 
 class GraphSource(DetectionSource):

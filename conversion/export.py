@@ -78,7 +78,7 @@ def export_onnx(
     model = loaded_model.model
     t0 = time.time()
     module = DeploymentModule(loaded_model, max_detections=max_detections, debug=debug).eval()
-    if height is not None:
+    if height is not None and width is not None:  # check_export_options refused one without the other
         th, tw = height, width
     elif trace_size is not None:
         th, tw = trace_size

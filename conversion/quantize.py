@@ -32,6 +32,7 @@ import numpy as np
 from deploy_sdk.conversion.graph_file import load_deployment_graph, require_fp32, write_deployment_graph
 from deploy_sdk.errors import DeploySdkError, EngineError, require
 from deploy_sdk.model_metadata import ModelMetadata
+from deploy_sdk.progress import ProgressBar
 
 __all__ = [
     "QUANTIZED_OP_TYPES",
@@ -102,7 +103,7 @@ class ImageCalibrationReader:
         self.metadata = metadata
         self.images_dtype = images_dtype
         self._next = 0
-        self._bar = None
+        self._bar: Optional[ProgressBar] = None
         self._progress = progress
         self._stream = stream
 
@@ -128,8 +129,6 @@ class ImageCalibrationReader:
                 self._bar = None
             return None
         if self._bar is None and self._progress:
-            from deploy_sdk.progress import ProgressBar
-
             self._bar = ProgressBar(len(self.image_paths), "calibrating", stream=self._stream)
         item = self._inputs(self.image_paths[self._next])
         self._next += 1
@@ -331,7 +330,7 @@ def quantize_int8(
     )
     reader = ImageCalibrationReader(images, metadata, _images_dtype(model), progress=progress, stream=stream)
     for_tensorrt = target == "tensorrt"
-    extra_options = {
+    extra_options: Dict[str, Union[bool, float]] = {
         # TensorRT takes only symmetric int8 (zero point 0) for activations and weights.
         "ActivationSymmetric": for_tensorrt,
         "WeightSymmetric": True,

@@ -6,9 +6,10 @@ op contract"):
 - inputs: ``rois`` [B, R, 4] float, x1 y1 x2 y2 in input-image (canvas) pixels, then the feature maps
   P2..Pn, each [B, C, Hl, Wl]
 - output: [B, R, C, output_height, output_width]
-- attributes: output_height, output_width (int), sampling_ratio (int, always written: some ONNX parsers default a
-  missing one to 1 instead of 0), spatial_scales (floats, one per level), aligned (int), mode (string, "avg"),
-  canonical_scale (float), canonical_level (int).
+- attributes: the plugin's fields for the op (``deploy_sdk.plugins.OP_FIELDS``, mirror of the C++ table): output_height,
+  output_width (int), sampling_ratio (int, always written: some ONNX parsers default a missing one to 1 instead of
+  0), spatial_scales (floats, one per level), aligned (int), mode (string, "avg"), canonical_scale (float),
+  canonical_level (int); :class:`RoIAlignConfig` holds them.
 
 The node carries a model-local ONNX function made of standard ops so that ONNX Runtime (or any ONNX runtime)
 runs the file with no custom library; TensorRT's engine builder strips the function
@@ -58,18 +59,18 @@ __all__ = [
 ROI_ALIGN_DOMAIN = plugins.PLUGIN_DOMAIN
 ROI_ALIGN_OP = plugins.MULTILEVEL_OP
 ROI_ALIGN_VERSION = plugins.PLUGIN_VERSION
-_ONNX_TYPE = {
-    plugins.FIELD_OUTPUT_HEIGHT: "INT",
-    plugins.FIELD_OUTPUT_WIDTH: "INT",
-    plugins.FIELD_SAMPLING_RATIO: "INT",
-    plugins.FIELD_SPATIAL_SCALES: "FLOATS",
-    plugins.FIELD_ALIGNED: "INT",
-    plugins.FIELD_MODE: "STRING",
-    plugins.FIELD_CANONICAL_SCALE: "FLOAT",
-    plugins.FIELD_CANONICAL_LEVEL: "INT",
-}
+#: The node's attributes: the plugin's field table for the op (deploy_sdk.plugins.OP_FIELDS), in its order.
+_FIELDS = plugins.op_fields(ROI_ALIGN_OP)
 #: Attribute name -> ONNX attribute type name, in the plugin's field order.
-ROI_ALIGN_ATTRIBUTES = {name: _ONNX_TYPE[name] for name in plugins.MULTILEVEL_FIELDS}
+ROI_ALIGN_ATTRIBUTES = {f.name: f.kind.upper() for f in _FIELDS}
+# TorchScript symbolic naming (name_i / name_f / name_s) and the Python type of each field kind.
+_SYMBOLIC_SUFFIX = {"int": "_i", "float": "_f", "floats": "_f", "string": "_s"}
+_PYTHON_TYPE = {"int": int, "float": float, "floats": float, "string": str}
+
+
+def _default(name: str):
+    return plugins.field_default(ROI_ALIGN_OP, name)
+
 
 _EPS = 1e-6  # the FPN level formula's epsilon (torchvision LevelMapper)
 
@@ -79,16 +80,18 @@ ROI_ALIGN_KERNELS = ("plugin", "torchvision")
 
 @dataclass(frozen=True)
 class RoIAlignConfig:
-    """Attributes of one `MultiLevelRoIAlign` node (one RoI pooler)."""
+    """Attributes of one `MultiLevelRoIAlign` node (one RoI pooler): one dataclass field per field of the plugin's
+    table (deploy_sdk.plugins.OP_FIELDS, same names; the defaults are the table's), plus ``kernel``. A torchvision
+    pooler becomes one through ``checkpoints.settings.RoIAlignSettings.from_pooler(pool).config(scales)``."""
 
     output_height: int
     output_width: int
     sampling_ratio: int
     spatial_scales: tuple
-    aligned: int = 0
-    mode: str = "avg"
-    canonical_scale: float = 224.0
-    canonical_level: int = 4
+    aligned: int = _default("aligned")
+    mode: str = _default("mode")
+    canonical_scale: float = _default("canonical_scale")
+    canonical_level: int = _default("canonical_level")
     #: Which code pools in eager PyTorch (not an ONNX attribute): "plugin" = this project's library through the
     #: custom op ``torch.ops.maskrcnn_deploy.multilevel_roi_align`` (on CUDA the kernel TensorRT runs, on CPU the
     #: library's CPU fast path; no data-dependent shapes, so CUDA graphs can capture it), "torchvision" =
@@ -116,17 +119,14 @@ class RoIAlignConfig:
         return int(round(-math.log2(self.spatial_scales[0])))
 
     def onnx_attributes(self) -> dict:
-        """Attributes for ``g.op`` (TorchScript symbolic naming: name_i / name_f / name_s)."""
-        return {
-            "output_height_i": int(self.output_height),
-            "output_width_i": int(self.output_width),
-            "sampling_ratio_i": int(self.sampling_ratio),
-            "spatial_scales_f": [float(s) for s in self.spatial_scales],
-            "aligned_i": int(self.aligned),
-            "mode_s": self.mode,
-            "canonical_scale_f": float(self.canonical_scale),
-            "canonical_level_i": int(self.canonical_level),
-        }
+        """Attributes for ``g.op`` (TorchScript symbolic naming: name_i / name_f / name_s), one per table field."""
+        attrs = {}
+        for f in _FIELDS:
+            value = getattr(self, f.name)
+            convert = _PYTHON_TYPE[f.kind]
+            value = [convert(v) for v in value] if f.kind == "floats" else convert(value)
+            attrs[f.name + _SYMBOLIC_SUFFIX[f.kind]] = value
+        return attrs
 
 
 def level_of_box(boxes: torch.Tensor, cfg: RoIAlignConfig) -> torch.Tensor:

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, TextIO, Tuple, Union
 
 from deploy_sdk.atomic_file import atomic_path
+from deploy_sdk.backends.tensorrt import import_tensorrt, load_plugin_library
 from deploy_sdk.engine_file import EngineHeader, current_gpu, write_engine_file
-from deploy_sdk.errors import DeploySdkError, EngineError, MissingDependencyError, PluginError
+from deploy_sdk.errors import DeploySdkError, EngineError
 from deploy_sdk.model_metadata import ModelMetadata
-from deploy_sdk.plugins import MULTILEVEL_OP, PLUGIN_VERSION
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -42,7 +42,6 @@ __all__ = [
     "BuildOptions",
     "profile_shapes",
     "prepare_onnx_for_tensorrt",
-    "import_tensorrt",
     "build_engine",
 ]
 
@@ -194,33 +193,6 @@ def prepare_onnx_for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
     return graph_passes.strip_roi_align_functions(model)
 
 
-def import_tensorrt():
-    """Import the real TensorRT Python package or raise :class:`MissingDependencyError`.
-
-    A directory named ``tensorrt`` holding only type stubs (``tensorrt-stubs`` installs one) imports as an empty
-    namespace package; it is treated as missing.
-    """
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise MissingDependencyError("tensorrt", "gpu", "building a TensorRT engine") from exc
-    if not hasattr(trt, "Builder"):
-        raise MissingDependencyError("tensorrt", "gpu", "building a TensorRT engine (only type stubs were found)")
-    return trt
-
-
-def _plugin_library(options: BuildOptions) -> Path:
-    if options.plugin_library is not None:
-        path = Path(options.plugin_library)
-    else:
-        from deploy_sdk import plugins
-
-        path = Path(plugins.library_path(cuda=True))
-    if not path.is_file():
-        raise PluginError(f"RoIAlign plugin library {path} does not exist; build it (see plugins/README.md)")
-    return path
-
-
 def _progress_monitor_class(out: TextIO):
     """An ``IProgressMonitor`` printing build phases with their nesting; Ctrl-C cancels the build cleanly."""
     import tensorrt as trt
@@ -288,22 +260,16 @@ def build_engine(
     model, metadata = read_graph(onnx_path)
     shapes = profile_shapes(options.profile, metadata)
     stripped = prepare_onnx_for_tensorrt(model).SerializeToString()
-    import_tensorrt()  # a clear error when TensorRT is missing; the import below is then the real package
-    import tensorrt as trt
+    import_tensorrt("building a TensorRT engine")  # a clear error when TensorRT is missing or only its stubs are
+    import tensorrt as trt  # the real package now; imported by name so that mypy checks the calls against the stubs
 
-    plugin_path = _plugin_library(options)
     major = int(str(trt.__version__).split(".")[0])
 
     logger = trt.Logger(trt.Logger.VERBOSE if options.verbose else trt.Logger.WARNING)
-    registry = trt.get_plugin_registry()
-    print(f"loading RoIAlign plugin library {plugin_path}", file=out, flush=True)
-    registry.load_library(str(plugin_path))
-    # The parser looks plugins up by op name, version "1" and the empty namespace (the ONNX domain is not used).
-    if registry.get_creator(MULTILEVEL_OP, PLUGIN_VERSION, "") is None:
-        raise PluginError(
-            f"{plugin_path} loaded but registered no '{MULTILEVEL_OP}' version {PLUGIN_VERSION} creator in TensorRT "
-            f"{trt.__version__}; rebuild the plugin against this TensorRT version"
-        )
+    # The global registry: the ONNX parser looks the RoIAlign node's op up there (PluginError if the library is
+    # missing, does not load into this TensorRT, or registers no creator for the op).
+    plugin_path = load_plugin_library(trt.get_plugin_registry(), options.plugin_library)
+    print(f"loaded RoIAlign plugin library {plugin_path}", file=out, flush=True)
 
     builder = trt.Builder(logger)
     # TensorRT 11 networks are always strongly typed (the flag is kept there only as an ignored no-op); on 10 it

@@ -39,9 +39,13 @@ import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Union
 
 from deploy_sdk.errors import DeploySdkError, require
+from deploy_sdk.plugins import MULTILEVEL_OP, SINGLE_LEVEL_OP
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "TRT_VERSIONS",
@@ -221,7 +225,7 @@ _REDUCE_OPS = frozenset(
 )
 
 # The plugin this project ships for its custom node (deploy_sdk.plugins): op name -> data input types.
-_OUR_PLUGIN_OPS = {"MultiLevelRoIAlign": "FP32 FP16", "RoIAlign": "FP32 FP16"}
+_OUR_PLUGIN_OPS = {MULTILEVEL_OP: "FP32 FP16", SINGLE_LEVEL_OP: "FP32 FP16"}
 
 
 # ------------------------------------------------------------------------------------------------ findings
@@ -297,7 +301,7 @@ class _Graph:
                 self.types[vi.name] = tt.elem_type
             if tt.HasField("shape"):
                 self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        self.values: Dict[str, object] = {}
+        self.values: Dict[str, np.ndarray] = {}
         for init in g.initializer:
             self.types[init.name] = init.data_type
             self.shapes[init.name] = list(init.dims)
@@ -502,7 +506,7 @@ def _check_node(node, g: _Graph, table: SupportTable, functions, report: Report,
             return
         if op in _OUR_PLUGIN_OPS:
             allowed = {_TYPE_CODES[t] for t in _OUR_PLUGIN_OPS[op].split()}
-            data = node.input[1:] if op == "MultiLevelRoIAlign" else node.input[:1]
+            data = node.input[1:] if op == MULTILEVEL_OP else node.input[:1]  # features: levels / X
             bad = [g.type_name(i) for i in data if g.types.get(i) and g.types[i] not in allowed]
             if bad:
                 add("error", f"this project's {op} plugin takes float32 or float16 features, got {', '.join(bad)}")
@@ -525,12 +529,12 @@ def _check_node(node, g: _Graph, table: SupportTable, functions, report: Report,
         if op in _OUTPUT_TYPED:
             names += [o for o in node.output if o]
         bad = sorted({g.type_name(n) for n in names if g.types.get(n) and g.types[n] not in listed})
-        allowed = ", ".join(sorted(_TYPE_NAMES[c] for c in listed))
+        takes = ", ".join(sorted(_TYPE_NAMES[c] for c in listed))
         if bad == ["float64"]:  # the parser's "limited support": computed as float32, clamped to +-FLT_MAX
             add("warning", f"float64 is computed as float32 by TensorRT (values clamped to +-FLT_MAX); {op} takes "
-                           f"{allowed}")  # fmt: skip
+                           f"{takes}")  # fmt: skip
         elif bad:
-            add("error", f"type {', '.join(bad)} is not supported for {op} (TensorRT {table.version} takes {allowed})")
+            add("error", f"type {', '.join(bad)} is not supported for {op} (TensorRT {table.version} takes {takes})")
     for severity, problem in _restrictions(node, g, table):
         add(severity, problem)
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
 from deploy_sdk.backends.base import OUTPUT_NAMES, Backend, parse_device
 from deploy_sdk.errors import DeploySdkError, require
+
+if TYPE_CHECKING:
+    from deploy_sdk.conversion.deploy_module import DeploymentModule
 
 __all__ = ["TorchBackend", "DEFAULT_GRAPH_BATCH_SIZES"]
 
@@ -91,7 +94,9 @@ class TorchBackend(Backend):
             loaded = model
             self.path = getattr(loaded, "source", "<in memory>")
         self.metadata = loaded.metadata()
-        self.module = deploy_module.DeploymentModule(loaded, max_detections=max_detections).eval().to(self._device)
+        self.module: Optional[DeploymentModule] = (
+            deploy_module.DeploymentModule(loaded, max_detections=max_detections).eval().to(self._device)
+        )
         self.input_dtype = np.float32
         self._setup_speed(precision, cuda_graphs, max_graphs)
         self._staging: Dict[tuple, Any] = {}  # shape -> (pinned host tensor, upload event)
@@ -127,13 +132,13 @@ class TorchBackend(Backend):
         if dtype == self._torch.float32 and not self.cuda_graphs:
             return  # the module as it is
         capture = (self._graph_capture or torch_graphs.cuda_graph_capture) if self.cuda_graphs else None
-        torch_graphs.wrap_stages(self.module, dtype, capture, max_graphs=max_graphs)
+        torch_graphs.wrap_stages(self._live_module(), dtype, capture, max_graphs=max_graphs)
 
     def graph_stages(self) -> Dict[str, Any]:
         """name -> :class:`~deploy_sdk.conversion.torch_graphs.ShapeBuckets` of the captured stages (empty
         without ``cuda_graphs``)."""
         out = {}
-        for name, sub in self.module.named_children():
+        for name, sub in self._live_module().named_children():
             buckets = getattr(sub, "buckets", None)
             if buckets is not None:
                 out[name] = buckets
@@ -166,7 +171,7 @@ class TorchBackend(Backend):
             x = images if isinstance(images, torch.Tensor) else self._upload(images)
             sizes = torch.from_numpy(image_sizes).to(self._device, non_blocking=True)
             x, sizes = self._pad_batch(x, sizes)
-            values = self.module(x, sizes)
+            values = self._live_module()(x, sizes)
             if int(values[0].shape[0]) != batch:
                 values = tuple(v[:batch] for v in values)
         if self.returns_torch:
@@ -202,6 +207,11 @@ class TorchBackend(Backend):
     def describe(self) -> str:
         extra = [self.precision] + (["CUDA graphs"] if self.cuda_graphs else [])
         return f"{self.name} on {self.device} ({', '.join(extra)})"
+
+    def _live_module(self) -> DeploymentModule:
+        if self.module is None:
+            raise DeploySdkError("the torch backend is closed: create a new Predictor to run more images")
+        return self.module
 
     def close(self) -> None:
         self._staging = {}

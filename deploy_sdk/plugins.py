@@ -2,17 +2,20 @@
 
 The C++/CUDA sources live in ``plugins/`` (see plugins/README.md). This module
 
-* names the ONNX op and its attributes in one place (:data:`PLUGIN_DOMAIN`, :data:`MULTILEVEL_OP`, ...), so the
-  exporter writes exactly what the TensorRT plugin reads;
+* names the ONNX ops and mirrors the plugin's table of their fields (:data:`OP_FIELDS`: names, kinds, ops,
+  defaults; the C++ table is ``MRD_ROI_ALIGN_FIELDS`` in plugins/roi_align/roiAlignOp.h and a test compares the
+  two through the library's C ABI), so the exporter writes exactly what the TensorRT plugin reads;
 * finds the shared library (:func:`library_path`): the one ``pip install`` compiled into the package
   (``deploy_sdk/_lib/``), or ``$MASKRCNN_DEPLOY_PLUGIN_LIBRARY``; only in a source checkout, when the installed one
-  is missing, stale or lacks a part that was asked for, the developer build of :mod:`deploy_sdk.plugin_build`
-  (CMake at run time, cached and verified);
+  is missing, stale, of another C ABI version or lacks a part that was asked for, the developer build of
+  :mod:`deploy_sdk.plugin_build` (CMake at run time, cached and verified);
 * calls the library's CPU implementation on numpy arrays (:func:`roi_align`, :func:`multilevel_roi_align`) and its
-  CUDA launchers on torch CUDA tensors (:func:`roi_align_cuda`, :func:`multilevel_roi_align_cuda`) through the
-  library's C ABI. The CUDA entries launch the same kernel as the TensorRT plugin. The CPU entries run the CPU
-  fast path by default (``implementation="fast"``: the math header's geometry and taps, its own loops for the
-  weight products and the reduction); ``implementation="kernel"`` runs the kernel's per-element code on the CPU.
+  CUDA launchers on torch CUDA tensors (:func:`roi_align_cuda`, :func:`multilevel_roi_align_cuda`; the first two
+  also take torch tensors on any device and go to the right one) through the library's C ABI: one
+  :class:`RoiAlignArgs` (``MrdRoiAlignArgs``) per call. The CUDA entries launch the kernel the TensorRT plugin
+  launches, built from the same struct. The CPU entries run the CPU fast path by default (``implementation="fast"``:
+  the math header's taps, weight products and reduction in a loop order of its own, RoIs over threads);
+  ``implementation="kernel"`` runs the kernel's per-element code on the CPU (single-threaded).
 
 Boxes are always x1 y1 x2 y2 in input-image pixels; a level's spatial scale maps them onto that level.
 """
@@ -23,8 +26,9 @@ import ctypes
 import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -36,6 +40,10 @@ __all__ = [
     "PLUGIN_VERSION",
     "MULTILEVEL_OP",
     "SINGLE_LEVEL_OP",
+    "OpField",
+    "OP_FIELDS",
+    "op_fields",
+    "field_default",
     "MULTILEVEL_FIELDS",
     "SINGLE_LEVEL_FIELDS",
     "FIELD_OUTPUT_HEIGHT",
@@ -58,6 +66,8 @@ __all__ = [
     "multilevel_roi_align_cuda",
     "has_cuda_kernels",
     "MAX_SAMPLING_RATIO",
+    "MAX_LEVELS",
+    "RoiAlignArgs",
 ]
 
 # ----------------------------------------------------------------------------------------------- op contract
@@ -70,47 +80,91 @@ MULTILEVEL_OP = "MultiLevelRoIAlign"
 #: inputs X [N, C, H, W], rois [R, 4], batch_indices [R] (int32/int64); output [R, C, output_height, output_width].
 SINGLE_LEVEL_OP = "RoIAlign"
 
-FIELD_OUTPUT_HEIGHT = "output_height"  # int
-FIELD_OUTPUT_WIDTH = "output_width"  # int
-FIELD_SAMPLING_RATIO = "sampling_ratio"  # int, 0 = adaptive ceil(roi_size / out_size) per RoI and axis
-FIELD_SPATIAL_SCALES = "spatial_scales"  # floats, one per level: 1/4, 1/8, 1/16, 1/32 for P2..P5
-FIELD_ALIGNED = "aligned"  # int, 1 = half-pixel offset (ROIAlignV2), 0 = legacy (torchvision Mask R-CNN)
-FIELD_MODE = "mode"  # string, "avg" or "max" (max of the bilinearly interpolated samples)
-FIELD_CANONICAL_SCALE = "canonical_scale"  # float, 224
-FIELD_CANONICAL_LEVEL = "canonical_level"  # int, 4
-FIELD_SPATIAL_SCALE = "spatial_scale"  # float (single-level op)
-FIELD_COORDINATE_TRANSFORMATION_MODE = "coordinate_transformation_mode"  # "half_pixel" | "output_half_pixel"
 
-#: Attribute names of the multi-level node, in the order the README lists them.
-MULTILEVEL_FIELDS = (
-    FIELD_OUTPUT_HEIGHT,
-    FIELD_OUTPUT_WIDTH,
-    FIELD_SAMPLING_RATIO,
-    FIELD_SPATIAL_SCALES,
-    FIELD_ALIGNED,
-    FIELD_MODE,
-    FIELD_CANONICAL_SCALE,
-    FIELD_CANONICAL_LEVEL,
+@dataclass(frozen=True)
+class OpField:
+    """One field (node attribute) of the ops: the mirror of one row of ``MRD_ROI_ALIGN_FIELDS`` in
+    plugins/roi_align/roiAlignOp.h. ``kind``: "int", "float", "floats" or "string" (the ONNX attribute type in lower
+    case). ``ops``: the op names that take it. ``default``: the value a node without the field gets; None = the
+    field is required."""
+
+    name: str
+    kind: str
+    ops: Tuple[str, ...]
+    default: Union[int, float, str, None]
+
+
+_BOTH = (SINGLE_LEVEL_OP, MULTILEVEL_OP)
+#: THE Python copy of the ops' field table, row for row the C++ one (tests/deploy_sdk/test_plugin_lookup.py reads the
+#: library's table through its C ABI and compares). Adding a field: a row here and in roiAlignOp.h.
+OP_FIELDS: Tuple[OpField, ...] = (
+    OpField("output_height", "int", (SINGLE_LEVEL_OP,), 1),
+    OpField("output_height", "int", (MULTILEVEL_OP,), 7),
+    OpField("output_width", "int", (SINGLE_LEVEL_OP,), 1),
+    OpField("output_width", "int", (MULTILEVEL_OP,), 7),
+    # 0 = adaptive: ceil(roi_size / out_size) samples per bin, per RoI and axis
+    OpField("sampling_ratio", "int", _BOTH, 0),
+    # one per level: 1/4, 1/8, 1/16, 1/32 for P2..P5
+    OpField("spatial_scales", "floats", (MULTILEVEL_OP,), None),
+    OpField("spatial_scale", "float", (SINGLE_LEVEL_OP,), 1.0),
+    # 1 = half-pixel offset (ROIAlignV2), 0 = legacy (torchvision Mask R-CNN)
+    OpField("aligned", "int", (MULTILEVEL_OP,), 0),
+    # "avg" or "max" (max of the bilinearly interpolated samples)
+    OpField("mode", "string", _BOTH, "avg"),
+    OpField("canonical_scale", "float", (MULTILEVEL_OP,), 224.0),
+    OpField("canonical_level", "int", (MULTILEVEL_OP,), 4),
+    # "half_pixel" (aligned) | "output_half_pixel" (legacy); ONNX RoiAlign-16's attribute
+    OpField("coordinate_transformation_mode", "string", (SINGLE_LEVEL_OP,), "half_pixel"),
 )
+
+
+def op_fields(op: str) -> Tuple[OpField, ...]:
+    """The fields of ``op`` (:data:`SINGLE_LEVEL_OP` or :data:`MULTILEVEL_OP`) in the plugin's order."""
+    if op not in _BOTH:
+        raise ValueError(f"unknown op {op!r}; known: {', '.join(_BOTH)}")
+    return tuple(f for f in OP_FIELDS if op in f.ops)
+
+
+def field_default(op: str, name: str) -> Any:
+    """The default of field ``name`` of ``op`` (None for a required field); KeyError for a field ``op`` lacks."""
+    for f in op_fields(op):
+        if f.name == name:
+            return f.default
+    raise KeyError(f"{op} has no field {name!r}")
+
+
+#: Attribute names of the multi-level node, in the plugin's order.
+MULTILEVEL_FIELDS = tuple(f.name for f in op_fields(MULTILEVEL_OP))
 #: Attribute names of the single-level node (those of ONNX RoiAlign-16).
-SINGLE_LEVEL_FIELDS = (
-    FIELD_OUTPUT_HEIGHT,
-    FIELD_OUTPUT_WIDTH,
-    FIELD_SAMPLING_RATIO,
-    FIELD_SPATIAL_SCALE,
-    FIELD_MODE,
-    FIELD_COORDINATE_TRANSFORMATION_MODE,
+SINGLE_LEVEL_FIELDS = tuple(f.name for f in op_fields(SINGLE_LEVEL_OP))
+
+#: The level mapping's defaults; a one-level call passes them too (the mapping does not apply to one level).
+_LEVEL_MAPPING_DEFAULTS: Tuple[float, int] = (
+    field_default(MULTILEVEL_OP, "canonical_scale"),
+    field_default(MULTILEVEL_OP, "canonical_level"),
 )
+
+#: Names of single fields, for callers that spell one out (each is a row of OP_FIELDS; the test checks it).
+FIELD_OUTPUT_HEIGHT = "output_height"
+FIELD_OUTPUT_WIDTH = "output_width"
+FIELD_SAMPLING_RATIO = "sampling_ratio"
+FIELD_SPATIAL_SCALES = "spatial_scales"
+FIELD_ALIGNED = "aligned"
+FIELD_MODE = "mode"
+FIELD_CANONICAL_SCALE = "canonical_scale"
+FIELD_CANONICAL_LEVEL = "canonical_level"
+FIELD_SPATIAL_SCALE = "spatial_scale"
+FIELD_COORDINATE_TRANSFORMATION_MODE = "coordinate_transformation_mode"
 
 _MODES = {"avg": 0, "max": 1}
 _DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}
 _INDEX_CODES = {np.dtype(np.int32): 32, np.dtype(np.int64): 64}
 _STATUS_INVALID_ARGUMENT = 100000
-_ABI_VERSION = 1
+_ABI_VERSION = 2  # MRD_ABI_VERSION of plugins/roi_align/roiAlignCApi.h
 _INT32_MAX = 2**31 - 1
 
 #: Most samples per bin and axis (``sampling_ratio``); the adaptive count is capped there too. The same number as
-#: ``kMaxSamplingRatio`` in plugins/roi_align/roiAlignMath.h (tests/test_plugin_roi_align.py keeps them equal).
+#: ``kMaxSamplingRatio`` in plugins/roi_align/roiAlignMath.h (tests/plugins/test_plugin_roi_align.py keeps them equal).
 MAX_SAMPLING_RATIO = 1024
 
 # --------------------------------------------------------------------------------------------- finding it
@@ -167,6 +221,28 @@ def _capabilities(path: Path) -> Tuple[bool, bool]:
     return _capabilities_of[key]
 
 
+def _abi_version(lib: ctypes.CDLL) -> Optional[int]:
+    """The library's ``mrd_abi_version()``, or None when it has no such symbol (reported when its symbols are
+    bound, with the fix for where it came from)."""
+    try:
+        fn = lib.mrd_abi_version
+    except AttributeError:
+        return None
+    fn.argtypes, fn.restype = [], ctypes.c_int32
+    return int(fn())
+
+
+def _abi_problem(path: Path) -> str:
+    """ "" when the library at ``path`` speaks this SDK's C ABI (or does not say), else why not."""
+    try:
+        version = _abi_version(ctypes.CDLL(str(path)))
+    except OSError as exc:
+        return f"it cannot be loaded ({exc})"
+    if version is None or version == _ABI_VERSION:
+        return ""
+    return f"it has C ABI version {version} and this SDK needs {_ABI_VERSION} (a library of another SDK version)"
+
+
 def _bundled_problem(path: Path, cuda: bool, checkout: bool) -> str:
     """Why the bundled library at ``path`` does not serve this request ("" when it does).
 
@@ -182,6 +258,9 @@ def _bundled_problem(path: Path, cuda: bool, checkout: bool) -> str:
             changed = sorted(n for n in set(recorded) | set(current) if recorded.get(n) != current.get(n))
             more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
             return f"{plugin_build.source_dir()} changed since it was built ({', '.join(changed[:3])}{more})"
+    abi = _abi_problem(path)
+    if abi:
+        return abi
     if cuda:
         has_cuda, has_trt = _capabilities(path)
         if not has_cuda:
@@ -270,30 +349,86 @@ def tensorrt_plugin_library() -> Path:
 
 # ----------------------------------------------------------------------------------------------- the C ABI
 
-_ARGS_ROI_ALIGN: list = [
-    ctypes.c_int32,
-    ctypes.POINTER(ctypes.c_void_p),
-    ctypes.POINTER(ctypes.c_int32),
-    ctypes.POINTER(ctypes.c_int32),
-    ctypes.POINTER(ctypes.c_float),
-    ctypes.c_int32,
-    ctypes.c_int32,
-    ctypes.c_int32,
-    ctypes.c_void_p,
-    ctypes.c_int32,
-    ctypes.c_void_p,
-    ctypes.c_int32,
-    ctypes.c_int64,
-    ctypes.c_int64,
-    ctypes.c_int32,
-    ctypes.c_int32,
-    ctypes.c_int32,
-    ctypes.c_int32,
-    ctypes.c_int32,
-    ctypes.c_float,
-    ctypes.c_int32,
-    ctypes.c_void_p,
-]
+MAX_LEVELS = 8  # MRD_MAX_LEVELS (roiAlignCApi.h) = kMaxLevels (roiAlignMath.h)
+_IMPLEMENTATIONS = {"fast": 0, "kernel": 1}  # MRD_IMPLEMENTATION_FAST / MRD_IMPLEMENTATION_KERNEL
+
+
+class RoiAlignArgs(ctypes.Structure):
+    """``MrdRoiAlignArgs`` of plugins/roi_align/roiAlignCApi.h, member for member (names, order, types): the one
+    argument of ``mrd_roi_align_cpu`` / ``mrd_roi_align_cuda``. tests/deploy_sdk/test_plugin_lookup.py compares this
+    layout with the library's (``mrd_args_field``)."""
+
+    _fields_ = [
+        ("dtype", ctypes.c_int32),
+        ("num_levels", ctypes.c_int32),
+        ("features", ctypes.c_void_p * MAX_LEVELS),
+        ("heights", ctypes.c_int32 * MAX_LEVELS),
+        ("widths", ctypes.c_int32 * MAX_LEVELS),
+        ("spatial_scales", ctypes.c_float * MAX_LEVELS),
+        ("batch", ctypes.c_int32),
+        ("channels", ctypes.c_int32),
+        ("rois", ctypes.c_void_p),
+        ("rois_dtype", ctypes.c_int32),
+        ("index_type", ctypes.c_int32),
+        ("batch_indices", ctypes.c_void_p),
+        ("rois_per_image", ctypes.c_int64),
+        ("num_rois", ctypes.c_int64),
+        ("out_h", ctypes.c_int32),
+        ("out_w", ctypes.c_int32),
+        ("sampling_ratio", ctypes.c_int32),
+        ("aligned", ctypes.c_int32),
+        ("mode", ctypes.c_int32),
+        ("canonical_scale", ctypes.c_float),
+        ("canonical_level", ctypes.c_int32),
+        ("implementation", ctypes.c_int32),
+        ("num_threads", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+        ("out", ctypes.c_void_p),
+        ("stream", ctypes.c_void_p),
+    ]
+
+
+def _call_args(
+    dtype: int,
+    features: Sequence[int],
+    shapes: Sequence[Tuple[int, int]],
+    scales: Sequence[float],
+    batch: int,
+    channels: int,
+    rois: int,
+    rois_dtype: int,
+    batch_indices: Optional[int],
+    index_type: int,
+    rois_per_image: int,
+    num_rois: int,
+    out_hw: Tuple[int, int],
+    sampling_ratio: int,
+    aligned: bool,
+    mode: str,
+    canonical: Tuple[float, int],
+    out: int,
+    implementation: str = "kernel",
+    num_threads: int = 0,
+    stream: Optional[int] = None,
+) -> RoiAlignArgs:
+    """One :class:`RoiAlignArgs` from checked values (pointers as ints)."""
+    if len(features) > MAX_LEVELS:
+        raise DeploySdkError(f"at most {MAX_LEVELS} feature levels, got {len(features)}")
+    a = RoiAlignArgs()
+    a.dtype, a.num_levels = dtype, len(features)
+    for i, (pointer, (h, w), scale) in enumerate(zip(features, shapes, scales)):
+        a.features[i], a.heights[i], a.widths[i], a.spatial_scales[i] = pointer, int(h), int(w), float(scale)
+    a.batch, a.channels = batch, channels
+    a.rois, a.rois_dtype = rois, rois_dtype
+    a.batch_indices, a.index_type = batch_indices, index_type
+    a.rois_per_image, a.num_rois = rois_per_image, num_rois
+    a.out_h, a.out_w = out_hw
+    a.sampling_ratio, a.aligned, a.mode = sampling_ratio, int(bool(aligned)), _mode_code(mode)
+    a.canonical_scale, a.canonical_level = canonical
+    a.implementation = _implementation_code(implementation)
+    a.num_threads = num_threads
+    a.out, a.stream = out, stream
+    return a
 
 
 def _library(cuda: bool = False) -> ctypes.CDLL:
@@ -308,9 +443,8 @@ def _library(cuda: bool = False) -> ctypes.CDLL:
         lib = ctypes.CDLL(path)
     except OSError as exc:
         raise PluginError(f"cannot load the RoIAlign plugin library {path}: {exc}") from exc
+    _check_abi_version(lib, path, origin)
     _bind_symbols(lib, path, origin)
-    if lib.mrd_abi_version() != _ABI_VERSION:
-        raise PluginError(f"{path} has C ABI version {lib.mrd_abi_version()}, this SDK needs {_ABI_VERSION}")
     _loaded[cuda] = lib
     return lib
 
@@ -321,14 +455,48 @@ _SYMBOLS: Dict[str, Tuple[Optional[list], type]] = {
     "mrd_has_cuda": (None, ctypes.c_int32),
     "mrd_has_tensorrt": (None, ctypes.c_int32),
     "mrd_last_error": (None, ctypes.c_char_p),
-    "mrd_roi_align_cpu": (_ARGS_ROI_ALIGN + [ctypes.c_int32], ctypes.c_int32),
-    "mrd_roi_align_cuda": (_ARGS_ROI_ALIGN + [ctypes.c_void_p], ctypes.c_int32),
+    "mrd_roi_align_cpu": ([ctypes.POINTER(RoiAlignArgs)], ctypes.c_int32),
+    "mrd_roi_align_cuda": ([ctypes.POINTER(RoiAlignArgs)], ctypes.c_int32),
     "mrd_level_indices": (
         [ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.c_int32, ctypes.c_float,
          ctypes.c_int32, ctypes.c_void_p],
         ctypes.c_int32,
     ),
+    "mrd_plugin_version": (None, ctypes.c_char_p),
+    "mrd_op_count": (None, ctypes.c_int32),
+    "mrd_op_name": ([ctypes.c_int32], ctypes.c_char_p),
+    "mrd_op_field_count": (None, ctypes.c_int32),
+    "mrd_op_field": (
+        [ctypes.c_int32, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_int32),
+         ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_char_p)],
+        ctypes.c_int32,
+    ),
+    "mrd_args_size": (None, ctypes.c_int64),
+    "mrd_args_field_count": (None, ctypes.c_int32),
+    "mrd_args_field": (
+        [ctypes.c_int32, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_int64),
+         ctypes.POINTER(ctypes.c_int64)],
+        ctypes.c_int32,
+    ),
 }  # fmt: skip
+
+
+def _fix_for(origin: str, path: str) -> str:
+    """How to replace a wrong library, by where it came from."""
+    if origin == ORIGIN_OVERRIDE:
+        return "point MASKRCNN_DEPLOY_PLUGIN_LIBRARY at a library built from this SDK's plugins/, or unset it"
+    if origin == ORIGIN_BUNDLED:
+        return "reinstall maskrcnn-deploy (pip install --force-reinstall --no-deps from its source)"
+    return f"delete {Path(path).parent} so that it is rebuilt"
+
+
+def _check_abi_version(lib: ctypes.CDLL, path: str, origin: str) -> None:
+    """Before any other symbol is bound: a library of another ABI version may lack them or take other arguments."""
+    version = _abi_version(lib)
+    if version is not None and version != _ABI_VERSION:
+        raise PluginError(
+            f"{path} has C ABI version {version}, this SDK needs {_ABI_VERSION}; {_fix_for(origin, path)}"
+        )
 
 
 def _bind_symbols(lib: ctypes.CDLL, path: str, origin: str) -> None:
@@ -337,14 +505,9 @@ def _bind_symbols(lib: ctypes.CDLL, path: str, origin: str) -> None:
         try:
             fn = getattr(lib, name)
         except AttributeError as exc:
-            if origin == ORIGIN_OVERRIDE:
-                fix = "point MASKRCNN_DEPLOY_PLUGIN_LIBRARY at a library built from this SDK's plugins/, or unset it"
-            elif origin == ORIGIN_BUNDLED:
-                fix = "reinstall maskrcnn-deploy (pip install --force-reinstall --no-deps from its source)"
-            else:
-                fix = f"delete {Path(path).parent} so that it is rebuilt"
             raise PluginError(
-                f"{path} is not the RoIAlign plugin library this SDK needs: it has no symbol {name} ({exc}); {fix}"
+                f"{path} is not the RoIAlign plugin library this SDK needs: it has no symbol {name} ({exc}); "
+                f"{_fix_for(origin, path)}"
             ) from exc
         if argtypes is not None:
             fn.argtypes = argtypes
@@ -455,22 +618,33 @@ def _rois_array(rois, ndim: int, what: str) -> np.ndarray:
     return rois
 
 
-def _levels_args(shapes: Sequence[Tuple[int, int]], scales: Sequence[float]):
-    n = len(shapes)
-    heights = (ctypes.c_int32 * n)(*[h for h, _ in shapes])
-    widths = (ctypes.c_int32 * n)(*[w for _, w in shapes])
-    scale_arr = (ctypes.c_float * n)(*[float(s) for s in scales])
-    return heights, widths, scale_arr
+def _is_torch_tensor(x) -> bool:
+    # Without importing torch: deploy_sdk's numpy-only install never needs it.
+    return type(x).__module__.startswith("torch") and hasattr(x, "is_cuda")
 
 
-_THREADS_ELEMENTWISE = -1
+def _on_cuda(x: Any) -> bool:
+    return bool(x.is_cuda)
 
 
-def _num_threads(num_threads: Optional[int], implementation: str) -> int:
-    if implementation == "kernel":
-        return _THREADS_ELEMENTWISE
-    if implementation != "fast":
+def _host(x: Any) -> np.ndarray:
+    """A torch tensor (or anything array-like) as a numpy array on the host, sharing memory where it can."""
+    return x.detach().cpu().numpy() if _is_torch_tensor(x) else np.asarray(x)
+
+
+def _as_torch(a: np.ndarray):
+    import torch
+
+    return torch.from_numpy(a)
+
+
+def _implementation_code(implementation: str) -> int:
+    if implementation not in _IMPLEMENTATIONS:
         raise DeploySdkError(f"implementation must be 'fast' or 'kernel', got {implementation!r}")
+    return _IMPLEMENTATIONS[implementation]
+
+
+def _num_threads(num_threads: Optional[int]) -> int:
     n = 0 if num_threads is None else int(num_threads)
     if n < 0:
         raise DeploySdkError(f"num_threads must be >= 0 (0 = all cores), got {n}")
@@ -502,7 +676,20 @@ def roi_align(
     library's defined result (what the CUDA kernel and the TensorRT plugin give). ``sampling_ratio`` is at most
     :data:`MAX_SAMPLING_RATIO`; the adaptive count (0) is capped there too.
     Returns [R, C, out_h, out_w] of the features' dtype.
+
+    Torch tensors are taken too, on any device, and give a tensor on it: on the CPU through this same code, on a
+    CUDA device through :func:`roi_align_cuda` (the kernel; ``num_threads`` and ``implementation`` are CPU-only).
     """
+    if _is_torch_tensor(features):
+        if _on_cuda(features):
+            if check_finite:
+                _check_finite_rois(_host(rois), "rois")
+            return roi_align_cuda(features, rois, batch_indices, output_size, spatial_scale, sampling_ratio, aligned,
+                                  mode)  # fmt: skip
+        return _as_torch(
+            roi_align(_host(features), _host(rois), _host(batch_indices), output_size, spatial_scale,
+                      sampling_ratio, aligned, mode, num_threads, implementation, check_finite)
+        )  # fmt: skip
     feats = _features_array(features, "features")
     boxes = _rois_array(rois, 2, "rois")
     if check_finite:
@@ -524,15 +711,14 @@ def roi_align(
     ratio = _sampling_ratio(sampling_ratio)
     n, c, h, w = feats.shape
     out = np.empty((boxes.shape[0], c, out_h, out_w), dtype=feats.dtype)
-    lib = _library(cuda=False)
-    heights, widths, scales = _levels_args([(h, w)], [scale])
-    pointers = (ctypes.c_void_p * 1)(feats.ctypes.data)
-    status = lib.mrd_roi_align_cpu(
-        _DTYPE_CODES[feats.dtype], pointers, heights, widths, scales, 1, n, c,
+    args = _call_args(
+        _DTYPE_CODES[feats.dtype], [feats.ctypes.data], [(h, w)], [scale], n, c,
         boxes.ctypes.data, _DTYPE_CODES[boxes.dtype], idx.ctypes.data, _INDEX_CODES[idx.dtype], 0, boxes.shape[0],
-        out_h, out_w, ratio, int(bool(aligned)), _mode_code(mode), 224.0, 4,
-        out.ctypes.data, _num_threads(num_threads, implementation),
+        (out_h, out_w), ratio, aligned, mode, _LEVEL_MAPPING_DEFAULTS, out.ctypes.data, implementation,
+        _num_threads(num_threads),
     )  # fmt: skip
+    lib = _library(cuda=False)
+    status = lib.mrd_roi_align_cpu(ctypes.byref(args))
     _check_status(lib, status, "roi_align")
     return out
 
@@ -545,8 +731,8 @@ def multilevel_roi_align(
     sampling_ratio: int = 0,
     aligned: bool = False,
     mode: str = "avg",
-    canonical_scale: float = 224.0,
-    canonical_level: int = 4,
+    canonical_scale: float = _LEVEL_MAPPING_DEFAULTS[0],
+    canonical_level: int = _LEVEL_MAPPING_DEFAULTS[1],
     num_threads: Optional[int] = None,
     implementation: str = "fast",
     check_finite: bool = True,
@@ -558,8 +744,20 @@ def multilevel_roi_align(
     (1/4, 1/8, ...). Level of a box: floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6) clamped
     to the given levels. ``num_threads``, ``implementation``, ``check_finite`` and ``sampling_ratio`` as in
     :func:`roi_align` (a non-finite box maps to the first level and pools to zeros when not refused).
-    Returns [B, R, C, out_h, out_w] of the features' dtype.
+    Returns [B, R, C, out_h, out_w] of the features' dtype. Torch tensors on any device as in :func:`roi_align`
+    (CUDA: :func:`multilevel_roi_align_cuda`).
     """
+    if features_list and _is_torch_tensor(features_list[0]):
+        if _on_cuda(features_list[0]):
+            if check_finite:
+                _check_finite_rois(_host(rois), "rois")
+            return multilevel_roi_align_cuda(features_list, rois, output_size, spatial_scales, sampling_ratio,
+                                             aligned, mode, canonical_scale, canonical_level)  # fmt: skip
+        return _as_torch(
+            multilevel_roi_align([_host(f) for f in features_list], _host(rois), output_size, spatial_scales,
+                                 sampling_ratio, aligned, mode, canonical_scale, canonical_level, num_threads,
+                                 implementation, check_finite)
+        )  # fmt: skip
     feats = [_features_array(f, f"features_list[{i}]") for i, f in enumerate(features_list)]
     if len(feats) != len(spatial_scales):
         raise DeploySdkError(f"{len(feats)} feature levels but {len(spatial_scales)} spatial_scales")
@@ -582,21 +780,22 @@ def multilevel_roi_align(
     canonical = _canonical_args(canonical_scale, canonical_level)
     r = boxes.shape[1]
     out = np.empty((b, r, c, out_h, out_w), dtype=feats[0].dtype)
-    lib = _library(cuda=False)
-    heights, widths, scales = _levels_args([f.shape[2:] for f in feats], level_scales)
-    pointers = (ctypes.c_void_p * len(feats))(*[f.ctypes.data for f in feats])
-    status = lib.mrd_roi_align_cpu(
-        _DTYPE_CODES[feats[0].dtype], pointers, heights, widths, scales, len(feats), b, c,
+    args = _call_args(
+        _DTYPE_CODES[feats[0].dtype], [f.ctypes.data for f in feats], [f.shape[2:] for f in feats], level_scales, b, c,
         boxes.ctypes.data, _DTYPE_CODES[boxes.dtype], None, 0, r, b * r,
-        out_h, out_w, ratio, int(bool(aligned)), _mode_code(mode), *canonical,
-        out.ctypes.data, _num_threads(num_threads, implementation),
+        (out_h, out_w), ratio, aligned, mode, canonical, out.ctypes.data, implementation, _num_threads(num_threads),
     )  # fmt: skip
+    lib = _library(cuda=False)
+    status = lib.mrd_roi_align_cpu(ctypes.byref(args))
     _check_status(lib, status, "multilevel_roi_align")
     return out
 
 
 def level_indices(
-    rois: np.ndarray, spatial_scales: Sequence[float], canonical_scale: float = 224.0, canonical_level: int = 4
+    rois: np.ndarray,
+    spatial_scales: Sequence[float],
+    canonical_scale: float = _LEVEL_MAPPING_DEFAULTS[0],
+    canonical_level: int = _LEVEL_MAPPING_DEFAULTS[1],
 ) -> np.ndarray:
     """0-based index into ``spatial_scales`` of the level each box [R, 4] (x1 y1 x2 y2, input pixels) pools from.
 
@@ -654,8 +853,6 @@ def _cuda_call(feats, boxes, idx, r_per_image, num_rois, out_shape, scales, samp
     lib = _library(cuda=True)
     if not lib.mrd_has_cuda():
         raise PluginError(f"{what}: the plugin library was built without CUDA kernels")
-    heights, widths, scale_arr = _levels_args([tuple(f.shape[2:]) for f in feats], scales)
-    pointers = (ctypes.c_void_p * len(feats))(*[f.data_ptr() for f in feats])
     if stream is None:
         stream = torch.cuda.current_stream(feats[0].device).cuda_stream
     index_code = 0
@@ -664,13 +861,14 @@ def _cuda_call(feats, boxes, idx, r_per_image, num_rois, out_shape, scales, samp
         index_code = {torch.int32: 32, torch.int64: 64}.get(idx.dtype, 0)
         if index_code == 0:
             raise DeploySdkError(f"{what}: batch_indices must be int32 or int64, got {idx.dtype}")
+    args = _call_args(
+        _torch_dtype_code(feats[0], "features"), [f.data_ptr() for f in feats], [tuple(f.shape[2:]) for f in feats],
+        scales, b, c, boxes.data_ptr(), _torch_dtype_code(boxes, "rois"), None if idx is None else idx.data_ptr(),
+        index_code, r_per_image, num_rois, (out_shape[-2], out_shape[-1]), sampling_ratio, aligned, mode,
+        (canonical_scale, canonical_level), out.data_ptr(), "kernel", 0, stream,
+    )  # fmt: skip
     with torch.cuda.device(feats[0].device):
-        status = lib.mrd_roi_align_cuda(
-            _torch_dtype_code(feats[0], "features"), pointers, heights, widths, scale_arr, len(feats), b, c,
-            boxes.data_ptr(), _torch_dtype_code(boxes, "rois"), None if idx is None else idx.data_ptr(), index_code,
-            r_per_image, num_rois, out_shape[-2], out_shape[-1], int(sampling_ratio), int(bool(aligned)),
-            _mode_code(mode), float(canonical_scale), int(canonical_level), out.data_ptr(), ctypes.c_void_p(stream),
-        )  # fmt: skip
+        status = lib.mrd_roi_align_cuda(ctypes.byref(args))
     _check_status(lib, status, what)
     return out
 
@@ -690,12 +888,13 @@ def roi_align_cuda(
     shape = (rois.shape[0], features.shape[1], out_h, out_w)
     scale = _positive_scale(spatial_scale, "spatial_scale")
     return _cuda_call([features], rois, batch_indices, 0, rois.shape[0], shape, [scale], sampling_ratio,
-                      aligned, mode, 224.0, 4, stream, "roi_align_cuda")  # fmt: skip
+                      aligned, mode, *_LEVEL_MAPPING_DEFAULTS, stream, "roi_align_cuda")  # fmt: skip
 
 
 def multilevel_roi_align_cuda(
     features_list, rois, output_size, spatial_scales, sampling_ratio=0, aligned=False, mode="avg",
-    canonical_scale=224.0, canonical_level=4, stream: Optional[int] = None,
+    canonical_scale=_LEVEL_MAPPING_DEFAULTS[0], canonical_level=_LEVEL_MAPPING_DEFAULTS[1],
+    stream: Optional[int] = None,
 ):  # fmt: skip
     """:func:`multilevel_roi_align` on torch CUDA tensors; returns a [B, R, C, oh, ow] tensor."""
     out_h, out_w = _output_hw(output_size)

@@ -24,6 +24,8 @@ __all__ = [
     "ShapeSample",
     "generate_sample",
     "generate_samples",
+    "HELD_OUT_SEED",
+    "held_out_images",
     "write_dataset",
     "mask_to_rle",
 ]
@@ -236,6 +238,15 @@ def _mask_box(mask: np.ndarray) -> np.ndarray:
 def generate_samples(seed: int, num: int, **kwargs) -> Iterator[ShapeSample]:
     for i in range(num):
         yield generate_sample(seed, i, **kwargs)
+
+
+#: Seed of the held-out synthetic images that `check`, `convert` and `demo` use: never used in training (seed 1).
+HELD_OUT_SEED = 2026
+
+
+def held_out_images(num: int) -> Tuple[List[np.ndarray], List[str]]:
+    """The first ``num`` held-out synthetic images (seed :data:`HELD_OUT_SEED`) and their names."""
+    return [generate_sample(HELD_OUT_SEED, i).image for i in range(num)], [f"synthetic {i}" for i in range(num)]
 
 
 def mask_to_rle(mask: np.ndarray) -> Dict[str, object]:

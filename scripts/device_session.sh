@@ -4,7 +4,8 @@
 #   1. every needs_cuda test (the plugin's CUDA kernels and its torch custom ops against the CPU implementation and
 #      torchvision, fp16 kernels included; CUDA pre-processing and mask pasting; the torch backend on CUDA: fp16 /
 #      bf16 and CUDA graphs against fp32; the CUDA clock);
-#   2. the fp16 kernel checks once more on their own, so that their result stands out in checks.log;
+#   2. the fp16 kernel checks once more on their own, so that their result stands out in checks.log, and the
+#      RoIAlign CUDA kernel timed against torchvision's MultiScaleRoIAlign (benchmarks/roi_align_bench.py);
 #   3-4. `maskrcnn-deploy bench --device cuda` for a random-weight R50-FPN at 800x1216 and the shipped model,
 #      batch 1, 4, 16: torchvision eager fp32 (torch-eager), the SDK torch backend fp32 (the main system), fp16
 #      (sdk-torch-fp16) and fp16 + CUDA graphs (sdk-torch-fp16cg);
@@ -87,14 +88,21 @@ if [ "$TRAIN_MINUTES" != 0 ]; then
 fi
 
 log "1. needs_cuda tests (-rA: one line per test; skips give their reason)"
-step needs_cuda_tests 180 $PY -m pytest -q -rA -p no:cacheprovider -m needs_cuda -k "not timing" \
-  tests/test_plugin_cuda.py tests/test_torch_ops.py tests/test_torch_graphs.py tests/test_preprocessing_torch.py \
-  tests/test_mask_paste.py tests/test_backends.py tests/test_bench_harness.py
+step needs_cuda_tests 180 $PY -m pytest -q -rA -p no:cacheprovider -m needs_cuda \
+  tests/plugins/test_plugin_cuda.py tests/plugins/test_plugin_roi_align.py tests/plugins/test_plugin_multilevel.py tests/conversion/test_torch_ops.py \
+  tests/conversion/test_torch_graphs.py tests/deploy_sdk/test_preprocessing_torch.py tests/deploy_sdk/test_mask_paste.py tests/deploy_sdk/backends/test_backends.py tests/benchmarks/test_bench_harness.py
 
 log "2. fp16 kernel checks (plugin CUDA kernel and torch op in fp16 vs fp32 / torchvision)"
 step fp16_kernels 40 $PY -m pytest -q -rA -p no:cacheprovider -m needs_cuda \
-  -k "(False-dtype1 or True-dtype1 or low_precision) and not timing" tests/test_plugin_cuda.py tests/test_torch_ops.py
-# (dtype1 is torch.float16 in test_plugin_cuda's [float32, float16] parametrization: 12 kernel cases + the op's)
+  -k "fp16 or dtype1 or low_precision" tests/plugins/test_plugin_cuda.py tests/plugins/test_plugin_roi_align.py \
+  tests/plugins/test_plugin_multilevel.py tests/conversion/test_torch_ops.py
+# (dtype1 is torch.float16 in test_plugin_cuda's [float32, float16] parametrization; the fp16 tests of the single-
+# and multi-level files run on the cuda device parameter; plus the torch op's low-precision checks)
+
+if [ "$HAS_CUDA" = 1 ]; then
+  log "2b. the RoIAlign CUDA kernel vs torchvision's MultiScaleRoIAlign, CUDA events, fp32 and fp16"
+  step roi_align_cuda 40 $PY -m deploy_sdk.benchmarks.roi_align_bench --device cuda --repeats 20
+fi
 
 if [ -n "$TRAIN_PID" ]; then
   wait "$TRAIN_PID"; log "training: exit $?"

@@ -1,8 +1,9 @@
-"""Shared, session-scoped model fixtures: the shipped checkpoint, its exported ONNX graph, held-out test images.
+"""Plain helpers about the shipped model, imported by name where used: its checkpoint, its exported ONNX graph,
+held-out test images, the parity check of the export criteria.
 
-tests/conftest.py registers this module's fixtures (``pytest_plugins``): a test names them as parameters. Its plain
-helpers (``parity_failures``, ``held_out_images``, ...) are imported where used. The export (~30 s) is cached under
-build/test_models/ keyed by the checkpoint's SHA-256, so it runs once per checkpoint, not once per test session.
+The fixtures built on them (``shipped_model_file``, ``shipped_onnx``, ``shipped_loaded``) are in tests/conftest.py.
+The export (~30 s) is cached under build/test_models/ keyed by the checkpoint's SHA-256, so it runs once per
+checkpoint, not once per test session.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import List, Optional
 
 import numpy as np
 import pytest
+from repo_paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 CACHE = ROOT / "build" / "test_models"
 # Where the shipped model is missing (e.g. while it is retrained), a training run's latest snapshot stands in.
 SNAPSHOT = ROOT / "runs" / "shapes_r18" / "model.safetensors"
@@ -87,20 +89,3 @@ def parity_failures(reference, candidate, **overrides) -> List[str]:
         if not result.ok:
             problems.append(f"image {i} {ref.image_size}: {result.summary()}")
     return problems
-
-
-@pytest.fixture(scope="session")
-def shipped_model_file() -> Path:
-    return shipped_checkpoint()
-
-
-@pytest.fixture(scope="session")
-def shipped_onnx(shipped_model_file) -> Path:
-    return shipped_onnx_path(shipped_model_file)
-
-
-@pytest.fixture(scope="session")
-def shipped_loaded(shipped_model_file):
-    from deploy_sdk.conversion.checkpoint import load_checkpoint
-
-    return load_checkpoint(shipped_model_file)

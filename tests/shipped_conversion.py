@@ -1,10 +1,9 @@
 """One real `maskrcnn-deploy convert` run on the shipped model, shared by the CLI tests of convert, inspect and
-check --against (registered by tests/conftest.py: a test names ``shipped_conversion`` as a parameter).
+check --against through the session fixture ``shipped_conversion`` of tests/conftest.py.
 
 It runs ``--to all``: the fp32, fp16 and INT8 graphs (calibrated on 3 synthetic images), and the engine where
 TensorRT is installed (skipped with a note elsewhere); it checks each on 2 images and measures the AP on 2
-annotated images: the whole pipeline at its smallest, about half a minute of CPU time without the engine. The
-result is kept for the process, so the modules that use the fixture share one run.
+annotated images: the whole pipeline at its smallest, about half a minute of CPU time without the engine.
 """
 
 from __future__ import annotations
@@ -13,12 +12,6 @@ import contextlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
-
-import pytest
-from fixtures_models import shipped_checkpoint
-
-_RUNS: Dict[str, ConversionRun] = {}
 
 
 @dataclass
@@ -40,17 +33,13 @@ class ConversionRun:
         return self.out / f"model{suffix}"
 
 
-@pytest.fixture(scope="session")
-def shipped_conversion(tmp_path_factory) -> ConversionRun:
-    if "run" in _RUNS:
-        return _RUNS["run"]
+def run_shipped_conversion(checkpoint: Path, root: Path) -> ConversionRun:
+    """``convert CHECKPOINT --to all`` into ``root``/out, with its data sets written under ``root``."""
     from deploy_sdk.cli import main
     from deploy_sdk.synthetic_shapes import write_dataset
 
-    root = tmp_path_factory.mktemp("convert")
     write_dataset(root / "eval", num=2, seed=31, min_size=256, max_size=384)
     write_dataset(root / "calib", num=3, seed=32, min_size=256, max_size=384)
-    checkpoint = shipped_checkpoint()
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = main(
@@ -75,5 +64,4 @@ def shipped_conversion(tmp_path_factory) -> ConversionRun:
                 "2",
             ]
         )
-    _RUNS["run"] = ConversionRun(checkpoint, root / "out", root / "eval", rc, out.getvalue(), err.getvalue())
-    return _RUNS["run"]
+    return ConversionRun(checkpoint, root / "out", root / "eval", rc, out.getvalue(), err.getvalue())

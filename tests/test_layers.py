@@ -1,14 +1,17 @@
 """The layers import downwards only: benchmarks > conversion > runtime (``deploy_sdk``), with the CLI on top.
 
+The imports themselves (at any depth: lazy ones inside functions and TYPE_CHECKING ones included) are checked by
+import-linter (``make lint`` runs ``lint-imports``; the contracts are pyproject.toml's ``[tool.importlinter]``).
+This file keeps what import-linter cannot see:
+
 - the runtime layer (every module of ``deploy_sdk`` outside ``deploy_sdk.conversion`` and
   ``deploy_sdk.benchmarks``) imports, and its CLI commands build their parsers, with the conversion and
   benchmarks packages, torch, torchvision and onnx all unimportable;
 - on a runtime-only install (torch, torchvision and onnx missing) the top-level help lists every command and
   `maskrcnn-deploy eval model.onnx` runs;
-- statically, no runtime module names the conversion or benchmarks layer in an import (lazy ones inside functions
-  included) or in a module-path string outside the two registries that exist to name them (the CLI's command
-  packages and the predictor's backend table); no conversion module names the benchmarks layer; and no module
-  of any layer imports the CLI entry point (:mod:`deploy_sdk.cli`), the top.
+- statically, no runtime module names the conversion or benchmarks layer in a module-path string (what
+  ``importlib.import_module`` or ``require`` would import) outside the two registries that exist to name them (the
+  CLI's command packages and the predictor's backend table), and no conversion module names the benchmarks layer.
 """
 
 from __future__ import annotations
@@ -320,9 +323,10 @@ def _module_name(path: Path, top: Path, package: str) -> Tuple[str, bool]:
 _MODULE_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+(:[A-Za-z_]\w*)?$")
 
 
-def references(path: Path, module: str, is_package: bool) -> List[Tuple[int, str, str]]:
-    """(line, what, target) for every import in ``path`` (at any depth, lazy ones included) and every string that
-    reads like a dotted module path (``a.b`` or ``a.b:Name``), with the registries' strings marked as such."""
+def module_strings(path: Path, module: str) -> List[Tuple[int, str, bool]]:
+    """(line, module path, in a registry) for every string in ``path`` that reads like a dotted module path
+    (``a.b`` or ``a.b:Name``); "in a registry": the string is part of a value assigned to one of ``module``'s
+    :data:`REGISTRIES`."""
     tree = ast.parse(path.read_text(), str(path))
     allowed: Set[int] = set()
     for node in ast.walk(tree):
@@ -333,31 +337,19 @@ def references(path: Path, module: str, is_package: bool) -> List[Tuple[int, str
             targets = [node.target]
         if any(isinstance(t, ast.Name) and t.id in REGISTRIES.get(module, ()) for t in targets):
             allowed |= {id(n) for n in ast.walk(node.value)}
-    package = module if is_package else module.rpartition(".")[0]
-    found: List[Tuple[int, str, str]] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, "import", alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")
-                anchor = anchor[: len(anchor) - (node.level - 1)]
-                base = ".".join(anchor + ([base] if base else []))
-            found.append((node.lineno, "import", base))
-            found += [(node.lineno, "import", f"{base}.{alias.name}") for alias in node.names if alias.name != "*"]
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _MODULE_PATH.match(node.value):
-            kind = "registry string" if id(node) in allowed else "string"
-            found.append((node.lineno, kind, node.value.partition(":")[0]))
-    return found
+    return [
+        (node.lineno, node.value.partition(":")[0], id(node) in allowed)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and _MODULE_PATH.match(node.value)
+    ]
 
 
 def _names(target: str, prefixes: Tuple[str, ...]) -> bool:
     return any(target == p or target.startswith(p + ".") for p in prefixes)
 
 
-def layer_violations(package_dir: Path) -> List[str]:
-    """Every reference from a lower layer to a higher one under ``package_dir`` (a ``deploy_sdk`` folder)."""
+def string_violations(package_dir: Path) -> List[str]:
+    """Every module-path string under ``package_dir`` (a ``deploy_sdk`` folder) that names a higher layer."""
     problems: List[str] = []
     layers = [
         # (files, their package, its folder, what they must not name)
@@ -373,57 +365,42 @@ def layer_violations(package_dir: Path) -> List[str]:
             package_dir / "conversion",
             ("deploy_sdk.benchmarks", "benchmarks"),
         ),
-        (_python_files(package_dir / "benchmarks"), "deploy_sdk.benchmarks", package_dir / "benchmarks", ()),
     ]
     for files, package, top, forbidden in layers:
         for path in files:
-            module, is_package = _module_name(path, top, package)
-            reported: Set[Tuple[int, str]] = set()
-            for line, kind, target in references(path, module, is_package):
-                where = f"{module} ({path.relative_to(package_dir.parent)}:{line})"
-                if any(_names(target, (seen,)) for at, seen in reported if at == line):
-                    continue  # `from a.b import c`: a.b is reported, a.b.c adds nothing
-                if kind == "import" and _names(target, ("deploy_sdk.cli",)) and module != "deploy_sdk.cli":
-                    problems.append(f"{where} imports deploy_sdk.cli, the top layer")
-                    reported.add((line, target))
-                elif _names(target, forbidden) and kind != "registry string":
-                    problems.append(f"{where}: {kind} {target!r} reaches up a layer")
-                    reported.add((line, target))
+            module, _ = _module_name(path, top, package)
+            for line, target, in_registry in module_strings(path, module):
+                if _names(target, forbidden) and not in_registry:
+                    where = f"{module} ({path.relative_to(package_dir.parent)}:{line})"
+                    problems.append(f"{where}: string {target!r} names a higher layer")
     return problems
 
 
-def test_no_module_imports_a_higher_layer():
-    problems = layer_violations(PACKAGE_DIR)
-    assert not problems, "imports against the layering (benchmarks > conversion > deploy_sdk):\n" + "\n".join(problems)
+def test_no_module_names_a_higher_layer_in_a_string():
+    problems = "\n".join(string_violations(PACKAGE_DIR))
+    assert not problems, f"module paths against the layering (benchmarks > conversion > deploy_sdk):\n{problems}"
 
 
-def test_the_static_check_sees_lazy_imports_strings_and_registries(tmp_path):
-    """The checker itself: it catches a lazy import, ``from deploy_sdk import conversion``, a relative import, a
-    ``require``-style string and an import of the CLI, and lets the registries name the upper layers."""
+def test_the_string_check_sees_module_paths_and_allows_the_registries(tmp_path):
+    """The checker itself: it catches a ``require``-style string, an ``importlib.import_module`` argument and a
+    ``module:Class`` string in the runtime and a benchmarks path in conversion, and lets the registries (and the
+    benchmarks layer) name the upper layers."""
     pkg = tmp_path / "deploy_sdk"
     for sub in ("", "commands", "backends", "conversion", "benchmarks"):
         (pkg / sub).mkdir(parents=True, exist_ok=True)
         (pkg / sub / "__init__.py").write_text("")
     (pkg / "cli.py").write_text('COMMAND_PACKAGES = ("deploy_sdk.commands", "deploy_sdk.conversion.commands")\n')
     (pkg / "backends" / "__init__.py").write_text('REGISTRY = {"torch": "deploy_sdk.conversion.torch_backend:T"}\n')
-    (pkg / "commands" / "lazy.py").write_text(
-        "def run():\n    from deploy_sdk.conversion.checkpoint import load_checkpoint\n"
-    )
-    (pkg / "commands" / "attr.py").write_text("def key():\n    from deploy_sdk import conversion\n")
-    (pkg / "commands" / "rel.py").write_text("from ..benchmarks import harness\n")
     (pkg / "backends" / "torchy.py").write_text('require("deploy_sdk.conversion.deploy_module", "convert", "x")\n')
-    (pkg / "commands" / "top.py").write_text("from deploy_sdk.cli import positive_int\n")
-    (pkg / "conversion" / "up.py").write_text("import deploy_sdk.benchmarks.harness\n")
-    (pkg / "benchmarks" / "ok.py").write_text("from deploy_sdk.conversion import export\n")
-    text = "\n".join(layer_violations(pkg))
-    for module in (
-        "commands.lazy",
-        "commands.attr",
-        "commands.rel",
-        "backends.torchy",
-        "commands.top",
-        "conversion.up",
-    ):
+    (pkg / "commands" / "dyn.py").write_text(
+        'import importlib\n\ndef run():\n    return importlib.import_module("deploy_sdk.benchmarks.harness")\n'
+    )
+    (pkg / "commands" / "table.py").write_text('OTHER = {"torch": "deploy_sdk.conversion.torch_backend:T"}\n')
+    (pkg / "conversion" / "up.py").write_text('WHERE = "deploy_sdk.benchmarks.report"\n')
+    (pkg / "benchmarks" / "ok.py").write_text('WHAT = "deploy_sdk.conversion.export"\n')
+    (pkg / "commands" / "fine.py").write_text('WHAT = "deploy_sdk.predictor"\nimport deploy_sdk.errors\n')
+    text = "\n".join(string_violations(pkg))
+    for module in ("backends.torchy", "commands.dyn", "commands.table", "conversion.up"):
         assert f"deploy_sdk.{module} " in text, (module, text)
-    assert "deploy_sdk.cli " not in text and "deploy_sdk.backends " not in text, text
-    assert "benchmarks.ok" not in text, text
+    for module in ("cli", "backends", "benchmarks.ok", "commands.fine"):
+        assert f"deploy_sdk.{module} " not in text, (module, text)

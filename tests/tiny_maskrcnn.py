@@ -16,16 +16,17 @@ from torchvision.models.detection.image_list import ImageList
 from deploy_sdk.conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn
 
 
-def build_tiny_maskrcnn(seed: int = 0, num_classes: int = 7):
-    """A randomly initialised ResNet18-FPN Mask R-CNN with narrow heads (fast on CPU), eval mode."""
+def build_tiny_maskrcnn(seed: int = 0, num_classes: int = 7, width: int = 32):
+    """A randomly initialised ResNet18-FPN Mask R-CNN with narrow heads (``width`` FPN and mask-head channels, twice
+    that in the box head; fast on CPU) and small input sizes, eval mode."""
     torch.manual_seed(seed)
     cfg = ArchConfig(
         "resnet18_fpn",
         num_classes,
-        fpn_channels=32,
-        box_head_dim=64,
-        mask_head_dims=(32, 32),
-        mask_predictor_dim=32,
+        fpn_channels=width,
+        box_head_dim=2 * width,
+        mask_head_dims=(width, width),
+        mask_predictor_dim=width,
         min_size=128,
         max_size=160,
     )

@@ -12,13 +12,17 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from deploy_sdk.commands.options import TRUST_CHECKPOINT_HELP, Terminated, positive_int, sigterm_unwinds
 from deploy_sdk.errors import CheckpointError, DeploySdkError, EngineError
 from deploy_sdk.predictor import CHECKPOINT_SUFFIXES as _CHECKPOINT_SUFFIXES
+
+if TYPE_CHECKING:
+    from deploy_sdk.benchmarks.side_by_side import BenchSystem
+    from deploy_sdk.conversion.checkpoints.loaded_model import LoadedModel
 
 __all__ = ["add_arguments", "run", "BASELINES"]
 
@@ -203,7 +207,9 @@ def bench_images(num: int, size: Tuple[int, int], seed: int) -> List[np.ndarray]
         # Generate near the target size (the generator's cost grows with area) and resize the rest of the way.
         img = generate_sample(seed, i, min_size=min(h, w, 512), max_size=min(max(h, w), 512)).image
         if img.shape[:2] != (h, w):
-            img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+            # Image.BILINEAR: the Resampling enum needs Pillow 9.1 (the package supports 9.0) and Pillow's type hints
+            # do not declare the module-level names it sets from that enum.
+            img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))  # type: ignore[attr-defined]
         out.append(np.ascontiguousarray(img))
     return out
 
@@ -267,7 +273,16 @@ def _torch_backend_options(name: str, precision: str) -> dict:
     return {"precision": dtype, "cuda_graphs": graphs}
 
 
-def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workdir: Path, max_batch: int):
+def _baseline_weights(name: str, loaded: Optional[LoadedModel], checkpoint: Optional[str]) -> Tuple[LoadedModel, str]:
+    """The checkpoint a torchvision-based baseline runs (resolve_compare has asked for it already)."""
+    if loaded is None or checkpoint is None:
+        raise DeploySdkError(f"--compare {name} needs the PyTorch weights: pass --checkpoint CKPT")
+    return loaded, checkpoint
+
+
+def _build_systems(
+    args, compare, checkpoint: Optional[str], threads: int, workdir: Path, max_batch: int
+) -> List[BenchSystem]:
     from deploy_sdk.benchmarks.memory import current_rss_mb
     from deploy_sdk.benchmarks.sdk_system import PredictorSystem
 
@@ -282,13 +297,15 @@ def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workd
     print(f"loading {args.model} ...", file=sys.stderr)
     main = PredictorSystem(args.model, backend=main_backend, device=args.device, batch_size=max_batch, threads=threads)
     main.load_rss_mb = grown(mark)  # memory per system: see deploy_sdk.benchmarks.memory
-    systems = [main]
+    systems: List[BenchSystem] = [main]
     checkpoint_mb: Optional[float] = None
 
-    loaded = None
+    loaded: Optional[LoadedModel] = None
     if any(name in _TORCHVISION_SYSTEMS for name, _ in compare):
         from deploy_sdk.conversion.checkpoint import load_checkpoint
 
+        if checkpoint is None:
+            raise DeploySdkError("the torchvision baselines need the PyTorch weights: pass --checkpoint CKPT")
         print(f"loading checkpoint {checkpoint} ...", file=sys.stderr)
         mark = current_rss_mb()
         loaded = load_checkpoint(checkpoint, trust_checkpoint=args.trust_checkpoint, config=args.config)
@@ -313,16 +330,18 @@ def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workd
                 )
             from deploy_sdk.benchmarks.framework_baselines import framework_eager_system
 
+            weights, checkpoint_path = _baseline_weights(name, loaded, checkpoint)
             print(f"torch-eager: {framework}'s own model", file=sys.stderr)
             systems.append(
                 framework_eager_system(
-                    loaded, Path(checkpoint), Path(args.config) if args.config else None, args.device
+                    weights, Path(checkpoint_path), Path(args.config) if args.config else None, args.device
                 )
             )
         elif name == "torch-eager":
             from deploy_sdk.benchmarks.baselines import TorchEagerSystem
 
-            systems.append(TorchEagerSystem(loaded.model, loaded.class_names, device=args.device))
+            weights, _ = _baseline_weights(name, loaded, checkpoint)
+            systems.append(TorchEagerSystem(weights.model, weights.class_names, device=args.device))
         elif name in ("torchvision-onnx", "torchvision-onnx-openvino"):
             from deploy_sdk.benchmarks.baselines import (
                 TorchvisionOnnxSystem,
@@ -330,6 +349,7 @@ def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workd
                 export_torchvision_onnx,
             )
 
+            weights, _ = _baseline_weights(name, loaded, checkpoint)
             # Both systems run the same export: a FILE given to either serves both.
             given = path or dict(compare).get("torchvision-onnx") or dict(compare).get("torchvision-onnx-openvino")
             onnx_path = Path(given) if given else workdir / "torchvision_export.onnx"
@@ -341,9 +361,9 @@ def _build_systems(args, compare, checkpoint: Optional[str], threads: int, workd
                     f"{args._image_size[0]}x{args._image_size[1]} ...",
                     file=sys.stderr,
                 )
-                export_torchvision_onnx(loaded.model, onnx_path, sample_hw=args._image_size)
+                export_torchvision_onnx(weights.model, onnx_path, sample_hw=args._image_size)
             cls = TorchvisionOnnxSystem if name == "torchvision-onnx" else TorchvisionOpenVinoSystem
-            systems.append(cls(onnx_path, loaded.class_names, threads=threads, device=args.device))
+            systems.append(cls(onnx_path, weights.class_names, threads=threads, device=args.device))
         else:
             backend, _, precision = name[len("sdk-") :].partition("-")
             options = {"inference_precision": "bf16"} if (backend, precision) == ("openvino", "bf16") else None

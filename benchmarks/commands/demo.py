@@ -24,8 +24,6 @@ from deploy_sdk.atomic_file import atomic_path
 from deploy_sdk.commands.options import add_trust_checkpoint_argument
 from deploy_sdk.errors import DeploySdkError
 
-HELD_OUT_SEED = 2026
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
@@ -42,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
 
     from deploy_sdk import Predictor
     from deploy_sdk.conversion.checkpoint import load_checkpoint, shipped_model_path
-    from deploy_sdk.conversion.commands.check import reference_detections
     from deploy_sdk.conversion.export import export_onnx
     from deploy_sdk.conversion.parity import compare_detections, summarize
-    from deploy_sdk.synthetic_shapes import generate_sample
+    from deploy_sdk.conversion.reference import batch_reference_detections
+    from deploy_sdk.synthetic_shapes import HELD_OUT_SEED, generate_sample
 
     if args.num_images < 1:
         raise DeploySdkError(f"--num-images must be at least 1, got {args.num_images}")
@@ -97,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     # reference for a batched run is torchvision on the same batches.
     reference = []
     for start in range(0, len(images), predictor.batch_size):
-        reference += reference_detections(loaded, images[start : start + predictor.batch_size])
+        reference += batch_reference_detections(loaded, images[start : start + predictor.batch_size])
     parity = [compare_detections(d, r) for d, r in zip(detections, reference)]
     for i, (det, p) in enumerate(zip(detections, parity)):
         names = ", ".join(f"{n} {s:.2f}" for n, s in zip(det.names, det.scores) if s >= 0.5) or "nothing >= 0.5"

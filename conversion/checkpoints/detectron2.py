@@ -362,6 +362,8 @@ def import_state_dict(state: Dict[str, torch.Tensor], path: Path, request: Any) 
     if len(mean) != 3 or len(std) != 3:
         raise UnsupportedModelError(f"MODEL.PIXEL_MEAN/PIXEL_STD must have 3 values (got {mean}, {std})")
     mean_rgb, std_rgb = (mean[::-1], std[::-1]) if fmt == "BGR" else (mean, std)
+    image_mean = (mean_rgb[0] / 255.0, mean_rgb[1] / 255.0, mean_rgb[2] / 255.0)
+    image_std = (std_rgb[0] / 255.0, std_rgb[1] / 255.0, std_rgb[2] / 255.0)
     sizes = cfg["MODEL.ANCHOR_GENERATOR.SIZES"]
     ratios = cfg["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"]
     cells = cell_anchors(sizes, ratios, 5)
@@ -396,17 +398,17 @@ def import_state_dict(state: Dict[str, torch.Tensor], path: Path, request: Any) 
         mask_predictor_dim=_shape(state, "roi_heads.mask_head.deconv.weight", path)[1],
         min_size=int(request.min_size or cfg["INPUT.MIN_SIZE_TEST"]),
         max_size=int(request.max_size or cfg["INPUT.MAX_SIZE_TEST"]),
-        image_mean=tuple(v / 255.0 for v in mean_rgb),
-        image_std=tuple(v / 255.0 for v in std_rgb),
+        image_mean=image_mean,
+        image_std=image_std,
         rpn_pre_nms_top_n=int(cfg["MODEL.RPN.PRE_NMS_TOPK_TEST"]),
         rpn_post_nms_top_n=int(cfg["MODEL.RPN.POST_NMS_TOPK_TEST"]),
         rpn_nms_thresh=float(cfg["MODEL.RPN.NMS_THRESH"]),
         rpn_min_size=float(cfg["MODEL.PROPOSAL_GENERATOR.MIN_SIZE"]),
-        rpn_weights=tuple(float(w) for w in cfg["MODEL.RPN.BBOX_REG_WEIGHTS"]),
+        rpn_weights=_box_weights(cfg, "MODEL.RPN.BBOX_REG_WEIGHTS"),
         box_score_thresh=float(cfg["MODEL.ROI_HEADS.SCORE_THRESH_TEST"]),
         box_nms_thresh=float(cfg["MODEL.ROI_HEADS.NMS_THRESH_TEST"]),
         detections_per_img=int(cfg["TEST.DETECTIONS_PER_IMAGE"]),
-        box_weights=tuple(float(w) for w in cfg["MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS"]),
+        box_weights=_box_weights(cfg, "MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS"),
     )
     from deploy_sdk.conversion.checkpoints.torchvision import _no_random_init
 
@@ -452,10 +454,19 @@ def import_state_dict(state: Dict[str, torch.Tensor], path: Path, request: Any) 
     )
 
 
+def _box_weights(cfg: Mapping[str, Any], key: str) -> Tuple[float, float, float, float]:
+    """The (dx, dy, dw, dh) weights of a box coder in the config."""
+    weights = [float(w) for w in cfg[key]]
+    if len(weights) != 4:
+        raise UnsupportedModelError(f"{key} must have 4 values (dx, dy, dw, dh weights), got {weights}")
+    return weights[0], weights[1], weights[2], weights[3]
+
+
+_DEPTHS: Dict[Tuple[int, ...], str] = {(3, 4, 6, 3): "50", (3, 4, 23, 3): "101", (3, 8, 36, 3): "152"}
+
+
 def _depth(stages: Sequence[int]) -> str:
-    return {(3, 4, 6, 3): "50", (3, 4, 23, 3): "101", (3, 8, 36, 3): "152"}.get(
-        tuple(stages), "-" + "-".join(map(str, stages))
-    )
+    return _DEPTHS.get(tuple(stages), "-" + "-".join(map(str, stages)))
 
 
 def _shape(state: Mapping[str, torch.Tensor], key: str, path: Path) -> Tuple[int, ...]:

@@ -4,8 +4,10 @@ model, find the shipped model."""
 from __future__ import annotations
 
 import importlib
+import importlib.resources
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
@@ -70,35 +72,39 @@ def detect_source(keys: Sequence[str]) -> str:
     return claimed[0] if claimed else "torchvision"
 
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_MODEL = Path("models") / "shapes_r18" / "model.safetensors"
+#: The shipped model's weights inside the ``deploy_sdk`` package, found with importlib.resources. The wheel holds the
+#: files (deploy_sdk/models/shapes_r18/); in a checkout that folder is a link to models/shapes_r18/, the one copy in
+#: the repository, so an editable install and a plain checkout find the same file.
+SHIPPED_MODEL = PurePosixPath("models/shapes_r18/model.safetensors")
 
 
 def shipped_model_path() -> Path:
-    """Path of the model shipped in the repository (``models/shapes_r18/model.safetensors``).
-
-    It is part of the source checkout, not of the installed package: from a checkout or an editable install
-    (``pip install -e .``) it is found; an install from a wheel (``pip install .``) raises CheckpointError saying
-    how to get it.
+    """Path of the shipped model's weights (``deploy_sdk/models/shapes_r18/model.safetensors``, the repository's
+    ``models/shapes_r18/``), looked up in the installed package with importlib.resources: an install from a wheel
+    and an editable install of a checkout both find it. A missing file raises CheckpointError saying how to get it.
     """
-    if not (_REPO_ROOT / "deploy_sdk" / "__init__.py").is_file():
-        # The module lives in site-packages/deploy_sdk/conversion/checkpoints/: no repository around it.
+    import deploy_sdk
+
+    resource = importlib.resources.files(deploy_sdk)
+    for part in SHIPPED_MODEL.parts:
+        resource = resource / part
+    if not resource.is_file():
         raise CheckpointError(
-            f"the shipped model ({SHIPPED_MODEL.as_posix()}) is not part of the installed package; it is in the "
-            "maskrcnn-deploy source repository: clone it and install from the checkout with 'pip install -e .' "
-            "(or 'make demo' there), or pass the path of a checkpoint"
+            f"the shipped model deploy_sdk/{SHIPPED_MODEL} is missing from the installed package in "
+            f"{Path(deploy_sdk.__file__).parent}; restore models/shapes_r18/ of the checkout with git (or train it: "
+            "'python models/train_shapes.py') and reinstall from it (an editable install needs no reinstall), or "
+            "pass the path of a checkpoint"
         )
-    path = _REPO_ROOT / SHIPPED_MODEL
-    if not path.is_file():
+    if not isinstance(resource, Path):
         raise CheckpointError(
-            f"the shipped model {path} is missing; it is produced by 'python models/train_shapes.py' "
-            "(or restore it from the repository with git)"
+            f"the shipped model {resource} is inside an archive, not a file on disk; install maskrcnn-deploy "
+            "into a folder with pip, or pass the path of a checkpoint"
         )
-    return path
+    return resource.resolve()  # in a checkout: models/shapes_r18/model.safetensors, not the link
 
 
 def load_checkpoint(
-    path: Union[str, Path],
+    path: Union[str, os.PathLike[str]],
     arch: Optional[str] = None,
     num_classes: Optional[int] = None,
     class_names: Union[None, str, Path, Sequence[str]] = None,
@@ -151,6 +157,7 @@ def load_checkpoint(
     if config is not None and not Path(config).is_file():
         raise CheckpointError(f"config file not found: {config}")
     sha256 = file_sha256(path)
+    info: Dict[str, Any]
     if path.suffix == ".pkl":
         from deploy_sdk.conversion.checkpoints.numpy_pickle import numpy_to_torch, read_numpy_pickle
 

@@ -46,11 +46,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torchvision.models.detection import MaskRCNN
 from torchvision.ops import MultiScaleRoIAlign
+
+from deploy_sdk import plugins
+from deploy_sdk.conversion.roi_align_function import RoIAlignConfig
 
 __all__ = [
     "InferenceSettings",
@@ -61,6 +64,10 @@ __all__ = [
     "MASK_PASTE_MODES",
     "read_inference_settings",
 ]
+
+# The level mapping's defaults, from the plugin's field table.
+_ROI_ALIGN_DEFAULT_SCALE = plugins.field_default(plugins.MULTILEVEL_OP, "canonical_scale")
+_ROI_ALIGN_DEFAULT_LEVEL = plugins.field_default(plugins.MULTILEVEL_OP, "canonical_level")
 
 # Runtime modes the metadata may name (see the module docstring); the runtime refuses any other.
 RESIZE_MODES = ("torchvision", "pil_bilinear", "mmcv_cv2")
@@ -137,6 +144,10 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
     and MMDetection's default), so the eager torchvision model pools as the framework does. torchvision's own
     class always pools with ``aligned=False``; the level mapping (``LevelMapper``) is torchvision's."""
 
+    # Set by the base class (declared there through __annotations__, which type checkers do not read).
+    scales: Optional[List[float]]
+    map_levels: Optional[Any]  # torchvision.ops.poolers.LevelMapper
+
     def __init__(self, featmap_names: List[str], output_size: int, sampling_ratio: int, **kwargs: Any):
         super().__init__(featmap_names, output_size, sampling_ratio, **kwargs)
         self.aligned = True
@@ -171,7 +182,11 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
 
 @dataclass
 class RoIAlignSettings:
-    """One ``MultiScaleRoIAlign`` pooler: levels it reads, output size, sampling and level mapping.
+    """One ``MultiScaleRoIAlign`` pooler as the model has it: the feature maps it reads, and its ``MultiLevelRoIAlign``
+    attributes except the spatial scales, which come from the feature map sizes at export. :meth:`from_pooler` is
+    the one reader of a torchvision pooler; :meth:`config` makes the node's attributes
+    (:class:`~deploy_sdk.conversion.roi_align_function.RoIAlignConfig`, the one Python description of the op's
+    attributes, whose names and defaults are the plugin's field table).
 
     torchvision's Mask R-CNN poolers are legacy RoIAlign (``aligned=False``): no half-pixel offset, RoI size at
     least 1 pixel. ``sampling_ratio`` 0 means adaptive (ceil(roi_size / output_size) samples per bin and axis).
@@ -180,9 +195,40 @@ class RoIAlignSettings:
     featmap_names: List[str]
     output_size: Tuple[int, int]
     sampling_ratio: int
-    canonical_scale: int = 224
-    canonical_level: int = 4
+    canonical_scale: float = _ROI_ALIGN_DEFAULT_SCALE
+    canonical_level: int = _ROI_ALIGN_DEFAULT_LEVEL
     aligned: bool = False
+
+    @classmethod
+    def from_pooler(cls, pool: Any) -> RoIAlignSettings:
+        """Read a torchvision ``MultiScaleRoIAlign`` (or :class:`AlignedMultiScaleRoIAlign`, ``aligned = True``)."""
+        size = pool.output_size
+        oh, ow = (size, size) if isinstance(size, int) else tuple(size)
+        scale = getattr(pool, "canonical_scale", _ROI_ALIGN_DEFAULT_SCALE)
+        return cls(
+            featmap_names=[str(n) for n in pool.featmap_names],
+            output_size=(int(oh), int(ow)),
+            sampling_ratio=int(pool.sampling_ratio),
+            # torchvision types it as an int (224); kept as given so a non-integral one is not truncated
+            canonical_scale=int(scale) if float(scale).is_integer() else float(scale),
+            canonical_level=int(getattr(pool, "canonical_level", _ROI_ALIGN_DEFAULT_LEVEL)),
+            # torchvision's MultiScaleRoIAlign always pools with aligned=False; importers of half-pixel frameworks
+            # use AlignedMultiScaleRoIAlign, which says so with `aligned = True`.
+            aligned=bool(getattr(pool, "aligned", False)),
+        )
+
+    def config(self, spatial_scales: Sequence[float]) -> RoIAlignConfig:
+        """The attributes of this pooler's ``MultiLevelRoIAlign`` node for levels of ``spatial_scales``."""
+        return RoIAlignConfig(
+            output_height=int(self.output_size[0]),
+            output_width=int(self.output_size[1]),
+            sampling_ratio=int(self.sampling_ratio),
+            spatial_scales=tuple(spatial_scales),
+            aligned=int(bool(self.aligned)),
+            mode="avg",
+            canonical_scale=float(self.canonical_scale),
+            canonical_level=int(self.canonical_level),
+        )
 
 
 @dataclass
@@ -219,16 +265,7 @@ def read_inference_settings(model: MaskRCNN) -> InferenceSettings:
     """Read the eval-mode settings off a torchvision ``MaskRCNN`` (see :class:`InferenceSettings`)."""
     t, rpn, roi = model.transform, model.rpn, model.roi_heads
 
-    def pooler(p) -> RoIAlignSettings:
-        return RoIAlignSettings(
-            featmap_names=[str(n) for n in p.featmap_names],
-            output_size=(int(p.output_size[0]), int(p.output_size[1])),
-            sampling_ratio=int(p.sampling_ratio),
-            canonical_scale=int(getattr(p, "canonical_scale", 224)),
-            canonical_level=int(getattr(p, "canonical_level", 4)),
-            aligned=bool(getattr(p, "aligned", False)),
-        )
-
+    pooler = RoIAlignSettings.from_pooler
     mask_pool = pooler(roi.mask_roi_pool)
     return InferenceSettings(
         min_size=int(t.min_size[-1]),

@@ -119,7 +119,7 @@ def detect_architecture(state: Mapping[str, torch.Tensor]) -> ArchConfig:
     cfg = ArchConfig(arch=arch, num_classes=num_classes, fpn_channels=fpn)
     if not v2:
         cfg.box_head_dim = shape("roi_heads.box_head.fc7.weight")[0]
-        dims = []
+        dims: list[int] = []
         while f"roi_heads.mask_head.{len(dims)}.0.weight" in state:
             dims.append(shape(f"roi_heads.mask_head.{len(dims)}.0.weight")[0])
         if not dims:
@@ -177,11 +177,12 @@ def build_from_state_dict(
         how = "detected from the checkpoint's keys"
     else:
         try:
-            cfg = detect_architecture(state)
-            same_family = _arch_family(cfg.arch) == _arch_family(arch)
+            detected: Optional[ArchConfig] = detect_architecture(state)
         except (UnsupportedModelError, CheckpointError):
-            cfg, same_family = None, False
-        if cfg is None or not same_family:
+            detected = None
+        if detected is not None and _arch_family(detected.arch) == _arch_family(arch):
+            cfg = detected
+        else:
             # Build the asked architecture at its default widths; the strict key check below tells the user
             # precisely how the file differs from it.
             cfg = ArchConfig(arch=arch, num_classes=_num_classes_in(state) or 91)
@@ -241,7 +242,7 @@ def _num_classes_in(state: Mapping[str, torch.Tensor]) -> Optional[int]:
 
 
 def _info_int(info: Dict[str, Any], key: str) -> Optional[int]:
-    value = info.get(key)
+    value: Any = info.get(key)
     if isinstance(value, (list, tuple)) and value:  # torchvision stores min_size as a tuple
         value = value[-1]
     try:

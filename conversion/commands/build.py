@@ -6,39 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from deploy_sdk.errors import MissingDependencyError
+from deploy_sdk.backends.tensorrt import import_tensorrt
 
-__all__ = ["add_arguments", "run", "require_tensorrt", "TENSORRT_HOW_TO"]
-
-# Where TensorRT comes from: it is not a dependency of the base install, and not on every package index.
-TENSORRT_HOW_TO = (
-    "install TensorRT on a machine with an NVIDIA GPU and its driver (an engine runs only on the GPU type it was "
-    "built on): pip install tensorrt (NVIDIA's wheels) or pip install 'maskrcnn-deploy[gpu]', or the TensorRT "
-    "archives from developer.nvidia.com/tensorrt; without a GPU, run the .onnx file on ONNX Runtime or OpenVINO"
-)
-
-
-def require_tensorrt(purpose: str = "maskrcnn-deploy build"):
-    """The TensorRT module, or :class:`MissingDependencyError` saying a GPU is needed and where TensorRT comes from.
-
-    Checked first thing, so that a machine without TensorRT learns it in a second, before torch or onnx load.
-    A ``tensorrt`` folder of type stubs only (``tensorrt-stubs``) imports as an empty namespace: missing too.
-    """
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise _missing(purpose, "is not installed") from exc
-    if not hasattr(trt, "Builder"):
-        raise _missing(purpose, "is not installed (only its type stubs were found)")
-    return trt
-
-
-def _missing(purpose: str, state: str) -> MissingDependencyError:
-    error = MissingDependencyError("tensorrt", "gpu", purpose)
-    error.args = (
-        f"{purpose} needs TensorRT and an NVIDIA GPU; TensorRT (the 'tensorrt' package) {state}: {TENSORRT_HOW_TO}",
-    )
-    return error
+__all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    require_tensorrt()  # before anything heavy is imported
+    import_tensorrt("maskrcnn-deploy build")  # before anything heavy is imported
 
     from deploy_sdk.atomic_file import check_output_file
     from deploy_sdk.conversion.tensorrt_build import BuildOptions, ProfileSpec, build_engine, parse_hw

@@ -1,10 +1,12 @@
-"""`maskrcnn-deploy check`: run an exported graph (ONNX Runtime) and the PyTorch reference on the same images and
-report, per image, how well their detections agree (deploy_sdk.conversion.parity); exit 1 beyond tolerance.
+"""`maskrcnn-deploy check MODEL --against REFERENCE`: run two models (each a checkpoint, an ONNX graph or an engine)
+on the same images and report, per image, how well their detections agree (deploy_sdk.conversion.parity); exit 1
+beyond tolerance. ``--target tensorrt`` instead lists the nodes TensorRT's ONNX parser would refuse.
 
-The reference is torchvision's own ``MaskRCNN.forward`` on batches of the same images as the graph sees. Batches
-matter: torchvision pads a batch to its largest image and the convolutions see that padding, so an image's
-result depends on its batch-mates; comparing equal batches isolates the export from that (inherent) effect.
-``--batch-size 1`` compares against torchvision on each image alone. A graph exported at a fixed size pads
+A checkpoint reference is torchvision's own eval path on batches of the same images as the graph sees
+(deploy_sdk.conversion.reference.batch_reference_detections, through deploy_sdk.conversion.detection_sources).
+Batches matter: torchvision pads a batch to its largest image and the convolutions see that padding, so an
+image's result depends on its batch-mates; comparing equal batches isolates the export from that (inherent)
+effect. ``--batch-size 1`` compares against torchvision on each image alone. A graph exported at a fixed size pads
 every batch to its canvas, and the reference is padded to the same canvas.
 """
 
@@ -12,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
-
-import numpy as np
 
 from deploy_sdk.conversion.checkpoint_options import add_checkpoint_arguments
 from deploy_sdk.errors import DeploySdkError
+from deploy_sdk.synthetic_shapes import HELD_OUT_SEED, held_out_images
 
-__all__ = ["add_arguments", "run", "reference_detections"]
+__all__ = ["add_arguments", "run"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-HELD_OUT_SEED = 2026  # synthetic images from this seed were never used in training (training used seed 1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,58 +125,6 @@ def run(args: argparse.Namespace) -> int:
     return 0 if comparison.ok else 1
 
 
-def reference_detections(
-    loaded_model,
-    images: Sequence[np.ndarray],
-    canvas: Optional[Tuple[int, int]] = None,
-    mask_threshold: Optional[float] = 0.5,
-) -> List:
-    """torchvision's Mask R-CNN eval path on ``images`` (a list of [H, W, 3] uint8 RGB) as ONE batch -> one
-    ``Detections`` per image (boxes x1 y1 x2 y2 in original pixels, masks pasted: bool ``> mask_threshold``, or
-    the float32 probabilities when ``mask_threshold`` is None).
-
-    The steps are ``GeneralizedRCNN.forward``'s (transform, backbone, rpn, roi_heads, transform.postprocess),
-    with one optional change: ``canvas`` (H, W) pads the batch further, with zeros, to the canvas a fixed-size
-    graph runs at, since padding changes the features near it.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from deploy_sdk.detections import Detections
-
-    model = loaded_model.model.eval()
-    # torch.from_numpy warns on a read-only array (decoded images often are, e.g. np.asarray of a PIL image);
-    # np.require copies only such arrays, and the tensor is converted to float (a copy) right away anyway.
-    tensors = [
-        torch.from_numpy(np.require(im, requirements=("C", "W"))).permute(2, 0, 1).float().div_(255.0) for im in images
-    ]
-    with torch.inference_mode():
-        batch, _ = model.transform(tensors)
-        if canvas is not None:
-            h, w = batch.tensors.shape[-2:]
-            if h > canvas[0] or w > canvas[1]:
-                raise DeploySdkError(
-                    f"a resized image needs a {h}x{w} canvas but the graph is fixed at {canvas[0]}x{canvas[1]}; "
-                    "the graph shrinks such images further, so they cannot be compared with the reference"
-                )
-            batch.tensors = F.pad(batch.tensors, (0, canvas[1] - w, 0, canvas[0] - h))
-        features = model.backbone(batch.tensors)
-        proposals, _ = model.rpn(batch, features)
-        detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
-        outputs = model.transform.postprocess(detections, batch.image_sizes, [t.shape[-2:] for t in tensors])
-    return [
-        Detections(
-            boxes=out["boxes"].numpy().astype(np.float32),
-            scores=out["scores"].numpy().astype(np.float32),
-            labels=out["labels"].numpy().astype(np.int64),
-            masks=(out["masks"][:, 0] if mask_threshold is None else out["masks"][:, 0] > mask_threshold).numpy(),
-            class_names=list(loaded_model.class_names),
-            image_size=(int(im.shape[0]), int(im.shape[1])),
-        )
-        for out, im in zip(outputs, images)
-    ]
-
-
 def _load_images(args) -> tuple:
     from deploy_sdk.preprocessing import load_image
 
@@ -188,9 +135,7 @@ def _load_images(args) -> tuple:
         if not files:
             raise DeploySdkError(f"--images {args.images} holds no images ({', '.join(sorted(_IMAGE_SUFFIXES))})")
         return [load_image(str(p), what=str(p)) for p in files], [p.name for p in files]
-    from deploy_sdk.synthetic_shapes import generate_sample
-
     n = 10 if args.num_synthetic is None else args.num_synthetic
     if n < 1:
         raise DeploySdkError(f"--num-synthetic must be at least 1, got {n}")
-    return [generate_sample(HELD_OUT_SEED, i).image for i in range(n)], [f"synthetic {i}" for i in range(n)]
+    return held_out_images(n)

@@ -29,11 +29,11 @@ from deploy_sdk.conversion.checkpoint_options import add_checkpoint_arguments
 from deploy_sdk.conversion.commands.export import require_convert_extra
 from deploy_sdk.conversion.export_options import DEFAULT_OPSET, check_export_options
 from deploy_sdk.errors import DeploySdkError
+from deploy_sdk.synthetic_shapes import held_out_images
 
 __all__ = ["add_arguments", "run", "TARGETS", "parse_targets", "Step", "format_summary"]
 
 TARGETS = ("onnx", "fp16", "int8", "engine")
-HELD_OUT_SEED = 2026  # deploy_sdk.conversion.commands.check.HELD_OUT_SEED: never used in training
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -212,10 +212,10 @@ def run(args: argparse.Namespace) -> int:
     if build_engine_now:
         if args.engine_from == "int8" and args.int8_target != "tensorrt":
             raise DeploySdkError("--engine-from int8 needs --int8-target tensorrt (TensorRT rejects the cpu graph)")
-        from deploy_sdk.conversion.commands.build import require_tensorrt
+        from deploy_sdk.backends.tensorrt import import_tensorrt
 
         try:
-            require_tensorrt("maskrcnn-deploy convert --to engine")
+            import_tensorrt("maskrcnn-deploy convert --to engine")
         except DeploySdkError:
             if not engine_optional:
                 raise
@@ -377,9 +377,7 @@ def _check_images(args) -> Tuple[list, List[str]]:
             raise DeploySdkError(f"--images {args.images} holds no images ({', '.join(_IMAGE_SUFFIXES)})")
         files = files[:n]
         return [load_image(str(p), what=str(p)) for p in files], [p.name for p in files]
-    from deploy_sdk.synthetic_shapes import generate_sample
-
-    return [generate_sample(HELD_OUT_SEED, i).image for i in range(n)], [f"synthetic {i}" for i in range(n)]
+    return held_out_images(n)
 
 
 def _parity(
@@ -478,9 +476,9 @@ def _measure_ap(step: Step, args, loaded, log) -> None:
     assert step.path is not None
 
     if step.what == "checkpoint":
-        from deploy_sdk.conversion.reference import ReferencePredictor
+        from deploy_sdk.conversion.reference import PerImageReferencePredictor
 
-        predictor: Any = ReferencePredictor(loaded)
+        predictor: Any = PerImageReferencePredictor(loaded)
     else:
         from deploy_sdk.predictor import Predictor
 

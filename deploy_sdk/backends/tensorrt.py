@@ -28,14 +28,17 @@ import numpy as np
 
 from deploy_sdk.backends.base import INPUT_NAMES, OUTPUT_NAMES, Backend, parse_device
 from deploy_sdk.errors import DeploySdkError, EngineError, MissingDependencyError, PluginError, require
+from deploy_sdk.plugins import MULTILEVEL_OP, PLUGIN_VERSION
 
-if TYPE_CHECKING:  # type-checked against the tensorrt-stubs package (tests/test_backends_tensorrt.py runs mypy)
+# Type-checked against the tensorrt-stubs package (tests/deploy_sdk/backends/test_backends_tensorrt.py runs mypy).
+if TYPE_CHECKING:
     import tensorrt as trt
 
-__all__ = ["TensorRTBackend", "import_tensorrt", "load_plugin_library", "PLUGIN_CREATOR"]
+__all__ = ["TensorRTBackend", "import_tensorrt", "load_plugin_library", "PLUGIN_CREATOR", "TENSORRT_HOW_TO"]
 
-#: (op name, plugin version) the engine's RoIAlign layers were built with; see deploy_sdk.plugins.
-PLUGIN_CREATOR = ("MultiLevelRoIAlign", "1")
+#: (op name, plugin version) of the creator the engine's RoIAlign layers are built and deserialized with: the
+#: ONNX parser looks plugins up by the node's op name, this version and the empty namespace.
+PLUGIN_CREATOR = (MULTILEVEL_OP, PLUGIN_VERSION)
 _FIX_PLUGIN = (
     "install maskrcnn-deploy where nvcc and this TensorRT's headers are present, so that the library it compiles has "
     "the plugin (TENSORRT_INCLUDE_DIR=<TensorRT>/include pip install ...; in a source checkout "
@@ -44,16 +47,37 @@ _FIX_PLUGIN = (
 )
 
 
-def import_tensorrt() -> Any:
-    """The ``tensorrt`` module, or :class:`MissingDependencyError` naming the ``gpu`` extra.
+# Where TensorRT comes from: it is not a dependency of the base install, and not on every package index.
+TENSORRT_HOW_TO = (
+    "install TensorRT on a machine with an NVIDIA GPU and its driver (an engine runs only on the GPU type it was "
+    "built on): pip install tensorrt (NVIDIA's wheels) or pip install 'maskrcnn-deploy[gpu]', or the TensorRT "
+    "archives from developer.nvidia.com/tensorrt; without a GPU, run the .onnx file on ONNX Runtime or OpenVINO"
+)
 
-    A type-stub package (``tensorrt-stubs``) or a leftover directory can make ``import tensorrt`` succeed as an empty
-    namespace package; that counts as not installed.
+
+def import_tensorrt(purpose: str) -> Any:
+    """The ``tensorrt`` module: the one import of TensorRT, for the backend and the engine builder alike.
+
+    Without it, :class:`MissingDependencyError` in one line: ``purpose`` (what TensorRT was needed for, e.g. "the
+    tensorrt backend", "maskrcnn-deploy build") needs TensorRT and a GPU, and where TensorRT comes from. A type-stub
+    package (``tensorrt-stubs``) or a leftover directory can make ``import tensorrt`` succeed as an empty namespace
+    package, without even a version; that counts as not installed. Cheap: call it before anything heavy is imported.
     """
-    trt = require("tensorrt", "gpu", "the tensorrt backend")
-    if not hasattr(trt, "Runtime"):
-        raise MissingDependencyError("tensorrt", "gpu", "the tensorrt backend (found only type stubs, no library)")
-    return trt
+    try:
+        import tensorrt as trt_module
+    except ImportError as exc:
+        raise _missing_tensorrt(purpose, "is not installed") from exc
+    if not hasattr(trt_module, "__version__"):
+        raise _missing_tensorrt(purpose, "is not installed (only its type stubs were found)")
+    return trt_module
+
+
+def _missing_tensorrt(purpose: str, state: str) -> MissingDependencyError:
+    error = MissingDependencyError("tensorrt", "gpu", purpose)
+    error.args = (
+        f"{purpose} needs TensorRT and an NVIDIA GPU; TensorRT (the 'tensorrt' package) {state}: {TENSORRT_HOW_TO}",
+    )
+    return error
 
 
 def load_plugin_library(registry: trt.IPluginRegistry, library: Optional[os.PathLike] = None) -> str:
@@ -126,7 +150,7 @@ class TensorRTBackend(Backend):
 
         self.path = os.fspath(path)
         header, plan = read_engine_file(self.path)  # EngineError for a missing/foreign/corrupt file, before TRT
-        trt_mod = import_tensorrt()
+        trt_mod = import_tensorrt("the tensorrt backend")
         torch = require("torch", "convert", "the tensorrt backend (CUDA buffers and streams)")
         if not torch.cuda.is_available():
             raise DeploySdkError("the tensorrt backend needs a CUDA GPU, but torch sees none")

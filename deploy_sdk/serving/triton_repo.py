@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
-from deploy_sdk.errors import DeploySdkError, EngineError
+from deploy_sdk.errors import DeploySdkError, EngineError, MissingDependencyError
 from deploy_sdk.model_metadata import ModelMetadata
 
 __all__ = ["TensorSpec", "write_triton_repository", "graph_io_from_onnx", "triton_config_text"]
@@ -101,16 +101,17 @@ def _graph_io_from_engine(
 ) -> Tuple[List[TensorSpec], List[TensorSpec], str]:
     """(inputs, outputs, where they came from) of an engine: TensorRT's own view when it is importable, else the
     profile in the header (inputs) and the graph contract (outputs)."""
+    from deploy_sdk.backends.tensorrt import import_tensorrt, load_plugin_library
+
     try:
-        import tensorrt as trt
-    except ImportError:
+        trt = import_tensorrt("reading the engine's inputs and outputs")
+    except MissingDependencyError:
         trt = None
     if trt is not None:
         from deploy_sdk.plugins import tensorrt_plugin_library
 
         trt.init_libnvinfer_plugins(None, "")
-        registry = trt.get_plugin_registry()
-        registry.load_library(str(tensorrt_plugin_library()))
+        load_plugin_library(trt.get_plugin_registry(), tensorrt_plugin_library())
         engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(plan)
         if engine is None:
             raise EngineError(f"{path}: TensorRT cannot deserialize the plan on this machine")

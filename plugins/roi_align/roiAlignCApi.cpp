@@ -1,12 +1,21 @@
 #include "roiAlignCApi.h"
 
-#include "roiAlignChecks.h"
+#include "roiAlignArgs.h"
 #include "roiAlignCpu.h"
+#include "roiAlignOp.h"
 #if defined(MRD_WITH_CUDA)
 #include "roiAlignKernel.h"
 #endif
 
+#include <cstddef>
+#include <exception>
 #include <string>
+
+static_assert(MRD_FIELD_INT == static_cast<int32_t>(mrd::FieldKind::kInt)
+        && MRD_FIELD_FLOAT == static_cast<int32_t>(mrd::FieldKind::kFloat)
+        && MRD_FIELD_FLOATS == static_cast<int32_t>(mrd::FieldKind::kFloats)
+        && MRD_FIELD_STRING == static_cast<int32_t>(mrd::FieldKind::kString),
+    "C ABI field kind codes are FieldKind values");
 
 namespace
 {
@@ -19,111 +28,65 @@ int32_t fail(std::string message)
     return MRD_STATUS_INVALID_ARGUMENT;
 }
 
-//! The argument list of both entries, checked and turned into the math header's structs.
-struct Args
+//! The members of MrdRoiAlignArgs in declaration order, for mrd_args_field().
+// clang-format off
+#define MRD_ARGS_MEMBERS(X) \
+    X(dtype) \
+    X(num_levels) \
+    X(features) \
+    X(heights) \
+    X(widths) \
+    X(spatial_scales) \
+    X(batch) \
+    X(channels) \
+    X(rois) \
+    X(rois_dtype) \
+    X(index_type) \
+    X(batch_indices) \
+    X(rois_per_image) \
+    X(num_rois) \
+    X(out_h) \
+    X(out_w) \
+    X(sampling_ratio) \
+    X(aligned) \
+    X(mode) \
+    X(canonical_scale) \
+    X(canonical_level) \
+    X(implementation) \
+    X(num_threads) \
+    X(reserved) \
+    X(out) \
+    X(stream)
+// clang-format on
+
+struct ArgsMember
 {
-    int32_t dtype;
-    void const* const* features;
-    int32_t const* heights;
-    int32_t const* widths;
-    float const* scales;
-    int32_t numLevels;
-    int32_t batch, channels;
-    void const* rois;
-    int32_t roisDtype;
-    void const* batchIndices;
-    int32_t indexType;
-    int64_t roisPerImage, numRois;
-    int32_t outH, outW, samplingRatio, aligned, mode;
-    float canonicalScale;
-    int32_t canonicalLevel;
-    void* out;
-
-    std::string check() const
-    {
-        std::string msg = mrd::checkAttributes(outH, outW, samplingRatio, scales, numLevels, canonicalScale, mode);
-        if (!msg.empty())
-        {
-            return msg;
-        }
-        if (dtype != MRD_DTYPE_FLOAT32 && dtype != MRD_DTYPE_FLOAT16)
-        {
-            return "features dtype code must be 0 (float32) or 1 (float16), got " + std::to_string(dtype);
-        }
-        if (roisDtype != MRD_DTYPE_FLOAT32 && roisDtype != MRD_DTYPE_FLOAT16)
-        {
-            return "rois dtype code must be 0 (float32) or 1 (float16), got " + std::to_string(roisDtype);
-        }
-        if (batchIndices != nullptr && indexType != MRD_INDEX_INT32 && indexType != MRD_INDEX_INT64)
-        {
-            return "batch index type must be 32 or 64, got " + std::to_string(indexType);
-        }
-        if (batchIndices == nullptr && numRois > 0 && roisPerImage <= 0)
-        {
-            return "rois_per_image must be positive when no batch indices are given";
-        }
-        if (batch < 0 || channels < 0 || numRois < 0)
-        {
-            return "batch, channels and num_rois must be >= 0";
-        }
-        for (int32_t l = 0; l < numLevels; ++l)
-        {
-            if (heights[l] <= 0 || widths[l] <= 0)
-            {
-                return "feature level " + std::to_string(l) + " has an empty map (" + std::to_string(heights[l]) + " x "
-                    + std::to_string(widths[l]) + ")";
-            }
-            if (features[l] == nullptr && batch > 0 && channels > 0)
-            {
-                return "feature level " + std::to_string(l) + " has a null data pointer";
-            }
-        }
-        if (numRois > 0 && (rois == nullptr || out == nullptr))
-        {
-            return "rois and out must not be null";
-        }
-        return "";
-    }
-
-    template <typename T>
-    mrd::FeatureLevels<T> levels() const
-    {
-        mrd::FeatureLevels<T> f{};
-        f.numLevels = numLevels;
-        f.firstLevel = mrd::levelNumberOfScale(scales[0]);
-        for (int32_t l = 0; l < numLevels; ++l)
-        {
-            f.data[l] = static_cast<T const*>(features[l]);
-            f.height[l] = heights[l];
-            f.width[l] = widths[l];
-            f.scale[l] = scales[l];
-        }
-        return f;
-    }
-
-    mrd::RoiSource source() const
-    {
-        return mrd::RoiSource{
-            rois, roisDtype == MRD_DTYPE_FLOAT16, batchIndices, indexType == MRD_INDEX_INT64, roisPerImage, numRois};
-    }
-
-    mrd::PoolParams params() const
-    {
-        return mrd::PoolParams{channels, batch, outH, outW, samplingRatio, aligned != 0,
-            static_cast<mrd::PoolMode>(mode), canonicalScale, canonicalLevel};
-    }
+    char const* name;
+    size_t offset;
+    size_t size;
 };
+
+#define MRD_ARGS_MEMBER(NAME) ArgsMember{#NAME, offsetof(MrdRoiAlignArgs, NAME), sizeof(MrdRoiAlignArgs::NAME)},
+constexpr ArgsMember kArgsMembers[] = {MRD_ARGS_MEMBERS(MRD_ARGS_MEMBER)};
+#undef MRD_ARGS_MEMBER
+constexpr int32_t kNumArgsMembers = static_cast<int32_t>(sizeof(kArgsMembers) / sizeof(kArgsMembers[0]));
+// A member added to the struct but not to the list would leave a gap the layout test could miss at the end.
+static_assert(
+    kArgsMembers[kNumArgsMembers - 1].offset + kArgsMembers[kNumArgsMembers - 1].size == sizeof(MrdRoiAlignArgs),
+    "MRD_ARGS_MEMBERS must list every member of MrdRoiAlignArgs, the last one last");
 
 } // namespace
 
-// Both entries take the same argument list; this gathers it into Args in one place.
-#define MRD_COLLECT_ARGS                                                                                               \
-    Args                                                                                                               \
-    {                                                                                                                  \
-        dtype, features, heights, widths, spatial_scales, num_levels, batch, channels, rois, rois_dtype,               \
-            batch_indices, index_type, rois_per_image, num_rois, out_h, out_w, sampling_ratio, aligned, mode,          \
-            canonical_scale, canonical_level, out                                                                      \
-    }
+#if defined(MRD_WITH_CUDA)
+int32_t mrd::launchRoiAlignCuda(MrdRoiAlignArgs const& a)
+{
+    return static_cast<int32_t>(withFeatureType(a.dtype, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        return launchRoiAlign<T>(featureLevels<T>(a), roiSource(a), poolParams(a), static_cast<T*>(a.out),
+            static_cast<cudaStream_t>(a.stream));
+    }));
+}
+#endif
 
 extern "C" {
 
@@ -155,35 +118,31 @@ char const* mrd_last_error(void)
     return gLastError.c_str();
 }
 
-int32_t mrd_roi_align_cpu(int32_t dtype, void const* const* features, int32_t const* heights, int32_t const* widths,
-    float const* spatial_scales, int32_t num_levels, int32_t batch, int32_t channels, void const* rois,
-    int32_t rois_dtype, void const* batch_indices, int32_t index_type, int64_t rois_per_image, int64_t num_rois,
-    int32_t out_h, int32_t out_w, int32_t sampling_ratio, int32_t aligned, int32_t mode, float canonical_scale,
-    int32_t canonical_level, void* out, int32_t num_threads)
+int32_t mrd_roi_align_cpu(MrdRoiAlignArgs const* args)
 {
-    Args const a = MRD_COLLECT_ARGS;
-    if (std::string msg = a.check(); !msg.empty())
+    if (args == nullptr)
+    {
+        return fail("mrd_roi_align_cpu: args is NULL");
+    }
+    MrdRoiAlignArgs const& a = *args;
+    if (std::string msg = mrd::checkArgs(a); !msg.empty())
     {
         return fail(std::move(msg));
     }
     try
     {
-        if (num_threads == MRD_THREADS_ELEMENTWISE && dtype == MRD_DTYPE_FLOAT16)
-        {
-            mrd::roiAlignElementwiseCpu(a.levels<mrd::Half>(), a.source(), a.params(), static_cast<mrd::Half*>(out));
-        }
-        else if (num_threads == MRD_THREADS_ELEMENTWISE)
-        {
-            mrd::roiAlignElementwiseCpu(a.levels<float>(), a.source(), a.params(), static_cast<float*>(out));
-        }
-        else if (dtype == MRD_DTYPE_FLOAT16)
-        {
-            mrd::roiAlignCpu(a.levels<mrd::Half>(), a.source(), a.params(), static_cast<mrd::Half*>(out), num_threads);
-        }
-        else
-        {
-            mrd::roiAlignCpu(a.levels<float>(), a.source(), a.params(), static_cast<float*>(out), num_threads);
-        }
+        mrd::withFeatureType(a.dtype, [&](auto tag) {
+            using T = typename decltype(tag)::type;
+            mrd::FeatureLevels<T> const levels = mrd::featureLevels<T>(a);
+            if (a.implementation == MRD_IMPLEMENTATION_KERNEL)
+            {
+                mrd::roiAlignElementwiseCpu(levels, mrd::roiSource(a), mrd::poolParams(a), static_cast<T*>(a.out));
+            }
+            else
+            {
+                mrd::roiAlignCpu(levels, mrd::roiSource(a), mrd::poolParams(a), static_cast<T*>(a.out), a.num_threads);
+            }
+        });
     }
     catch (std::exception const& e)
     {
@@ -194,38 +153,33 @@ int32_t mrd_roi_align_cpu(int32_t dtype, void const* const* features, int32_t co
     return 0;
 }
 
-int32_t mrd_roi_align_cuda(int32_t dtype, void const* const* features, int32_t const* heights, int32_t const* widths,
-    float const* spatial_scales, int32_t num_levels, int32_t batch, int32_t channels, void const* rois,
-    int32_t rois_dtype, void const* batch_indices, int32_t index_type, int64_t rois_per_image, int64_t num_rois,
-    int32_t out_h, int32_t out_w, int32_t sampling_ratio, int32_t aligned, int32_t mode, float canonical_scale,
-    int32_t canonical_level, void* out, void* stream)
+int32_t mrd_roi_align_cuda(MrdRoiAlignArgs const* args)
 {
-    Args const a = MRD_COLLECT_ARGS;
-    if (std::string msg = a.check(); !msg.empty())
+    if (args == nullptr)
+    {
+        return fail("mrd_roi_align_cuda: args is NULL");
+    }
+    MrdRoiAlignArgs const& a = *args;
+    if (std::string msg = mrd::checkArgs(a); !msg.empty())
     {
         return fail(std::move(msg));
     }
+    if (a.implementation != MRD_IMPLEMENTATION_KERNEL)
+    {
+        return fail("the CUDA entry runs the kernel only: implementation must be MRD_IMPLEMENTATION_KERNEL ("
+            + std::to_string(MRD_IMPLEMENTATION_KERNEL) + ")");
+    }
 #if defined(MRD_WITH_CUDA)
-    cudaError_t status;
-    if (dtype == MRD_DTYPE_FLOAT16)
+    int32_t const status = mrd::launchRoiAlignCuda(a);
+    if (status != 0)
     {
-        status = mrd::launchRoiAlign(a.levels<mrd::Half>(), a.source(), a.params(), static_cast<mrd::Half*>(out),
-            static_cast<cudaStream_t>(stream));
-    }
-    else
-    {
-        status = mrd::launchRoiAlign(
-            a.levels<float>(), a.source(), a.params(), static_cast<float*>(out), static_cast<cudaStream_t>(stream));
-    }
-    if (status != cudaSuccess)
-    {
-        gLastError = std::string("RoIAlign CUDA launch failed: ") + cudaGetErrorString(status);
-        return static_cast<int32_t>(status);
+        gLastError
+            = std::string("RoIAlign CUDA launch failed: ") + cudaGetErrorString(static_cast<cudaError_t>(status));
+        return status;
     }
     gLastError.clear();
     return 0;
 #else
-    (void) a, (void) stream;
     return fail("this build of the plugin library has no CUDA kernels (rebuild with CUDA: MRD_WITH_CUDA=ON)");
 #endif
 }
@@ -241,6 +195,63 @@ int32_t mrd_level_indices(float const* rois, int64_t num_rois, float const* spat
     mrd::levelIndicesCpu(rois, num_rois, canonical_scale, canonical_level, mrd::levelNumberOfScale(spatial_scales[0]),
         num_levels, out_levels);
     gLastError.clear();
+    return 0;
+}
+
+char const* mrd_plugin_version(void)
+{
+    return mrd::kPluginVersion;
+}
+
+int32_t mrd_op_count(void)
+{
+    return mrd::kNumOps;
+}
+
+char const* mrd_op_name(int32_t op)
+{
+    return op >= 0 && op < mrd::kNumOps ? mrd::opName(static_cast<mrd::RoiAlignOp>(op)) : nullptr;
+}
+
+int32_t mrd_op_field_count(void)
+{
+    return mrd::kNumOpFields;
+}
+
+int32_t mrd_op_field(int32_t i, char const** name, int32_t* kind, int32_t* ops, char const** default_text)
+{
+    if (i < 0 || i >= mrd::kNumOpFields || name == nullptr || kind == nullptr || ops == nullptr
+        || default_text == nullptr)
+    {
+        return -1;
+    }
+    mrd::OpField const& f = mrd::kOpFields[i];
+    *name = f.name;
+    *kind = static_cast<int32_t>(f.kind);
+    *ops = f.ops;
+    *default_text = f.defaultText;
+    return 0;
+}
+
+int64_t mrd_args_size(void)
+{
+    return static_cast<int64_t>(sizeof(MrdRoiAlignArgs));
+}
+
+int32_t mrd_args_field_count(void)
+{
+    return kNumArgsMembers;
+}
+
+int32_t mrd_args_field(int32_t i, char const** name, int64_t* offset, int64_t* size)
+{
+    if (i < 0 || i >= kNumArgsMembers || name == nullptr || offset == nullptr || size == nullptr)
+    {
+        return -1;
+    }
+    *name = kArgsMembers[i].name;
+    *offset = static_cast<int64_t>(kArgsMembers[i].offset);
+    *size = static_cast<int64_t>(kArgsMembers[i].size);
     return 0;
 }
 

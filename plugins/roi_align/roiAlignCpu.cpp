@@ -12,12 +12,8 @@ namespace mrd
 namespace
 {
 
-//! One bilinear sample with its four taps resolved to plane offsets (weights 0 for an outside sample).
-struct SampleTaps
-{
-    int32_t o1, o2, o3, o4;
-    float w1, w2, w3, w4;
-};
+//! One bilinear sample of the per-RoI table; int32 offsets, for planes of fewer than 2^31 pixels.
+using SampleTaps = BilinearTaps<int32_t>;
 
 //! Per-thread buffers, reused across the RoIs a thread handles so the hot loop never allocates.
 struct Scratch
@@ -27,11 +23,13 @@ struct Scratch
 };
 
 //! Pool ``Block`` consecutive channels starting at ``c0`` over all bins, reusing each sample's taps for every
-//! channel of the block. Same reduction as BinReducer, written out so the accumulators stay in registers.
-template <typename T, int Block, bool IsMax>
+//! channel of the block: interpolate() and the reduction steps of roiAlignMath.h, with one accumulator per channel
+//! kept in registers.
+template <typename T, int Block, PoolMode M>
 void poolChannels(
     T const* image, int64_t planeSize, int32_t c0, SampleTaps const* taps, int64_t bins, int32_t count, T* outRoi)
 {
+    using R = Reduce<M>;
     T const* planes[Block];
     for (int j = 0; j < Block; ++j)
     {
@@ -43,21 +41,18 @@ void poolChannels(
         float acc[Block];
         for (int j = 0; j < Block; ++j)
         {
-            acc[j] = IsMax ? -3.402823466e38f : 0.0f;
+            acc[j] = R::init();
         }
         for (int32_t k = 0; k < count; ++k, ++t)
         {
             for (int j = 0; j < Block; ++j)
             {
-                T const* plane = planes[j];
-                float const v = t->w1 * loadAsFloat(plane, t->o1) + t->w2 * loadAsFloat(plane, t->o2)
-                    + t->w3 * loadAsFloat(plane, t->o3) + t->w4 * loadAsFloat(plane, t->o4);
-                acc[j] = IsMax ? (v > acc[j] ? v : acc[j]) : acc[j] + v;
+                acc[j] = R::add(acc[j], interpolate(planes[j], *t));
             }
         }
         for (int j = 0; j < Block; ++j)
         {
-            storeFromFloat(outRoi + (c0 + j) * bins, bin, IsMax ? acc[j] : acc[j] / static_cast<float>(count));
+            storeFromFloat(outRoi + (c0 + j) * bins, bin, R::result(acc[j], count));
         }
     }
 }
@@ -158,7 +153,7 @@ void poolOneRoi(
         return;
     }
 
-    // Then their products per sample.
+    // Then the four-tap products of each sample (bilinearTaps(), as poolBin() forms them through interpolate()).
     s.samples.resize(static_cast<size_t>(binsPerChannel) * count);
     SampleTaps* st = s.samples.data();
     for (int32_t ph = 0; ph < p.outH; ++ph)
@@ -170,16 +165,7 @@ void poolOneRoi(
                 AxisTaps const& ty = s.ys[static_cast<size_t>(ph) * g.gridH + iy];
                 for (int32_t ix = 0; ix < g.gridW; ++ix)
                 {
-                    AxisTaps const& tx = s.xs[static_cast<size_t>(pw) * g.gridW + ix];
-                    st->o1 = ty.low * width + tx.low;
-                    st->o2 = ty.low * width + tx.high;
-                    st->o3 = ty.high * width + tx.low;
-                    st->o4 = ty.high * width + tx.high;
-                    st->w1 = ty.wLow * tx.wLow;
-                    st->w2 = ty.wLow * tx.wHigh;
-                    st->w3 = ty.wHigh * tx.wLow;
-                    st->w4 = ty.wHigh * tx.wHigh;
-                    ++st;
+                    *st++ = bilinearTaps<int32_t>(ty, s.xs[static_cast<size_t>(pw) * g.gridW + ix], width);
                 }
             }
         }
@@ -192,22 +178,22 @@ void poolOneRoi(
     {
         for (; c + 4 <= p.channels; c += 4)
         {
-            poolChannels<T, 4, true>(image, planeSize, c, s.samples.data(), binsPerChannel, count, outRoi);
+            poolChannels<T, 4, PoolMode::kMax>(image, planeSize, c, s.samples.data(), binsPerChannel, count, outRoi);
         }
         for (; c < p.channels; ++c)
         {
-            poolChannels<T, 1, true>(image, planeSize, c, s.samples.data(), binsPerChannel, count, outRoi);
+            poolChannels<T, 1, PoolMode::kMax>(image, planeSize, c, s.samples.data(), binsPerChannel, count, outRoi);
         }
     }
     else
     {
         for (; c + 4 <= p.channels; c += 4)
         {
-            poolChannels<T, 4, false>(image, planeSize, c, s.samples.data(), binsPerChannel, count, outRoi);
+            poolChannels<T, 4, PoolMode::kAvg>(image, planeSize, c, s.samples.data(), binsPerChannel, count, outRoi);
         }
         for (; c < p.channels; ++c)
         {
-            poolChannels<T, 1, false>(image, planeSize, c, s.samples.data(), binsPerChannel, count, outRoi);
+            poolChannels<T, 1, PoolMode::kAvg>(image, planeSize, c, s.samples.data(), binsPerChannel, count, outRoi);
         }
     }
 }

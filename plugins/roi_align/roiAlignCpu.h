@@ -1,8 +1,9 @@
 // CPU implementation of RoIAlign / MultiLevelRoIAlign on the math of roiAlignMath.h.
 //
 // It is the CPU fast path of the SDK, so it hoists everything that does not depend on the channel out of the
-// channel loop: for each RoI the bilinear taps and weights of every sample are computed once, then every channel
-// is a tight gather-multiply-add loop. RoIs are spread over worker threads.
+// channel loop: for each RoI the bilinear taps and weights of every sample are computed once (bilinearTaps()), then
+// every block of channels is a tight loop of interpolate() and the Reduce steps, all from roiAlignMath.h. RoIs are
+// spread over worker threads.
 #pragma once
 
 #include "roiAlignMath.h"

@@ -1,5 +1,6 @@
 // CUDA launcher of RoIAlign / MultiLevelRoIAlign: raw device pointers and a stream in, cudaError_t out.
-// No TensorRT type reaches this layer; the TensorRT plugin and the C ABI both call it.
+// No TensorRT type reaches this layer; the C ABI's CUDA entry and the TensorRT plugin's enqueue() both reach it
+// through launchRoiAlignCuda() (roiAlignArgs.h), which builds its arguments from one MrdRoiAlignArgs.
 #pragma once
 
 #include "roiAlignMath.h"

@@ -1,12 +1,12 @@
 // RoIAlign math shared by the CPU implementation and the CUDA kernel.
 //
 // Defined here, __host__ __device__, for both: the sampling positions, the adaptive sampling ratio, the bilinear
-// taps of each axis (edges, clamping, per-axis weights), the FPN level of a box and the fp16 conversion, so the CPU
-// code and the kernel cannot drift apart on them. The per-element pooling (weight products and avg/max reduction:
-// interpolate(), BinReducer, poolOutputElement()) is what each CUDA thread runs. The CPU fast path
-// (roiAlignCpu.cpp) takes the geometry and the axis taps from here but forms the weight products and the reduction
-// in its own loops, hoisted out of the channel loop; the tests compare it with poolOutputElement() run on the CPU
-// (roiAlignElementwiseCpu).
+// taps of each axis (edges, clamping, per-axis weights), the four-tap weight products and the interpolation
+// (bilinearTaps(), interpolate()), the avg/max reduction (Reduce, BinReducer), the FPN level of a box and the fp16
+// conversion, so the CPU code and the kernel cannot drift apart on them. poolOutputElement() is what each CUDA
+// thread runs. The CPU fast path (roiAlignCpu.cpp) calls the same functions in another loop order: it keeps the
+// BilinearTaps of every sample of a RoI in a table and runs the reduction over blocks of channels; the tests
+// compare it with poolOutputElement() run on the CPU (roiAlignElementwiseCpu).
 //
 // Conventions (see plugins/README.md and the RoIAlign op contract in docs/architecture.md):
 //   * boxes are x1 y1 x2 y2 in input-image pixels; a level's spatial scale maps them to feature pixels;
@@ -327,20 +327,49 @@ MRD_HD AxisTaps axisTaps(float v, int32_t size)
     return t;
 }
 
+//! One bilinear sample resolved to its four neighbours in a row-major [H, W] plane: their offsets and weights.
+//! ``Index`` is int64_t for any plane, or int32_t where the caller knows the plane has fewer than 2^31 pixels (the
+//! CPU fast path keeps a table of these per RoI and halves its size so).
+template <typename Index>
+struct BilinearTaps
+{
+    Index o1, o2, o3, o4; //!< (low y, low x), (low y, high x), (high y, low x), (high y, high x)
+    float w1, w2, w3, w4; //!< their weights; all 0 for a sample outside the map
+};
+
+//! The taps of the sample whose axis taps are ``ty`` and ``tx``. The weights are the products torchvision forms
+//! (hy*hx, hy*lx, ly*hx, ly*lx), so sums match it bit for bit in most cases.
+template <typename Index>
+MRD_HD BilinearTaps<Index> bilinearTaps(AxisTaps const& ty, AxisTaps const& tx, int32_t width)
+{
+    Index const rowLow = static_cast<Index>(ty.low) * width;
+    Index const rowHigh = static_cast<Index>(ty.high) * width;
+    BilinearTaps<Index> t;
+    t.o1 = rowLow + tx.low;
+    t.o2 = rowLow + tx.high;
+    t.o3 = rowHigh + tx.low;
+    t.o4 = rowHigh + tx.high;
+    t.w1 = ty.wLow * tx.wLow;
+    t.w2 = ty.wLow * tx.wHigh;
+    t.w3 = ty.wHigh * tx.wLow;
+    t.w4 = ty.wHigh * tx.wHigh;
+    return t;
+}
+
+//! Bilinearly interpolated value of one sample: the weighted sum of its four taps, in this order (an outside sample
+//! has zero weights and yields exactly 0).
+template <typename T, typename Index>
+MRD_HD float interpolate(T const* plane, BilinearTaps<Index> const& t)
+{
+    return t.w1 * loadAsFloat(plane, t.o1) + t.w2 * loadAsFloat(plane, t.o2) + t.w3 * loadAsFloat(plane, t.o3)
+        + t.w4 * loadAsFloat(plane, t.o4);
+}
+
 //! Bilinearly interpolated value at the sample given by its two axis taps (row-major [H, W] plane).
 template <typename T>
 MRD_HD float interpolate(T const* plane, int32_t width, AxisTaps const& ty, AxisTaps const& tx)
 {
-    // Weights as the products torchvision forms (hy*hx, hy*lx, ly*hx, ly*lx), so sums match bit for bit in most
-    // cases; an outside sample has zero weights and yields exactly 0.
-    float const w1 = ty.wLow * tx.wLow;
-    float const w2 = ty.wLow * tx.wHigh;
-    float const w3 = ty.wHigh * tx.wLow;
-    float const w4 = ty.wHigh * tx.wHigh;
-    int64_t const rowLow = static_cast<int64_t>(ty.low) * width;
-    int64_t const rowHigh = static_cast<int64_t>(ty.high) * width;
-    return w1 * loadAsFloat(plane, rowLow + tx.low) + w2 * loadAsFloat(plane, rowLow + tx.high)
-        + w3 * loadAsFloat(plane, rowHigh + tx.low) + w4 * loadAsFloat(plane, rowHigh + tx.high);
+    return interpolate(plane, bilinearTaps<int64_t>(ty, tx, width));
 }
 
 //! FPN level number of a spatial scale: 1/4 -> 2, 1/32 -> 5 (the scales are powers of two).
@@ -376,27 +405,45 @@ MRD_HD int32_t levelIndexOfBox(
     return static_cast<int32_t>(k) - firstLevel;
 }
 
-//! Running reduction of the sample values of one bin.
+//! The reduction of the sample values of one bin in mode ``M``, as steps on an fp32 accumulator: the CPU fast path
+//! keeps several accumulators in registers (one per channel of a block) and calls these directly; BinReducer is
+//! the same steps with the mode chosen at run time.
+template <PoolMode M>
+struct Reduce
+{
+    static MRD_HD float init()
+    {
+        return M == PoolMode::kMax ? -3.402823466e38f : 0.0f;
+    }
+    static MRD_HD float add(float acc, float v)
+    {
+        if (M == PoolMode::kMax)
+        {
+            return v > acc ? v : acc;
+        }
+        return acc + v;
+    }
+    //! ``count`` = number of samples added, > 0 (an empty bin is 0 in both modes: BinReducer::result).
+    static MRD_HD float result(float acc, int32_t count)
+    {
+        return M == PoolMode::kMax ? acc : acc / static_cast<float>(count);
+    }
+};
+
+//! Running reduction of the sample values of one bin, the mode chosen at run time.
 struct BinReducer
 {
     float acc;
     PoolMode mode;
 
     MRD_HD explicit BinReducer(PoolMode m)
-        : acc(m == PoolMode::kMax ? -3.402823466e38f : 0.0f)
+        : acc(m == PoolMode::kMax ? Reduce<PoolMode::kMax>::init() : Reduce<PoolMode::kAvg>::init())
         , mode(m)
     {
     }
     MRD_HD void add(float v)
     {
-        if (mode == PoolMode::kMax)
-        {
-            acc = v > acc ? v : acc;
-        }
-        else
-        {
-            acc += v;
-        }
+        acc = mode == PoolMode::kMax ? Reduce<PoolMode::kMax>::add(acc, v) : Reduce<PoolMode::kAvg>::add(acc, v);
     }
     //! ``count`` = number of samples added; an empty bin (count 0) gives 0 in both modes.
     MRD_HD float result(int32_t count) const
@@ -405,7 +452,8 @@ struct BinReducer
         {
             return 0.0f;
         }
-        return mode == PoolMode::kMax ? acc : acc / static_cast<float>(count);
+        return mode == PoolMode::kMax ? Reduce<PoolMode::kMax>::result(acc, count)
+                                      : Reduce<PoolMode::kAvg>::result(acc, count);
     }
 };
 

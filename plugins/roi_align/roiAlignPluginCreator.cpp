@@ -3,7 +3,8 @@
 #include "roiAlignPlugin.h"
 #include "roiAlignPluginLog.h"
 
-#include <exception>
+#include <stdexcept>
+#include <string>
 
 using namespace nvinfer1;
 
@@ -42,15 +43,17 @@ IPluginV3* RoiAlignPluginCreator::createPlugin(
     char const* name, PluginFieldCollection const* fc, TensorRTPhase /*phase*/) noexcept
 {
     // Build and runtime phases read the same fields (getFieldsToSerialize writes them back in this format).
-    try
-    {
-        return new RoiAlignPlugin(mOp, parseRoiAlignFields(mOp, fc), mNamespace);
-    }
-    catch (std::exception const& e)
-    {
-        logError(std::string(opName(mOp)) + " node '" + (name != nullptr ? name : "") + "': " + e.what());
-        return nullptr;
-    }
+    return guarded<IPluginV3*>("createPlugin", nullptr, [&]() -> IPluginV3* {
+        try
+        {
+            return makeRoiAlignPlugin(mOp, parseRoiAlignFields(mOp, fc), mNamespace).release();
+        }
+        catch (std::invalid_argument const& e)
+        {
+            logError(std::string(opName(mOp)) + " node '" + (name != nullptr ? name : "") + "': " + e.what());
+            return nullptr;
+        }
+    });
 }
 
 } // namespace mrd

@@ -6,6 +6,8 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 
 using namespace nvinfer1;
@@ -81,35 +83,206 @@ float fieldFloat(PluginField const& f, int32_t i)
     return static_cast<float>(v);
 }
 
-int32_t parseMode(PluginField const& f)
+//! Number of a default's text ("7", "224"); the table's own text, so an error here is a bug in roiAlignOp.h.
+double defaultNumber(char const* text)
 {
-    if (f.type != PluginFieldType::kCHAR)
+    char* end = nullptr;
+    double const v = std::strtod(text, &end);
+    if (end == text || *end != '\0')
     {
-        return fieldInt(f); // 0 = avg, 1 = max, as some exporters write enums as ints
+        throw std::logic_error(std::string("roiAlignOp.h: default '") + text + "' is not a number");
     }
-    std::string const s = fieldString(f);
-    if (s == "avg")
+    return v;
+}
+
+// Codecs: how the value of a field maps onto its RoiAlignAttributes member. Each has the field kind it serves
+// (checked against the table), the TensorRT type and capacity a creator lists, read() from a field, fromText()
+// from the table's default, and write() into a field for serialization (string storage given by the writer).
+
+struct IntCodec
+{
+    static constexpr FieldKind kKind = FieldKind::kInt;
+    static constexpr PluginFieldType kType = PluginFieldType::kINT32;
+    static constexpr int32_t kCapacity = 1;
+    static void read(PluginField const& f, int32_t& m)
     {
-        return static_cast<int32_t>(PoolMode::kAvg);
+        m = fieldInt(f);
     }
-    if (s == "max")
+    static void fromText(char const* text, int32_t& m)
     {
-        return static_cast<int32_t>(PoolMode::kMax);
+        m = static_cast<int32_t>(defaultNumber(text));
     }
-    throw std::invalid_argument("field 'mode' must be \"avg\" or \"max\", got \"" + s + "\"");
+    static PluginField write(char const* name, int32_t const& m, std::string& /*storage*/)
+    {
+        return PluginField(name, &m, kType, 1);
+    }
+};
+
+//! An int read as 0/1 ("aligned").
+struct FlagCodec : IntCodec
+{
+    static void read(PluginField const& f, int32_t& m)
+    {
+        m = fieldInt(f) != 0 ? 1 : 0;
+    }
+};
+
+struct FloatCodec
+{
+    static constexpr FieldKind kKind = FieldKind::kFloat;
+    static constexpr PluginFieldType kType = PluginFieldType::kFLOAT32;
+    static constexpr int32_t kCapacity = 1;
+    static void read(PluginField const& f, float& m)
+    {
+        m = fieldFloat(f, 0);
+    }
+    static void fromText(char const* text, float& m)
+    {
+        m = static_cast<float>(defaultNumber(text));
+    }
+    static PluginField write(char const* name, float const& m, std::string& /*storage*/)
+    {
+        return PluginField(name, &m, kType, 1);
+    }
+};
+
+//! One float per level ("spatial_scales").
+struct ScalesCodec
+{
+    static constexpr FieldKind kKind = FieldKind::kFloats;
+    static constexpr PluginFieldType kType = PluginFieldType::kFLOAT32;
+    static constexpr int32_t kCapacity = kMaxLevels;
+    static void read(PluginField const& f, std::vector<float>& m)
+    {
+        m.clear();
+        for (int32_t k = 0; k < f.length; ++k)
+        {
+            m.push_back(fieldFloat(f, k));
+        }
+    }
+    static void fromText(char const* text, std::vector<float>& m)
+    {
+        m = {static_cast<float>(defaultNumber(text))};
+    }
+    static PluginField write(char const* name, std::vector<float> const& m, std::string& /*storage*/)
+    {
+        return PluginField(name, m.data(), kType, static_cast<int32_t>(m.size()));
+    }
+};
+
+//! The one scale of the single-level op ("spatial_scale"), kept as a list of one level.
+struct ScaleCodec
+{
+    static constexpr FieldKind kKind = FieldKind::kFloat;
+    static constexpr PluginFieldType kType = PluginFieldType::kFLOAT32;
+    static constexpr int32_t kCapacity = 1;
+    static void read(PluginField const& f, std::vector<float>& m)
+    {
+        m = {fieldFloat(f, 0)};
+    }
+    static void fromText(char const* text, std::vector<float>& m)
+    {
+        m = {static_cast<float>(defaultNumber(text))};
+    }
+    static PluginField write(char const* name, std::vector<float> const& m, std::string& /*storage*/)
+    {
+        return PluginField(name, m.data(), kType, 1);
+    }
+};
+
+//! A string field with a fixed set of values, each standing for an int32 member value.
+template <typename Values>
+struct ChoiceCodec
+{
+    static constexpr FieldKind kKind = FieldKind::kString;
+    static constexpr PluginFieldType kType = PluginFieldType::kCHAR;
+    static constexpr int32_t kCapacity = Values::kCapacity;
+    static int32_t fromString(std::string const& s, char const* name)
+    {
+        for (int32_t v = 0; v < 2; ++v)
+        {
+            if (s == Values::kText[v])
+            {
+                return v;
+            }
+        }
+        throw std::invalid_argument(std::string("field '") + name + "' must be \"" + Values::kText[0] + "\" or \""
+            + Values::kText[1] + "\", got \"" + s + "\"");
+    }
+    static void read(PluginField const& f, int32_t& m)
+    {
+        if (Values::kIntAllowed && f.type != PluginFieldType::kCHAR)
+        {
+            m = fieldInt(f); // 0 = avg, 1 = max, as some exporters write enums as ints
+            return;
+        }
+        m = fromString(fieldString(f), f.name);
+    }
+    static void fromText(char const* text, int32_t& m)
+    {
+        m = fromString(text, "default");
+    }
+    static PluginField write(char const* name, int32_t const& m, std::string& storage)
+    {
+        storage = Values::kText[m != 0 ? 1 : 0];
+        return PluginField(name, storage.c_str(), kType, static_cast<int32_t>(storage.size() + 1));
+    }
+};
+
+//! "mode": PoolMode values 0 (avg) and 1 (max).
+struct ModeValues
+{
+    static constexpr char const* kText[2] = {"avg", "max"};
+    static constexpr int32_t kCapacity = 4;
+    static constexpr bool kIntAllowed = true;
+};
+using ModeCodec = ChoiceCodec<ModeValues>;
+static_assert(static_cast<int32_t>(PoolMode::kAvg) == 0 && static_cast<int32_t>(PoolMode::kMax) == 1,
+    "ModeValues lists the PoolMode values in order");
+
+//! "coordinate_transformation_mode": aligned 0 (output_half_pixel, legacy) and 1 (half_pixel).
+struct TransformValues
+{
+    static constexpr char const* kText[2] = {"output_half_pixel", "half_pixel"};
+    static constexpr int32_t kCapacity = 18;
+    static constexpr bool kIntAllowed = false;
+};
+using TransformCodec = ChoiceCodec<TransformValues>;
+
+#define MRD_CHECK_CODEC(NAME, KIND, OPS, DEFAULT, MEMBER, CODEC)                                                       \
+    static_assert(CODEC::kKind == FieldKind::KIND, "the codec of field " NAME " does not fit its kind");
+MRD_ROI_ALIGN_FIELDS(MRD_CHECK_CODEC)
+#undef MRD_CHECK_CODEC
+
+bool hasDefault(char const* text)
+{
+    return text != nullptr;
+}
+
+bool takes(int32_t ops, RoiAlignOp op)
+{
+    return (ops & opBit(op)) != 0;
 }
 
 } // namespace
 
-RoiAlignAttributes parseRoiAlignFields(RoiAlignOp op, PluginFieldCollection const* fc)
+RoiAlignAttributes defaultRoiAlignAttributes(RoiAlignOp op)
 {
     RoiAlignAttributes a;
-    if (op == RoiAlignOp::kSingleLevel)
-    {
-        a.aligned = 1; // ONNX RoiAlign-16 default coordinate_transformation_mode is half_pixel
-        a.outH = a.outW = 1;
+#define MRD_DEFAULT_ROW(NAME, KIND, OPS, DEFAULT, MEMBER, CODEC)                                                       \
+    if (takes(OPS, op) && hasDefault(DEFAULT))                                                                         \
+    {                                                                                                                  \
+        CODEC::fromText(DEFAULT, a.MEMBER);                                                                            \
     }
-    bool haveScales = false;
+    MRD_ROI_ALIGN_FIELDS(MRD_DEFAULT_ROW)
+#undef MRD_DEFAULT_ROW
+    return a;
+}
+
+RoiAlignAttributes parseRoiAlignFields(RoiAlignOp op, PluginFieldCollection const* fc)
+{
+    RoiAlignAttributes a = defaultRoiAlignAttributes(op);
+    bool given[kNumOpFields] = {};
     for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i)
     {
         PluginField const& f = fc->fields[i];
@@ -117,63 +290,26 @@ RoiAlignAttributes parseRoiAlignFields(RoiAlignOp op, PluginFieldCollection cons
         {
             continue;
         }
-        std::string const name = f.name;
-        if (name == "output_height")
-        {
-            a.outH = fieldInt(f);
-        }
-        else if (name == "output_width")
-        {
-            a.outW = fieldInt(f);
-        }
-        else if (name == "sampling_ratio")
-        {
-            a.samplingRatio = fieldInt(f);
-        }
-        else if (name == "mode")
-        {
-            a.mode = parseMode(f);
-        }
-        else if (op == RoiAlignOp::kMultiLevel && name == "aligned")
-        {
-            a.aligned = fieldInt(f) != 0 ? 1 : 0;
-        }
-        else if (op == RoiAlignOp::kMultiLevel && name == "spatial_scales")
-        {
-            a.spatialScales.clear();
-            for (int32_t k = 0; k < f.length; ++k)
-            {
-                a.spatialScales.push_back(fieldFloat(f, k));
-            }
-            haveScales = true;
-        }
-        else if (op == RoiAlignOp::kMultiLevel && name == "canonical_scale")
-        {
-            a.canonicalScale = fieldFloat(f, 0);
-        }
-        else if (op == RoiAlignOp::kMultiLevel && name == "canonical_level")
-        {
-            a.canonicalLevel = fieldInt(f);
-        }
-        else if (op == RoiAlignOp::kSingleLevel && name == "spatial_scale")
-        {
-            a.spatialScales = {fieldFloat(f, 0)};
-        }
-        else if (op == RoiAlignOp::kSingleLevel && name == "coordinate_transformation_mode")
-        {
-            std::string const s = fieldString(f);
-            if (s != "half_pixel" && s != "output_half_pixel")
-            {
-                throw std::invalid_argument(
-                    "field 'coordinate_transformation_mode' must be half_pixel or output_half_pixel, got " + s);
-            }
-            a.aligned = s == "half_pixel" ? 1 : 0;
-        }
         // Unknown fields are ignored: the parser also passes attributes that are not ours (e.g. "domain").
+        int32_t row = 0;
+#define MRD_PARSE_ROW(NAME, KIND, OPS, DEFAULT, MEMBER, CODEC)                                                         \
+    if (takes(OPS, op) && std::strcmp(f.name, NAME) == 0)                                                              \
+    {                                                                                                                  \
+        CODEC::read(f, a.MEMBER);                                                                                      \
+        given[row] = true;                                                                                             \
+    }                                                                                                                  \
+    ++row;
+        MRD_ROI_ALIGN_FIELDS(MRD_PARSE_ROW)
+#undef MRD_PARSE_ROW
     }
-    if (op == RoiAlignOp::kMultiLevel && !haveScales)
+    for (int32_t row = 0; row < kNumOpFields; ++row)
     {
-        throw std::invalid_argument("field 'spatial_scales' (one float per feature level) is required");
+        OpField const& field = kOpFields[row];
+        if (takes(field.ops, op) && !hasDefault(field.defaultText) && !given[row])
+        {
+            throw std::invalid_argument(std::string("field '") + field.name + "' is required"
+                + (field.kind == FieldKind::kFloats ? " (one float per feature level)" : ""));
+        }
     }
     std::string const msg = checkAttributes(a.outH, a.outW, a.samplingRatio, a.spatialScales.data(),
         static_cast<int32_t>(a.spatialScales.size()), a.canonicalScale, a.mode);
@@ -187,49 +323,28 @@ RoiAlignAttributes parseRoiAlignFields(RoiAlignOp op, PluginFieldCollection cons
 std::vector<PluginField> roiAlignFieldNames(RoiAlignOp op)
 {
     std::vector<PluginField> names;
-    names.emplace_back("output_height", nullptr, PluginFieldType::kINT32, 1);
-    names.emplace_back("output_width", nullptr, PluginFieldType::kINT32, 1);
-    names.emplace_back("sampling_ratio", nullptr, PluginFieldType::kINT32, 1);
-    names.emplace_back("mode", nullptr, PluginFieldType::kCHAR, 4);
-    if (op == RoiAlignOp::kMultiLevel)
-    {
-        names.emplace_back("spatial_scales", nullptr, PluginFieldType::kFLOAT32, kMaxLevels);
-        names.emplace_back("aligned", nullptr, PluginFieldType::kINT32, 1);
-        names.emplace_back("canonical_scale", nullptr, PluginFieldType::kFLOAT32, 1);
-        names.emplace_back("canonical_level", nullptr, PluginFieldType::kINT32, 1);
+#define MRD_NAME_ROW(NAME, KIND, OPS, DEFAULT, MEMBER, CODEC)                                                          \
+    if (takes(OPS, op))                                                                                                \
+    {                                                                                                                  \
+        names.emplace_back(NAME, nullptr, CODEC::kType, CODEC::kCapacity);                                             \
     }
-    else
-    {
-        names.emplace_back("spatial_scale", nullptr, PluginFieldType::kFLOAT32, 1);
-        names.emplace_back("coordinate_transformation_mode", nullptr, PluginFieldType::kCHAR, 18);
-    }
+    MRD_ROI_ALIGN_FIELDS(MRD_NAME_ROW)
+#undef MRD_NAME_ROW
     return names;
 }
 
 PluginFieldCollection const* RoiAlignFieldWriter::write(RoiAlignOp op, RoiAlignAttributes const& attrs)
 {
     mFields.clear();
-    mModeString = attrs.mode == static_cast<int32_t>(PoolMode::kMax) ? "max" : "avg";
-    mFields.emplace_back("output_height", &attrs.outH, PluginFieldType::kINT32, 1);
-    mFields.emplace_back("output_width", &attrs.outW, PluginFieldType::kINT32, 1);
-    mFields.emplace_back("sampling_ratio", &attrs.samplingRatio, PluginFieldType::kINT32, 1);
-    mFields.emplace_back(
-        "mode", mModeString.c_str(), PluginFieldType::kCHAR, static_cast<int32_t>(mModeString.size() + 1));
-    if (op == RoiAlignOp::kMultiLevel)
-    {
-        mFields.emplace_back("spatial_scales", attrs.spatialScales.data(), PluginFieldType::kFLOAT32,
-            static_cast<int32_t>(attrs.spatialScales.size()));
-        mFields.emplace_back("aligned", &attrs.aligned, PluginFieldType::kINT32, 1);
-        mFields.emplace_back("canonical_scale", &attrs.canonicalScale, PluginFieldType::kFLOAT32, 1);
-        mFields.emplace_back("canonical_level", &attrs.canonicalLevel, PluginFieldType::kINT32, 1);
-    }
-    else
-    {
-        mTransformString = attrs.aligned != 0 ? "half_pixel" : "output_half_pixel";
-        mFields.emplace_back("spatial_scale", attrs.spatialScales.data(), PluginFieldType::kFLOAT32, 1);
-        mFields.emplace_back("coordinate_transformation_mode", mTransformString.c_str(), PluginFieldType::kCHAR,
-            static_cast<int32_t>(mTransformString.size() + 1));
-    }
+    int32_t row = 0;
+#define MRD_WRITE_ROW(NAME, KIND, OPS, DEFAULT, MEMBER, CODEC)                                                         \
+    if (takes(OPS, op))                                                                                                \
+    {                                                                                                                  \
+        mFields.push_back(CODEC::write(NAME, attrs.MEMBER, mStrings[row]));                                            \
+    }                                                                                                                  \
+    ++row;
+    MRD_ROI_ALIGN_FIELDS(MRD_WRITE_ROW)
+#undef MRD_WRITE_ROW
     mCollection.nbFields = static_cast<int32_t>(mFields.size());
     mCollection.fields = mFields.data();
     return &mCollection;

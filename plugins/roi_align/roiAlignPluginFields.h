@@ -1,9 +1,11 @@
-// The attribute table of the TensorRT plugins `RoIAlign` and `MultiLevelRoIAlign` (version "1"): their names, the
-// fields each takes (names, types, defaults), parsing a PluginFieldCollection into RoiAlignAttributes and writing
-// the attributes back in the same format for serialization. Fields, inputs and outputs: plugins/README.md.
+// The TensorRT side of the op table (roiAlignOp.h): the attributes a plugin object holds, parsed from a
+// PluginFieldCollection, the creators' field lists and the fields written back for serialization. All three walk
+// the one table MRD_ROI_ALIGN_FIELDS; the codecs of roiAlignPluginFields.cpp map a field's value onto its
+// RoiAlignAttributes member. Fields, inputs and outputs: plugins/README.md.
 #pragma once
 
 #include "roiAlignMath.h"
+#include "roiAlignOp.h"
 
 #include <NvInferRuntime.h>
 
@@ -13,33 +15,22 @@
 namespace mrd
 {
 
-//! Which op a plugin object implements; the math is shared, only the tensor layout differs.
-enum class RoiAlignOp : int32_t
-{
-    kSingleLevel = 0, //!< RoIAlign: X [N,C,H,W], rois [R,4], batch_indices [R] -> [R,C,oh,ow]
-    kMultiLevel = 1,  //!< MultiLevelRoIAlign: rois [B,R,4], P2..P5 [B,C,Hl,Wl] -> [B,R,C,oh,ow]
-};
-
-constexpr char const* kPluginVersion = "1";
-
-//! The TensorRT plugin name of an op: "RoIAlign" or "MultiLevelRoIAlign".
-inline char const* opName(RoiAlignOp op)
-{
-    return op == RoiAlignOp::kMultiLevel ? "MultiLevelRoIAlign" : "RoIAlign";
-}
-
-//! The op's attributes as parsed from TensorRT plugin fields.
+//! The op's attributes as parsed from TensorRT plugin fields. No defaults here: parseRoiAlignFields() starts from
+//! the table's defaults for the op.
 struct RoiAlignAttributes
 {
-    int32_t outH{7};
-    int32_t outW{7};
-    int32_t samplingRatio{0};
-    int32_t aligned{0};
-    int32_t mode{0}; //!< PoolMode
-    std::vector<float> spatialScales{1.0f};
-    float canonicalScale{224.0f};
-    int32_t canonicalLevel{4};
+    int32_t outH{};
+    int32_t outW{};
+    int32_t samplingRatio{};
+    int32_t aligned{}; //!< 0/1; "aligned" of MultiLevelRoIAlign, "coordinate_transformation_mode" of RoIAlign
+    int32_t mode{};    //!< PoolMode
+    std::vector<float> spatialScales; //!< "spatial_scales", or the one "spatial_scale"
+    float canonicalScale{};
+    int32_t canonicalLevel{};
 };
+
+//! The table's defaults for ``op`` (a required field stays empty).
+RoiAlignAttributes defaultRoiAlignAttributes(RoiAlignOp op);
 
 //! Parse a field collection into attributes; throws std::invalid_argument naming the bad field.
 RoiAlignAttributes parseRoiAlignFields(RoiAlignOp op, nvinfer1::PluginFieldCollection const* fc);
@@ -55,8 +46,7 @@ public:
     nvinfer1::PluginFieldCollection const* write(RoiAlignOp op, RoiAlignAttributes const& attrs);
 
 private:
-    std::string mModeString;
-    std::string mTransformString;
+    std::string mStrings[kNumOpFields]; //!< text of the string fields, by table row
     std::vector<nvinfer1::PluginField> mFields;
     nvinfer1::PluginFieldCollection mCollection{};
 };

@@ -1,6 +1,6 @@
 // Drives the RoIAlign plugin library's TensorRT entry points on the host, without a GPU or libnvinfer:
 // getCreators/setLoggerFinder, field parsing, error reporting, shape/type negotiation and serialization.
-// Built and run by tests/test_plugin_build.py against TensorRT headers from $TENSORRT_INCLUDE_DIR.
+// Built and run by tests/plugins/test_plugin_build.py against TensorRT headers from $TENSORRT_INCLUDE_DIR.
 #include <NvInferRuntime.h>
 
 #include <dlfcn.h>
@@ -266,6 +266,73 @@ int main(int argc, char** argv)
                 && fieldString(sser, "mode") == "avg" && fieldFloat(sser, "spatial_scale") == 0.5f,
             "RoIAlign serialized fields");
         delete sp;
+    }
+    // --- defaults: a node without the optional fields gets the op's documented defaults (plugins/README.md)
+    std::vector<PluginField> noFields;
+    PluginFieldCollection emptyFc{0, noFields.data()};
+    IPluginV3* dp = single->createPlugin("defaults", &emptyFc, TensorRTPhase::kBUILD);
+    check(dp != nullptr, "RoIAlign without fields (all have defaults)");
+    if (dp != nullptr)
+    {
+        auto* rt = static_cast<IPluginV3OneRuntime*>(dp->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        PluginFieldCollection const* d = rt->getFieldsToSerialize();
+        check(d->nbFields == 6 && fieldFloat(d, "output_height") == 1.0f && fieldFloat(d, "output_width") == 1.0f
+                && fieldFloat(d, "sampling_ratio") == 0.0f && fieldFloat(d, "spatial_scale") == 1.0f
+                && fieldString(d, "mode") == "avg" && fieldString(d, "coordinate_transformation_mode") == "half_pixel",
+            "RoIAlign defaults: 1x1 output, adaptive sampling, scale 1, avg, half_pixel");
+        delete dp;
+    }
+    std::vector<PluginField> onlyScales{{"spatial_scales", scales, PluginFieldType::kFLOAT32, 4}};
+    PluginFieldCollection scalesFc{1, onlyScales.data()};
+    IPluginV3* mp = multi->createPlugin("defaults", &scalesFc, TensorRTPhase::kBUILD);
+    check(mp != nullptr, "MultiLevelRoIAlign with spatial_scales only");
+    if (mp != nullptr)
+    {
+        auto* rt = static_cast<IPluginV3OneRuntime*>(mp->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        PluginFieldCollection const* d = rt->getFieldsToSerialize();
+        check(d->nbFields == 8 && fieldFloat(d, "output_height") == 7.0f && fieldFloat(d, "output_width") == 7.0f
+                && fieldFloat(d, "sampling_ratio") == 0.0f && fieldFloat(d, "aligned") == 0.0f
+                && fieldString(d, "mode") == "avg" && fieldFloat(d, "canonical_scale") == 224.0f
+                && fieldFloat(d, "canonical_level") == 4.0f && fieldFloat(d, "spatial_scales", 3) == 0.03125f,
+            "MultiLevelRoIAlign defaults: 7x7, adaptive, legacy, avg, 224, level 4");
+        delete mp;
+    }
+
+    // --- the creators' field lists are the C ABI's op table (mrd_op_field), row by row for each op
+    using OpFieldCount = int32_t (*)();
+    using OpField = int32_t (*)(int32_t, char const**, int32_t*, int32_t*, char const**);
+    auto fieldCount = reinterpret_cast<OpFieldCount>(dlsym(lib, "mrd_op_field_count"));
+    auto opField = reinterpret_cast<OpField>(dlsym(lib, "mrd_op_field"));
+    check(fieldCount != nullptr && opField != nullptr, "mrd_op_field_count and mrd_op_field are exported");
+    for (int32_t op = 0; op < 2 && fieldCount != nullptr && opField != nullptr; ++op)
+    {
+        PluginFieldCollection const* listed = (op == 0 ? single : multi)->getFieldNames();
+        int32_t k = 0;
+        bool same = true;
+        for (int32_t row = 0; row < fieldCount(); ++row)
+        {
+            char const* name = nullptr;
+            char const* text = nullptr;
+            int32_t kind = -1, ops = 0;
+            opField(row, &name, &kind, &ops, &text);
+            if ((ops & (1 << op)) == 0)
+            {
+                continue;
+            }
+            // kinds: 0 int, 1 float, 2 floats, 3 string (MRD_FIELD_*)
+            PluginFieldType const type = kind == 0 ? PluginFieldType::kINT32
+                : kind == 3                        ? PluginFieldType::kCHAR
+                                                   : PluginFieldType::kFLOAT32;
+            same = same && k < listed->nbFields && std::strcmp(listed->fields[k].name, name) == 0
+                && listed->fields[k].type == type
+                && (kind == 2       ? listed->fields[k].length == 8
+                        : kind != 3 ? listed->fields[k].length == 1
+                                    : listed->fields[k].length > 3);
+            ++k;
+        }
+        check(same && k == listed->nbFields,
+            op == 0 ? "RoIAlign creator lists the table's fields"
+                    : "MultiLevelRoIAlign creator lists the table's fields");
     }
     std::printf(gFailures == 0 ? "ALL CHECKS PASSED\n" : "%d CHECKS FAILED\n", gFailures);
     return gFailures == 0 ? 0 : 1;
