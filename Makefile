@@ -22,10 +22,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
-# ruff (lint + format, pyproject.toml) for the Python, clang-format (plugins/.clang-format) for plugins/, and the
-# import-layer contract (lint-imports, pyproject.toml's [tool.importlinter]); CI runs it.
-# `ruff check --fix . && ruff format .` and clang-format -i on the same files apply the style.
-PLUGIN_SOURCES = $(shell git ls-files 'plugins/*.h' 'plugins/*.hpp' 'plugins/*.cpp' 'plugins/*.cu' 'plugins/*.cuh')
+# ruff (lint + format, pyproject.toml) for the Python, clang-format (plugins/.clang-format) for plugins/ and the C++
+# test harness (tests/plugin_harness/), and the import-layer contract (lint-imports, pyproject.toml's
+# [tool.importlinter]); CI runs it.
+# `ruff check --fix . && ruff format .` and clang-format --style=file:plugins/.clang-format -i on the same files
+# apply the style.
+PLUGIN_SOURCES = $(shell git ls-files 'plugins/*.h' 'plugins/*.hpp' 'plugins/*.cpp' 'plugins/*.cu' 'plugins/*.cuh' \
+	'tests/plugin_harness/*.cpp')
 # mypy on the whole package, conversion and benchmarks included (files and settings in pyproject.toml's [tool.mypy]);
 # CI runs it.
 typecheck: $(STAMP)
@@ -34,7 +37,7 @@ typecheck: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/clang-format --dry-run --Werror $(PLUGIN_SOURCES)
+	$(VENV)/bin/clang-format --style=file:plugins/.clang-format --dry-run --Werror $(PLUGIN_SOURCES)
 	$(VENV)/bin/lint-imports
 
 # The path of the RoIAlign plugin library with CUDA, for trtexec --dynamicPlugins: the one the install compiled into

@@ -14,9 +14,8 @@ Choices:
   and INT8 graphs (the layers INT8 leaves in float stay fp32, as on ONNX Runtime) and ``f16`` for the fp16 graph
   on a GPU that lists FP16 among its capabilities, else ``f32`` (the fp16 weights upcast). ``f16`` on the CPU is
   refused: OpenVINO 2026.4 never finished compiling these graphs with f16 compute on an AVX512-FP16 Xeon. OpenVINO's
-  own CPU default on CPUs with
-  AVX512_BF16 or AMX is bf16, which is faster but changes the results (boxes by ~1 px, masks visibly): it has to be
-  asked for (``inference_precision="bf16"``).
+  own CPU default on CPUs with AVX512_BF16 or AMX is bf16, which is faster but changes the results (boxes by ~1 px,
+  masks visibly): it has to be asked for (``inference_precision="bf16"``).
 - ``performance_hint``: ``"latency"`` (default: one stream, every thread on one request; best for ``predict``)
   or ``"throughput"`` (several streams that each run a request; best for ``predict_iter`` over many batches).
 - Requests: a pool of ``num_requests`` OpenVINO infer requests (default: OpenVINO's optimal number for the hint,

@@ -115,7 +115,7 @@ int main(int argc, char** argv)
         std::fprintf(stderr, "dlopen failed: %s\n", dlerror());
         return 2;
     }
-    using GetCreators = IPluginCreatorInterface* const* (*) (int32_t&);
+    using GetCreators = IPluginCreatorInterface* const* (*)(int32_t&);
     using SetLoggerFinder = void (*)(ILoggerFinder*);
     auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
     auto setLoggerFinder = reinterpret_cast<SetLoggerFinder>(dlsym(lib, "setLoggerFinder"));
