@@ -12,7 +12,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -39,6 +39,8 @@ BASELINES = {
     "sdk-openvino-int8 / sdk-openvino-fp16": "MODEL.int8.onnx / MODEL.fp16.onnx on the openvino backend",
     "sdk-openvino-bf16[=FILE]": "MODEL (or FILE, an fp32 graph) on the openvino backend computing in bf16 "
     "(inference_precision='bf16'; CPUs with AVX512_BF16 or AMX)",
+    "sdk-openvino-PRECISIONtp[=FILE]": "the same with OpenVINO's throughput hint: a batch split over its streams "
+    "(e.g. sdk-openvino-fp32tp, sdk-openvino-int8tp)",
     "sdk-torch[-PRECISION[cg]]": "this SDK's torch backend on --checkpoint; PRECISION fp32/fp16/bf16, 'cg' = CUDA "
     "graphs (e.g. sdk-torch-fp16cg; --device cuda)",
 }
@@ -242,6 +244,8 @@ def resolve_compare(args, compare) -> Tuple[List[Tuple[str, Optional[str]]], Opt
                 )
         elif path is None:
             backend, _, precision = name[len("sdk-") :].partition("-")
+            if backend == "openvino":
+                precision = _openvino_variant(name, precision)[0]
             if backend == "torch":
                 if checkpoint is None:
                     raise DeploySdkError("--compare sdk-torch needs the PyTorch weights: pass --checkpoint CKPT")
@@ -258,6 +262,24 @@ def resolve_compare(args, compare) -> Tuple[List[Tuple[str, Optional[str]]], Opt
             _check_file(path, f"model file for --compare {name}")
         resolved.append((name, path))
     return resolved, checkpoint
+
+
+def _openvino_variant(name: str, precision: str) -> Tuple[str, Optional[dict]]:
+    """sdk-openvino-PRECISION with a "tp" suffix for the throughput hint (sdk-openvino-fp32tp): the graph's
+    precision and the openvino backend's options (None: the defaults)."""
+    throughput = precision.endswith("tp")
+    base = precision[:-2] if throughput else precision
+    if base not in ("", "fp32", "fp16", "int8", "bf16"):
+        raise DeploySdkError(
+            f"--compare {name}: the openvino backend takes sdk-openvino-fp32/-fp16/-int8/-bf16, with 'tp' appended "
+            "for OpenVINO's throughput hint (e.g. sdk-openvino-fp32tp)"
+        )
+    options: Dict[str, Any] = {}
+    if base == "bf16":
+        options["inference_precision"] = "bf16"
+    if throughput:
+        options["performance_hint"] = "throughput"
+    return base, options or None
 
 
 def _torch_backend_options(name: str, precision: str) -> dict:
@@ -366,7 +388,7 @@ def _build_systems(
             systems.append(cls(onnx_path, weights.class_names, threads=threads, device=args.device))
         else:
             backend, _, precision = name[len("sdk-") :].partition("-")
-            options = {"inference_precision": "bf16"} if (backend, precision) == ("openvino", "bf16") else None
+            options = _openvino_variant(name, precision)[1] if backend == "openvino" else None
             if backend == "torch" and precision:
                 options = _torch_backend_options(name, precision)
             systems.append(

@@ -16,12 +16,16 @@ Choices:
   refused: OpenVINO 2026.4 never finished compiling these graphs with f16 compute on an AVX512-FP16 Xeon. OpenVINO's
   own CPU default on CPUs with AVX512_BF16 or AMX is bf16, which is faster but changes the results (boxes by ~1 px,
   masks visibly): it has to be asked for (``inference_precision="bf16"``).
-- ``performance_hint``: ``"latency"`` (default: one stream, every thread on one request; best for ``predict``)
-  or ``"throughput"`` (several streams that each run a request; best for ``predict_iter`` over many batches).
+- ``performance_hint``: ``"latency"`` (default: one stream, every thread on one request; best for single images)
+  or ``"throughput"`` (several streams, each running a request on its share of the threads; best for batches and
+  ``predict_iter`` over many). With ``"throughput"`` a batch of several images is split over as many idle requests
+  as there are streams (never waiting for one), run side by side and put back together: on a small model the
+  streams use the cores better than one request on all of them (``benchmarks/RESULTS.md``).
 - Requests: a pool of ``num_requests`` OpenVINO infer requests (default: OpenVINO's optimal number for the hint,
-  at least 2). :meth:`submit` starts a batch on an idle request and returns at once; ``async_depth`` tells the
-  predictor how many to keep in flight, so ``predict_iter`` pre-processes and post-processes some batches while
-  OpenVINO infers others. ``infer`` may be called from several threads at once (each call takes its own request).
+  at least 2, times the streams a batch may be split over). :meth:`submit` starts a batch on an idle request and
+  returns at once; ``async_depth`` tells the predictor how many batches to keep in flight (the pool divided by the
+  streams a batch may take), so ``predict_iter`` pre-processes and post-processes some batches while OpenVINO
+  infers others. ``infer`` may be called from several threads at once (each call takes its own request).
 - ``threads``: ``INFERENCE_NUM_THREADS`` of the CPU plugin (default: OpenVINO's, all usable cores).
 
 Ties: ONNX's TopK keeps the lower index among equal values; OpenVINO's only when its ``stable`` attribute is set,
@@ -208,13 +212,17 @@ class OpenVinoBackend(Backend):
         except Exception as exc:
             raise EngineError(f"OpenVINO cannot compile {self.path} for {target}: {_first_line(exc)}") from exc
         optimal = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        size = int(num_requests) if num_requests is not None else max(2, optimal)
+        # With the throughput hint, how many requests (one per stream) one batch may be split over (see _start).
+        self._split_ways = max(1, int(self.compiled.get_property("NUM_STREAMS"))) if hint == "throughput" else 1
+        size = int(num_requests) if num_requests is not None else max(2, optimal) * self._split_ways
         self._pool = [_Request(self.compiled.create_infer_request()) for _ in range(size)]
         self._idle: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         for slot in self._pool:
             slot.request.set_callback(self._finished, slot)
             self._idle.put(slot)
-        self.async_depth = size
+        # Batches a caller may keep in flight: each may hold up to _split_ways requests, and the pool must never run
+        # dry while a caller holds requests it has not collected yet (predict_iter would wait on itself).
+        self.async_depth = max(1, size // self._split_ways)
         self._count_lock = threading.Lock()
         self._running = 0
         self.requests_started = 0
@@ -237,7 +245,31 @@ class OpenVinoBackend(Backend):
 
     def _start(self, images: np.ndarray, image_sizes: np.ndarray) -> Callable[[], Dict[str, Any]]:
         self._check_open()
-        slot = self._idle.get()  # blocks while every request of the pool is running
+        slots = [self._idle.get()]  # blocks while every request of the pool is running
+        batch = int(images.shape[0])
+        # Throughput hint: more idle requests, taken without waiting (a wait could deadlock a caller that keeps
+        # several batches in flight and collects them in order), each running a slice of the batch on its stream.
+        while len(slots) < min(batch, self._split_ways):
+            try:
+                slots.append(self._idle.get_nowait())
+            except queue.Empty:
+                break
+        if len(slots) == 1:
+            return self._start_on(slots[0], images, image_sizes)
+        bounds = np.linspace(0, batch, len(slots) + 1).round().astype(int)
+        waiters: List[Callable[[], Dict[str, Any]]] = []
+        try:
+            for i, slot in enumerate(slots):
+                part = slice(bounds[i], bounds[i + 1])
+                waiters.append(self._start_on(slot, images[part], image_sizes[part]))
+        except BaseException:
+            for unused in slots[len(waiters) + 1 :]:  # the failed one was released by _start_on
+                self._idle.put(unused)
+            _wait_all(waiters)
+            raise
+        return lambda: _join_batches(_wait_all(waiters))
+
+    def _start_on(self, slot: _Request, images: np.ndarray, image_sizes: np.ndarray) -> Callable[[], Dict[str, Any]]:
         slot.done.clear()
         slot.outputs, slot.error = None, None
         slot.inputs = (np.ascontiguousarray(images), np.ascontiguousarray(image_sizes))
@@ -303,6 +335,36 @@ class OpenVinoBackend(Backend):
             f"openvino {self.device} {os.path.basename(self.path)} ({self.performance_hint}, "
             f"{self.inference_precision}, {len(self._pool)} requests)"
         )
+
+
+def _wait_all(waiters: List[Callable[[], Dict[str, Any]]]) -> List[Dict[str, Any]]:
+    """Every waiter's outputs; all are waited for (so every request goes back to the pool) before an error raises."""
+    results: List[Dict[str, Any]] = []
+    error: Optional[BaseException] = None
+    for wait in waiters:
+        try:
+            results.append(wait())
+        except BaseException as exc:
+            error = error or exc
+    if error is not None:
+        raise error
+    return results
+
+
+def _join_batches(parts: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The outputs of consecutive slices of one batch as the outputs of the whole batch. The mask output has as many
+    slots as the slice's most detections (the graph pools masks for the first n slots only), so slices are padded
+    with zero masks to the largest: slots past an image's ``num_detections`` hold zeros, as in one batch."""
+    joined: Dict[str, Any] = {}
+    for name in parts[0]:
+        arrays = [p[name] for p in parts]
+        largest = np.max([a.shape for a in arrays], axis=0)
+        padded = []
+        for a in arrays:
+            grow = [(0, 0)] + [(0, int(want - have)) for want, have in zip(largest[1:], a.shape[1:])]
+            padded.append(np.pad(a, grow) if any(after for _, after in grow) else a)
+        joined[name] = np.concatenate(padded, axis=0)
+    return joined
 
 
 def _onnx_topk_ties(model: Any) -> int:

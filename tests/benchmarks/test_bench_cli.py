@@ -79,8 +79,8 @@ def test_openvino_systems_are_accepted_and_find_their_files(tmp_path):
     systems, checkpoint = bench.resolve_compare(
         args,
         bench.parse_compare(
-            "sdk-openvino-fp32,sdk-openvino-int8,sdk-openvino-fp16,sdk-openvino-bf16,torchvision-onnx,"
-            "torchvision-onnx-openvino"
+            "sdk-openvino-fp32,sdk-openvino-int8,sdk-openvino-fp16,sdk-openvino-bf16,sdk-openvino-fp32tp,"
+            "sdk-openvino-int8tp,torchvision-onnx,torchvision-onnx-openvino"
         ),
     )
     assert checkpoint == str(ckpt)
@@ -89,6 +89,8 @@ def test_openvino_systems_are_accepted_and_find_their_files(tmp_path):
         ("sdk-openvino-int8", str(tmp_path / "m.int8.onnx")),
         ("sdk-openvino-fp16", str(tmp_path / "m.fp16.onnx")),
         ("sdk-openvino-bf16", str(model)),
+        ("sdk-openvino-fp32tp", str(model)),
+        ("sdk-openvino-int8tp", str(tmp_path / "m.int8.onnx")),
         ("torchvision-onnx", None),
         ("torchvision-onnx-openvino", None),
     ]
@@ -97,6 +99,12 @@ def test_openvino_systems_are_accepted_and_find_their_files(tmp_path):
             argparse.Namespace(model=str(model), checkpoint=None), [("torchvision-onnx-openvino", None)]
         )
     assert "sdk-openvino-fp32" in bench.BASELINES and "torchvision-onnx-openvino[=FILE]" in bench.BASELINES
+    # the backend options each openvino variant runs with
+    assert bench._openvino_variant("sdk-openvino-fp32", "fp32") == ("fp32", None)
+    assert bench._openvino_variant("sdk-openvino-bf16", "bf16") == ("bf16", {"inference_precision": "bf16"})
+    assert bench._openvino_variant("sdk-openvino-int8tp", "int8tp") == ("int8", {"performance_hint": "throughput"})
+    with pytest.raises(DeploySdkError, match="sdk-openvino-fp32tp"):
+        bench._openvino_variant("sdk-openvino-fast", "fast")
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,13 @@ def _toy_batch(sizes):
     return images, np.array(sizes, np.int64)
 
 
+def _split_in_two(backend) -> None:
+    """Split batches over two requests even where OpenVINO made a single stream (fewer cores), with the in-flight
+    depth the backend would have chosen for two, so the splitting is tested on any machine."""
+    backend._split_ways = 2
+    backend.async_depth = max(1, len(backend._pool) // 2)
+
+
 # ------------------------------------------------------------------------------------------------ toy graph
 def test_missing_openvino_names_the_extra(monkeypatch, tmp_path):
     model = write_toy_graph(tmp_path / "toy.onnx")
@@ -131,7 +138,9 @@ def test_performance_hint_and_precision_are_selectable(toy):
     )
     backend = predictor.backend
     assert str(backend.property("PERFORMANCE_HINT")) == "THROUGHPUT"
-    assert backend.async_depth == 3 and "throughput" in repr(predictor)
+    streams = int(backend.property("NUM_STREAMS"))
+    # a batch may take one request per stream, so fewer batches fit in flight
+    assert backend.async_depth == max(1, 3 // streams) and "throughput" in repr(predictor)
     with pytest.raises(DeploySdkError, match="performance_hint must be one of latency, throughput"):
         OpenVinoBackend(toy, performance_hint="fast")
     with pytest.raises(DeploySdkError, match="inference_precision"):
@@ -193,6 +202,50 @@ def test_predict_iter_keeps_requests_in_flight_and_results_in_order(toy):
     predictor.close()
     with pytest.raises(DeploySdkError, match="closed"):
         predictor.predict(images[0])
+
+
+def test_throughput_hint_splits_a_batch_over_the_streams(toy):
+    """With the throughput hint a batch runs as one slice per stream on as many requests; the joined outputs are
+    the hand-worked ones of the whole batch, every request goes back to the pool, and predict_iter with batches in
+    flight (each holding several requests) neither waits on itself nor reorders results."""
+    _openvino()
+    from deploy_sdk.backends.openvino import OpenVinoBackend
+
+    with OpenVinoBackend(toy, threads=2, performance_hint="throughput") as backend:
+        assert backend._split_ways == int(backend.property("NUM_STREAMS"))
+        _split_in_two(backend)
+        sizes = [(40, 60), (64, 48), (32, 96)]
+        images, image_sizes = _toy_batch(sizes)
+        before = backend.requests_started
+        out = backend.infer(images, image_sizes)
+        assert backend.requests_started - before == 2 and backend._running == 0
+        assert out["boxes"].shape == (3, 3, 4) and out["masks"].shape[:2] == (3, 3)
+        for i, (h, w) in enumerate(sizes):
+            expected = np.array(TOY_BOX_FRACTIONS, np.float32) * np.array([w, h, w, h], np.float32)
+            assert_close(out["boxes"][i], expected, tol=TOY_BOX_SCALING, what=f"image {i} boxes")
+            assert_close(out["masks"][i], toy_masks(), tol=FP32_PASSTHROUGH, what=f"image {i} masks")
+        np.testing.assert_array_equal(out["labels"], np.tile(TOY_LABELS, (3, 1)))
+        # predict_iter keeps async_depth batches in flight; each may hold 2 of the pool's requests
+        predictor = Predictor(backend, batch_size=2, mask_format="none")
+        many = [(64 + 8 * i, 128 - 8 * i) for i in range(7)]
+        results = list(predictor.predict_iter([np.full((h, w, 3), 200, np.uint8) for h, w in many]))
+        assert [r.image_size for r in results] == many and backend._running == 0
+
+
+def test_split_batches_are_joined_with_zero_mask_slots():
+    """The graph pools masks for as many slots as the batch's most detections, so slices of one batch can have
+    mask outputs of different lengths: joined, the shorter ones get zero masks (hand-made arrays)."""
+    pytest.importorskip("openvino", reason=REASON)
+    from deploy_sdk.backends.openvino import _join_batches
+
+    a = {"num_detections": np.array([2], np.int32), "masks": np.ones((1, 2, 2, 2), np.float32)}
+    b = {"num_detections": np.array([3, 1], np.int32), "masks": np.full((2, 3, 2, 2), 0.5, np.float32)}
+    joined = _join_batches([a, b])
+    np.testing.assert_array_equal(joined["num_detections"], [2, 3, 1])
+    assert joined["masks"].shape == (3, 3, 2, 2)
+    np.testing.assert_array_equal(joined["masks"][0, :2], 1.0)
+    np.testing.assert_array_equal(joined["masks"][0, 2], 0.0)
+    np.testing.assert_array_equal(joined["masks"][1:], 0.5)
 
 
 def test_concurrent_infer_calls_from_threads(toy):
@@ -342,15 +395,19 @@ def mixed_images():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("batch_size", [1, 4])
-def test_shipped_model_matches_onnxruntime(batch_size, mixed_images):
-    """Same graph, two runtimes, the same batches (a batch shares one padded canvas): held to the export criteria."""
+@pytest.mark.parametrize("batch_size, hint", [(1, "latency"), (4, "latency"), (4, "throughput")])
+def test_shipped_model_matches_onnxruntime(batch_size, hint, mixed_images):
+    """Same graph, two runtimes, the same batches (a batch shares one padded canvas): held to the export criteria.
+    With the throughput hint each batch runs split over the streams (forced to two) and joined."""
     _openvino()
     from fixtures_models import parity_failures, shipped_onnx_path
 
     path = shipped_onnx_path()
     reference = Predictor(path, backend="onnxruntime", batch_size=batch_size, threads=2).predict(mixed_images)
-    predictor = Predictor(path, backend="openvino", batch_size=batch_size, threads=2)
+    options = {"performance_hint": hint}
+    predictor = Predictor(path, backend="openvino", batch_size=batch_size, threads=2, backend_options=options)
+    if hint == "throughput":
+        _split_in_two(predictor.backend)
     results = predictor.predict(mixed_images)
     assert sum(len(d) for d in reference) > 20, "the comparison would be vacuous"
     problems = parity_failures(reference, results)
