@@ -2,8 +2,12 @@
 
 A *source* is one model run on batches of images:
 
-- a checkpoint: torchvision's own ``MaskRCNN`` eval path on the same batches
+- a torchvision checkpoint: torchvision's own ``MaskRCNN`` eval path on the same batches
   (:func:`deploy_sdk.conversion.reference.batch_reference_detections`);
+- a detectron2 or MMDetection checkpoint: the deployment module in eager PyTorch (the torch backend), which
+  reproduces the framework's inference where torchvision's modules cannot (its resize, box decoding, filters and
+  mask paste; checked against the frameworks themselves by the importer tests). torchvision's eval path on such
+  weights is not that framework's model, and the SDK cannot run the framework itself in this layer;
 - an ONNX graph (fp32, fp16 or INT8 Q/DQ): ONNX Runtime through :class:`deploy_sdk.Predictor`;
 - an engine: TensorRT through :class:`deploy_sdk.Predictor` (needs TensorRT and a GPU).
 
@@ -50,7 +54,8 @@ class DetectionSource:
 
 
 class CheckpointSource(DetectionSource):
-    """torchvision's model from a checkpoint, each batch run as one (:func:`batch_reference_detections`)."""
+    """A checkpoint's model, each batch run as one: torchvision's eval path (:func:`batch_reference_detections`)
+    for a torchvision checkpoint; for another framework's, the deployment module in eager PyTorch."""
 
     kind = CHECKPOINT
 
@@ -58,12 +63,53 @@ class CheckpointSource(DetectionSource):
         self.path = Path(path)
         self.loaded = loaded_model
         self.class_names = list(loaded_model.class_names)
-        self.label = f"{self.path.name} (PyTorch, torchvision's model)"
+        framework = loaded_model.semantics.source
+        self._eager: Optional[_PredictorDetections] = None
+        if framework == "torchvision":
+            self.label = f"{self.path.name} (PyTorch, torchvision's model)"
+        else:
+            from deploy_sdk.conversion.torch_backend import TorchBackend
+            from deploy_sdk.predictor import Predictor
+
+            predictor = Predictor(TorchBackend(loaded_model), mask_format="none")
+            self._eager = _PredictorDetections(predictor)
+            self.label = f"{self.path.name} (PyTorch, the deployment module in eager mode, {framework} semantics)"
 
     def detections(self, images: Sequence[np.ndarray], canvas: Canvas = None) -> List[Detections]:
+        if self._eager is not None:
+            # The torch backend takes any canvas: padded to a fixed-size graph's when there is one, as that graph is.
+            self._eager.predictor.backend.fixed_size = canvas
+            return self._eager.detections(images, canvas)
         from deploy_sdk.conversion.reference import batch_reference_detections
 
         return batch_reference_detections(self.loaded, images, canvas=canvas, mask_threshold=None)
+
+    def close(self) -> None:
+        if self._eager is not None:
+            self._eager.predictor.close()
+
+
+class _PredictorDetections:
+    """A predictor's decoded results for one batch, with the masks pasted again as probabilities (not thresholded),
+    from the same output and in the model's own paste mode, for the decided-pixel comparison."""
+
+    def __init__(self, predictor: Any):
+        self.predictor = predictor
+
+    def detections(self, images: Sequence[np.ndarray], canvas: Canvas = None) -> List[Detections]:
+        # The predictor's steps, one batch: prepare (resize, pad), run, decode. Its own mask pasting is off
+        # (mask_format="none").
+        p = self.predictor
+        batch = p._prepare(list(images))
+        outputs = p._infer(batch)
+        results = p._postprocess(batch, outputs)
+        masks = outputs["masks"]
+        masks = masks.detach().cpu().numpy() if hasattr(masks, "detach") else np.asarray(masks)
+        paste = str(p.metadata.extra.get("mask_paste", "torchvision"))
+        for i, det in enumerate(results):
+            # No score_threshold on this predictor: the results are the graph's first num_detections slots.
+            det.masks = paste_masks(masks[i, : len(det)], det.boxes, det.image_size, threshold=None, mode=paste)
+        return results
 
 
 class GraphSource(DetectionSource):
@@ -82,6 +128,7 @@ class GraphSource(DetectionSource):
         if kind == ENGINE and device == "cpu":
             device = "cuda"
         self.predictor = Predictor(str(path), backend=backend, device=device, batch_size=batch_size, mask_format="none")
+        self._decoded = _PredictorDetections(self.predictor)
         meta = self.predictor.metadata
         self.class_names = list(meta.class_names)
         fixed = (meta.fixed_height, meta.fixed_width)
@@ -90,18 +137,7 @@ class GraphSource(DetectionSource):
         self.label = f"{self.path.name} ({runtime}, {meta.precision})"
 
     def detections(self, images: Sequence[np.ndarray], canvas: Canvas = None) -> List[Detections]:
-        # The predictor's steps, one batch: prepare (resize, pad), run, decode. Its own mask pasting is off
-        # (mask_format="none"); probabilities are pasted below from the same output.
-        p = self.predictor
-        batch = p._prepare(list(images))
-        outputs = p._infer(batch)
-        results = p._postprocess(batch, outputs)
-        masks = outputs["masks"]
-        masks = masks.detach().cpu().numpy() if hasattr(masks, "detach") else np.asarray(masks)
-        for i, det in enumerate(results):
-            # No score_threshold on this predictor: the results are the graph's first num_detections slots.
-            det.masks = paste_masks(masks[i, : len(det)], det.boxes, det.image_size, threshold=None)
-        return results
+        return self._decoded.detections(images, canvas)
 
     def close(self) -> None:
         self.predictor.close()

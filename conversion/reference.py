@@ -12,12 +12,17 @@ and the convolutions see that padding, so an image's result depends on its batch
   :class:`deploy_sdk.Predictor`'s, so no result depends on other images. Used where a checkpoint is evaluated as
   a predictor: ``eval`` of a checkpoint, the checkpoint's AP in ``convert``, and the tests of the evaluation and
   of the shipped model's predictor. It is :func:`batch_reference_detections` on batches of one.
+
+Both are torchvision's model, so they stand for torchvision checkpoints. A detectron2 or MMDetection checkpoint's
+inference differs from torchvision's eval path on the same weights (resize, box decoding, filters, mask paste):
+:func:`checkpoint_predictor` and ``detection_sources.CheckpointSource`` run those through the deployment module in
+eager PyTorch, which reproduces the framework (held to the frameworks themselves by the importer tests).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,7 +32,7 @@ from deploy_sdk.detections import Detections
 from deploy_sdk.errors import DeploySdkError, InputImageError
 from deploy_sdk.preprocessing import load_image
 
-__all__ = ["batch_reference_detections", "PerImageReferencePredictor"]
+__all__ = ["batch_reference_detections", "PerImageReferencePredictor", "checkpoint_predictor"]
 
 
 def batch_reference_detections(
@@ -116,3 +121,19 @@ class PerImageReferencePredictor:
             batch_reference_detections(self.loaded_model, [image], mask_threshold=self.mask_threshold)[0]
             for image in rgb
         ]
+
+
+def checkpoint_predictor(loaded_model: LoadedModel, device: str = "cpu") -> Any:
+    """The checkpoint's own model behind ``predict(images)``, one image at a time, for ``eval`` and ``convert``'s AP.
+
+    A torchvision checkpoint: :class:`PerImageReferencePredictor` (torchvision's eval path). A detectron2 or
+    MMDetection checkpoint: the deployment module in eager PyTorch (the torch backend), which has that framework's
+    inference semantics (resize, box decoding, filters, mask paste; held to the frameworks themselves by the importer
+    tests); torchvision's eval path on those weights would be another model.
+    """
+    if loaded_model.semantics.source == "torchvision":
+        return PerImageReferencePredictor(loaded_model, device=device)
+    from deploy_sdk.conversion.torch_backend import TorchBackend
+    from deploy_sdk.predictor import Predictor
+
+    return Predictor(TorchBackend(loaded_model, device=device), batch_size=1)

@@ -476,9 +476,9 @@ def _measure_ap(step: Step, args, loaded, log) -> None:
     assert step.path is not None
 
     if step.what == "checkpoint":
-        from deploy_sdk.conversion.reference import PerImageReferencePredictor
+        from deploy_sdk.conversion.reference import checkpoint_predictor
 
-        predictor: Any = PerImageReferencePredictor(loaded)
+        predictor: Any = checkpoint_predictor(loaded)
     else:
         from deploy_sdk.predictor import Predictor
 

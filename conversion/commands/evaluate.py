@@ -70,9 +70,9 @@ def make_predictor(args: argparse.Namespace):
             f"--backend {args.backend} runs an exported model; {path} is a checkpoint, which the "
             "PyTorch reference evaluates (export it first: maskrcnn-deploy export)"
         )
-    from deploy_sdk.conversion.reference import PerImageReferencePredictor
+    from deploy_sdk.conversion.reference import checkpoint_predictor
 
-    return PerImageReferencePredictor(load_checkpoint_from_args(path, args), device=args.device)
+    return checkpoint_predictor(load_checkpoint_from_args(path, args), device=args.device)
 
 
 def format_table(metrics: Dict[str, Any]) -> str:

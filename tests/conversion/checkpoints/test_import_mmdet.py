@@ -412,3 +412,15 @@ def test_mmcv_rescale_size_hand_worked():
     assert mmcv_rescale_size(480, 640, 800, 1333) == (800, 1067)
     assert mmcv_rescale_size(256, 320, 256, 320) == (256, 320)  # at the test scale: unchanged
     assert mmcv_rescale_size(100, 2000, 800, 1333) == (67, 1333)  # long side bound: 66.65 -> 67
+
+
+def test_check_against_the_checkpoint_runs_mmdetection_semantics(exported, capsys):
+    """`check GRAPH --against CHECKPOINT` of an MMDetection checkpoint runs the deployment module in eager PyTorch
+    (MMDetection's semantics, held to MMDetection itself by the fixture tests above), not torchvision's eval path."""
+    from deploy_sdk.cli import main
+
+    rc = main(["check", str(exported[0]), "--against", str(MMDET_CHECKPOINT), "--num-synthetic", "3"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "the deployment module in eager mode, mmdet semantics" in out
+    assert "3/3 images agree" in out
