@@ -105,9 +105,16 @@ class SampleStream:
         return images, targets
 
     def close(self) -> None:
+        """Stop the workers after the look-ahead is drained. ``Pool.terminate()`` with results still in flight can
+        hang for good: a worker blocked writing a large result that nothing reads any more holds the result queue's
+        lock that terminate() needs (seen in the test suite)."""
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            pool.close()
+            for pending in self._pending:
+                pending.wait()
+            self._pending.clear()
+            pool.join()
 
 
 def lr_at(progress: float, it: int, base: float, warmup_iters: int) -> float:
