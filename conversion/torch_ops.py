@@ -61,7 +61,9 @@ def _multilevel_out_shape(rois: Tensor, features: Sequence[Tensor], output_heigh
     return (rois.shape[0], rois.shape[1], features[0].shape[1], int(output_height), int(output_width))
 
 
-@torch.library.custom_op(f"{NAMESPACE}::multilevel_roi_align", mutates_args=(), device_types="cpu")
+# One kernel for both devices: deploy_sdk.plugins' entries take torch tensors on either and run the library's CPU
+# implementation or its CUDA kernel.
+@torch.library.custom_op(f"{NAMESPACE}::multilevel_roi_align", mutates_args=(), device_types=("cpu", "cuda"))
 def multilevel_roi_align_op(
     rois: Tensor,
     features: List[Tensor],
@@ -79,10 +81,10 @@ def multilevel_roi_align_op(
     _check_floating(features[0], "features[0]")
     work = _library_dtype(dtype)
     if shape[1] == 0:
-        return torch.empty(shape, dtype=dtype)
+        return torch.empty(shape, dtype=dtype, device=rois.device)
     out = plugins.multilevel_roi_align(
-        [f.detach().to(work).contiguous().numpy() for f in features],
-        rois.detach().to(torch.float32).contiguous().numpy(),
+        [f.detach().to(work) for f in features],
+        rois.detach().to(torch.float32),
         (shape[3], shape[4]),
         list(spatial_scales),
         sampling_ratio=sampling_ratio,
@@ -91,31 +93,6 @@ def multilevel_roi_align_op(
         canonical_scale=canonical_scale,
         canonical_level=canonical_level,
         check_finite=False,
-    )
-    return torch.from_numpy(out).to(dtype)
-
-
-@multilevel_roi_align_op.register_kernel("cuda")
-def _multilevel_roi_align_cuda(
-    rois, features, output_height, output_width, spatial_scales, sampling_ratio, aligned, mode, canonical_scale,
-    canonical_level,
-):  # fmt: skip
-    shape = _multilevel_out_shape(rois, features, output_height, output_width)
-    dtype = features[0].dtype
-    _check_floating(features[0], "features[0]")
-    work = _library_dtype(dtype)
-    if shape[1] == 0:
-        return torch.empty(shape, dtype=dtype, device=rois.device)
-    out = plugins.multilevel_roi_align_cuda(
-        [f.to(work) for f in features],
-        rois.to(torch.float32),
-        (shape[3], shape[4]),
-        list(spatial_scales),
-        sampling_ratio=sampling_ratio,
-        aligned=aligned,
-        mode=mode,
-        canonical_scale=canonical_scale,
-        canonical_level=canonical_level,
     )
     return out.to(dtype)
 
@@ -139,7 +116,7 @@ def _single_out_shape(features: Tensor, rois: Tensor, batch_indices: Tensor, out
     return (rois.shape[0], features.shape[1], int(output_height), int(output_width))
 
 
-@torch.library.custom_op(f"{NAMESPACE}::roi_align", mutates_args=(), device_types="cpu")
+@torch.library.custom_op(f"{NAMESPACE}::roi_align", mutates_args=(), device_types=("cpu", "cuda"))
 def roi_align_op(
     features: Tensor,
     rois: Tensor,
@@ -155,38 +132,17 @@ def roi_align_op(
     _check_floating(features, "features")
     dtype = features.dtype
     if shape[0] == 0:
-        return torch.empty(shape, dtype=dtype)
+        return torch.empty(shape, dtype=dtype, device=features.device)
     out = plugins.roi_align(
-        features.detach().to(_library_dtype(dtype)).contiguous().numpy(),
-        rois.detach().to(torch.float32).contiguous().numpy(),
-        batch_indices.detach().contiguous().numpy(),
+        features.detach().to(_library_dtype(dtype)),
+        rois.detach().to(torch.float32),
+        batch_indices.detach(),
         (shape[2], shape[3]),
         spatial_scale=spatial_scale,
         sampling_ratio=sampling_ratio,
         aligned=aligned,
         mode=mode,
         check_finite=False,
-    )
-    return torch.from_numpy(out).to(dtype)
-
-
-@roi_align_op.register_kernel("cuda")
-def _roi_align_cuda(features, rois, batch_indices, output_height, output_width, spatial_scale, sampling_ratio,
-                    aligned, mode):  # fmt: skip
-    shape = _single_out_shape(features, rois, batch_indices, output_height, output_width)
-    _check_floating(features, "features")
-    dtype = features.dtype
-    if shape[0] == 0:
-        return torch.empty(shape, dtype=dtype, device=features.device)
-    out = plugins.roi_align_cuda(
-        features.to(_library_dtype(dtype)),
-        rois.to(torch.float32),
-        batch_indices,
-        (shape[2], shape[3]),
-        spatial_scale=spatial_scale,
-        sampling_ratio=sampling_ratio,
-        aligned=aligned,
-        mode=mode,
     )
     return out.to(dtype)
 

@@ -70,6 +70,9 @@ __all__ = [
     "RoiAlignArgs",
 ]
 
+#: A numpy array, or a torch tensor on any device (the RoIAlign entries answer in kind; torch is never imported here).
+ArrayOrTensor = Any
+
 # ----------------------------------------------------------------------------------------------- op contract
 #: ONNX domain of the custom nodes; the TensorRT plugin is found by op name (domain-free) in its registry.
 PLUGIN_DOMAIN = "maskrcnn_deploy"
@@ -623,10 +626,6 @@ def _is_torch_tensor(x) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "is_cuda")
 
 
-def _on_cuda(x: Any) -> bool:
-    return bool(x.is_cuda)
-
-
 def _host(x: Any) -> np.ndarray:
     """A torch tensor (or anything array-like) as a numpy array on the host, sharing memory where it can."""
     return x.detach().cpu().numpy() if _is_torch_tensor(x) else np.asarray(x)
@@ -652,9 +651,9 @@ def _num_threads(num_threads: Optional[int]) -> int:
 
 
 def roi_align(
-    features: np.ndarray,
-    rois: np.ndarray,
-    batch_indices: np.ndarray,
+    features: ArrayOrTensor,
+    rois: ArrayOrTensor,
+    batch_indices: ArrayOrTensor,
     output_size: Union[int, Sequence[int]],
     spatial_scale: float = 1.0,
     sampling_ratio: int = 0,
@@ -663,7 +662,7 @@ def roi_align(
     num_threads: Optional[int] = None,
     implementation: str = "fast",
     check_finite: bool = True,
-) -> np.ndarray:
+) -> ArrayOrTensor:
     """Single-level RoIAlign on CPU (the library's compiled implementation), ONNX RoiAlign-16 semantics.
 
     features: [N, C, H, W] float32 or float16. rois: [R, 4] x1 y1 x2 y2 in input pixels (scaled by
@@ -681,7 +680,7 @@ def roi_align(
     CUDA device through :func:`roi_align_cuda` (the kernel; ``num_threads`` and ``implementation`` are CPU-only).
     """
     if _is_torch_tensor(features):
-        if _on_cuda(features):
+        if features.is_cuda:
             if check_finite:
                 _check_finite_rois(_host(rois), "rois")
             return roi_align_cuda(features, rois, batch_indices, output_size, spatial_scale, sampling_ratio, aligned,
@@ -724,8 +723,8 @@ def roi_align(
 
 
 def multilevel_roi_align(
-    features_list: Sequence[np.ndarray],
-    rois: np.ndarray,
+    features_list: Sequence[ArrayOrTensor],
+    rois: ArrayOrTensor,
     output_size: Union[int, Sequence[int]],
     spatial_scales: Sequence[float],
     sampling_ratio: int = 0,
@@ -736,7 +735,7 @@ def multilevel_roi_align(
     num_threads: Optional[int] = None,
     implementation: str = "fast",
     check_finite: bool = True,
-) -> np.ndarray:
+) -> ArrayOrTensor:
     """MultiLevelRoIAlign on CPU: each RoI is pooled from its FPN level, exactly as the TensorRT plugin does.
 
     features_list: P2..P5 (any run of consecutive levels), each [B, C, H_l, W_l], all float32 or all float16.
@@ -748,7 +747,7 @@ def multilevel_roi_align(
     (CUDA: :func:`multilevel_roi_align_cuda`).
     """
     if features_list and _is_torch_tensor(features_list[0]):
-        if _on_cuda(features_list[0]):
+        if features_list[0].is_cuda:
             if check_finite:
                 _check_finite_rois(_host(rois), "rois")
             return multilevel_roi_align_cuda(features_list, rois, output_size, spatial_scales, sampling_ratio,
