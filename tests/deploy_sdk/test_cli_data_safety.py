@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import one_line_error
 from PIL import Image
 from repo_paths import REPO_ROOT
 
@@ -29,17 +30,6 @@ from deploy_sdk.atomic_file import OutputPathError, atomic_path, check_output_fi
 from deploy_sdk.cli import Terminated, main, sigterm_unwinds
 
 ROOT = REPO_ROOT
-
-
-def _one_line_error(capsys, argv, prefix=None) -> str:
-    rc = main(argv)
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert rc == 1, f"exit code {rc}; stderr: {err}"
-    assert "Traceback" not in captured.err
-    assert len(err.splitlines()) == 1, f"expected one line, got:\n{err}"
-    assert err.startswith(f"maskrcnn-deploy {prefix or argv[0]}: error: "), err
-    return err
 
 
 def _png(path: Path, value: int, size=(40, 60)) -> Path:
@@ -69,10 +59,10 @@ def test_infer_refuses_out_equal_to_the_input_folder(tmp_path, capsys, toy_graph
     _png(images / "a.png", 10)
     _png(images / "b.png", 20)
     before = {p.name: p.read_bytes() for p in images.iterdir()}
-    err = _one_line_error(capsys, ["infer", str(toy_graph), str(images), "--out", str(images)])
+    err = one_line_error(capsys, ["infer", str(toy_graph), str(images), "--out", str(images)])
     assert "is the input folder" in err
     # The same folder spelled differently, and explicitly listed files whose overlay would be the file itself.
-    err = _one_line_error(
+    err = one_line_error(
         capsys, ["infer", str(toy_graph), str(images / "a.png"), str(images / "b.png"), "--out", f"{images}/./"]
     )
     assert "would overwrite the input image" in err
@@ -83,7 +73,7 @@ def test_infer_never_writes_over_an_input_named_like_its_json(tmp_path, capsys, 
     # An input file called results.json (a PNG despite its name), listed explicitly, with --out its own folder.
     src = _png(tmp_path / "results.json", 30)
     before = src.read_bytes()
-    err = _one_line_error(capsys, ["infer", str(toy_graph), str(src), "--out", str(tmp_path), "--no-overlays"])
+    err = one_line_error(capsys, ["infer", str(toy_graph), str(src), "--out", str(tmp_path), "--no-overlays"])
     assert "would overwrite the input image" in err and "results.json" in err
     assert src.read_bytes() == before
 
@@ -405,7 +395,7 @@ def test_export_checks_the_output_before_loading(tmp_path, capsys, monkeypatch):
         (tmp_path / "out.txt", "must end in .onnx"),
     ]
     for out, message in cases:
-        err = _one_line_error(capsys, ["export", str(ckpt), "-o", str(out)])
+        err = one_line_error(capsys, ["export", str(ckpt), "-o", str(out)])
         assert message in err, err
     assert calls == []
 
@@ -419,9 +409,9 @@ def test_infer_out_that_is_a_file(tmp_path, capsys, toy_graph, monkeypatch):
     monkeypatch.setattr(predictor_module, "Predictor", no_model)
     _png(tmp_path / "a.png", 10)
     (tmp_path / "file").write_text("x")
-    err = _one_line_error(capsys, ["infer", str(toy_graph), str(tmp_path / "a.png"), "--out", str(tmp_path / "file")])
+    err = one_line_error(capsys, ["infer", str(toy_graph), str(tmp_path / "a.png"), "--out", str(tmp_path / "file")])
     assert "not a folder" in err
-    err = _one_line_error(
+    err = one_line_error(
         capsys, ["infer", str(toy_graph), str(tmp_path / "a.png"), "--out", str(tmp_path / "file" / "sub")]
     )
     assert "Not a directory" in err
@@ -444,7 +434,7 @@ def test_eval_json_path_checked_before_the_model(tmp_path, capsys, monkeypatch):
         "--json",
         str(tmp_path / "somefile" / "m.json"),
     ]
-    err = _one_line_error(capsys, argv)
+    err = one_line_error(capsys, argv)
     assert f"cannot write {tmp_path / 'somefile' / 'm.json'}: Not a directory" in err
 
 
@@ -461,7 +451,7 @@ def test_bench_output_paths_checked_before_the_run(tmp_path, capsys, monkeypatch
     (tmp_path / "somefile").write_text("x")
     (tmp_path / "adir").mkdir()
     # The model does not exist: the output is checked first, so that error is the one reported.
-    err = _one_line_error(capsys, ["bench", "missing.onnx", flag, path])
+    err = one_line_error(capsys, ["bench", "missing.onnx", flag, path])
     assert message in err, err
 
 
@@ -472,7 +462,7 @@ def test_cli_turns_os_errors_with_a_path_into_one_line(capsys, monkeypatch):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/srv/out")
 
     monkeypatch.setattr(data_cmd, "run", refused)
-    err = _one_line_error(capsys, ["data", "shapes", "--out", "x"])
+    err = one_line_error(capsys, ["data", "shapes", "--out", "x"])
     assert err.endswith("error: /srv/out: Permission denied")
 
     def bug(args):
@@ -489,12 +479,12 @@ def test_cli_turns_os_errors_with_a_path_into_one_line(capsys, monkeypatch):
 def test_size_ceilings_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("m.onnx").write_bytes(b"")
-    err = _one_line_error(capsys, ["bench", "m.onnx", "--image-size", "100000x100000"])
+    err = one_line_error(capsys, ["bench", "m.onnx", "--image-size", "100000x100000"])
     assert "16..8192" in err
-    err = _one_line_error(capsys, ["bench", "m.onnx", "--image-size", "8192x8192", "--num-images", "100"])
+    err = one_line_error(capsys, ["bench", "m.onnx", "--image-size", "8192x8192", "--num-images", "100"])
     assert "GiB" in err
-    err = _one_line_error(capsys, ["data", "shapes", "--out", "d", "--min-size", "100000", "--max-size", "100000"])
+    err = one_line_error(capsys, ["data", "shapes", "--out", "d", "--min-size", "100000", "--max-size", "100000"])
     assert "<= 4096" in err
-    err = _one_line_error(capsys, ["data", "shapes", "--out", "d", "--min-size", "100000"])
+    err = one_line_error(capsys, ["data", "shapes", "--out", "d", "--min-size", "100000"])
     assert "--min-size 100000" in err
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]

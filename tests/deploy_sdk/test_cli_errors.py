@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from cli_checks import one_line_error
 from repo_paths import REPO_ROOT
 from safetensors.torch import save_file
 from torchvision.models import mobilenet_v3_small
@@ -16,7 +17,6 @@ from torchvision.models.detection import FasterRCNN, KeypointRCNN, RetinaNet
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from deploy_sdk.cli import main
 from deploy_sdk.conversion.architectures import ArchConfig, build_resnet_fpn_maskrcnn
 from deploy_sdk.synthetic_shapes import write_dataset
 
@@ -47,20 +47,9 @@ def narrow_state(tmp_path_factory):
     return sd, path
 
 
-def _run_error(capsys, argv) -> str:
-    rc = main(argv)
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert rc == 1, f"exit code {rc}; stderr: {err}"
-    assert "Traceback" not in captured.err
-    assert len(err.splitlines()) == 1, f"expected one line, got:\n{err}"
-    assert err.startswith(f"maskrcnn-deploy {argv[0]}: error: ")
-    return err
-
-
 def _eval(capsys, dataset, model, *extra) -> str:
     argv = ["eval", str(model), "--images", str(dataset / "images"), "--annotations", str(dataset / "annotations.json")]
-    return _run_error(capsys, argv + list(extra))
+    return one_line_error(capsys, argv + list(extra))
 
 
 def test_missing_file(capsys, dataset, tmp_path):
@@ -174,9 +163,11 @@ def test_bad_class_names_file(capsys, dataset, narrow_state, tmp_path):
 
 def test_eval_bad_data_paths(capsys, dataset, narrow_state, tmp_path):
     _, path = narrow_state
-    err = _run_error(capsys, ["eval", str(path), "--images", str(tmp_path), "--annotations", str(tmp_path / "a.json")])
+    err = one_line_error(
+        capsys, ["eval", str(path), "--images", str(tmp_path), "--annotations", str(tmp_path / "a.json")]
+    )
     assert "annotation file not found" in err
-    err = _run_error(
+    err = one_line_error(
         capsys,
         ["eval", str(path), "--images", str(tmp_path / "none"), "--annotations", str(dataset / "annotations.json")],
     )
@@ -184,16 +175,16 @@ def test_eval_bad_data_paths(capsys, dataset, narrow_state, tmp_path):
 
 
 def test_data_command_bad_input(capsys, tmp_path):
-    assert "--num must be at least 1" in _run_error(
+    assert "--num must be at least 1" in one_line_error(
         capsys, ["data", "shapes", "--out", str(tmp_path / "d"), "--num", "0"]
     )
-    err = _run_error(
+    err = one_line_error(
         capsys, ["data", "shapes", "--out", str(tmp_path / "d"), "--num", "1", "--min-size", "300", "--max-size", "200"]
     )
     assert "--min-size" in err
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "mine.txt").write_text("keep me")
-    err = _run_error(capsys, ["data", "shapes", "--out", str(tmp_path / "full"), "--num", "1", "--overwrite"])
+    err = one_line_error(capsys, ["data", "shapes", "--out", str(tmp_path / "full"), "--num", "1", "--overwrite"])
     assert "not a data set of this tool" in err
     assert (tmp_path / "full" / "mine.txt").read_text() == "keep me"
     assert not (tmp_path / "d").exists()
@@ -204,12 +195,12 @@ def test_data_command_bad_input(capsys, tmp_path):
 
 def test_url_is_refused_as_typed(capsys):
     """A URL is named as the user typed it (Path would make it https:/...), with how to download it."""
-    err = _run_error(capsys, ["export", "https://example.com/models/r50.pth", "-o", "m.onnx"])
+    err = one_line_error(capsys, ["export", "https://example.com/models/r50.pth", "-o", "m.onnx"])
     assert "https://example.com/models/r50.pth is a URL" in err and "https:/e" not in err
     assert "curl -L -o r50.pth" in err
-    err = _run_error(capsys, ["infer", "s3://bucket/model.onnx", "x.png", "--out", "o"])
+    err = one_line_error(capsys, ["infer", "s3://bucket/model.onnx", "x.png", "--out", "o"])
     assert "s3://bucket/model.onnx is a URL" in err
-    err = _run_error(capsys, ["infer", "m.onnx", "--out=https://host/dir"])
+    err = one_line_error(capsys, ["infer", "m.onnx", "--out=https://host/dir"])
     assert "https://host/dir is a URL" in err
 
 
@@ -225,7 +216,7 @@ def test_files_that_are_not_checkpoints_say_what_they_are(capsys, tmp_path, narr
     sd, path = narrow_state
     out = str(tmp_path / "m.onnx")
     (tmp_path / "notes.pth").write_text("epoch 3: loss 0.2\nepoch 4: loss 0.1\n")
-    err = _run_error(capsys, ["export", str(tmp_path / "notes.pth"), "-o", out])
+    err = one_line_error(capsys, ["export", str(tmp_path / "notes.pth"), "-o", out])
     assert "is a text file (it starts with 'epoch 3: loss 0.2')" in err and "(101)" not in err
     # an ONNX file, by its bytes, whatever its name
     import onnx
@@ -238,13 +229,13 @@ def test_files_that_are_not_checkpoints_say_what_they_are(capsys, tmp_path, narr
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
     )
     onnx.save(helper.make_model(graph, producer_name="pytorch"), str(tmp_path / "exported.pth"))
-    err = _run_error(capsys, ["export", str(tmp_path / "exported.pth"), "-o", out])
+    err = one_line_error(capsys, ["export", str(tmp_path / "exported.pth"), "-o", out])
     assert "is an ONNX file, not a checkpoint: use it with infer, eval, check or inspect" in err
     assert "weights_only" not in err
     # a .pth cut off mid-download: says so, whole sentences
     data = path.read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
-    err = _run_error(capsys, ["export", str(tmp_path / "cut.pth"), "-o", out])
+    err = one_line_error(capsys, ["export", str(tmp_path / "cut.pth"), "-o", out])
     assert "is an incomplete PyTorch checkpoint" in err and err.endswith("fetch the file again")
     assert not (tmp_path / "m.onnx").exists()
 
@@ -269,7 +260,7 @@ def test_export_checks_options_before_loading(capsys, monkeypatch, tmp_path, nar
     monkeypatch.setattr(options, "load_checkpoint_from_args", no_load)
     monkeypatch.chdir(tmp_path)
     argv = ["export", str(narrow_state[1])] + (extra if "-o" in extra else ["-o", "m.onnx"] + extra)
-    assert expected in _run_error(capsys, argv)
+    assert expected in one_line_error(capsys, argv)
     assert not list(tmp_path.iterdir())
 
 
