@@ -367,22 +367,34 @@ class DeploymentModule(nn.Module):
         det_scores = torch.where(valid, top_score, zero)
         det_labels = torch.where(valid, det_labels, torch.zeros_like(det_labels))
 
-        # The mask head runs on the first n slots only, n = the most detections of any image in the batch (at
-        # least 1): top-K is sorted and padding scores are 0, so valid detections come first. With a few dozen
-        # detections out of K = 100 this skips most of the mask head, which is what torchvision computes too.
-        # n stays a tensor so that the exported graph keeps it dynamic; slots past n repeat row n - 1's mask and
-        # are zeroed below.
+        # The mask head runs on the valid detections only. Pooling takes the first n slots of every image, n = the
+        # most detections of any image in the batch (at least 1): top-K is sorted and padding scores are 0, so
+        # valid detections come first. n stays a tensor so that the exported graph keeps it dynamic. The mask head
+        # then gets only the pooled rows of valid detections, gathered over the batch: in a batch, an image with
+        # fewer detections than the batch's most would otherwise send padding slots through it (4 shipped-model
+        # images with 14, 82, 21 and 15 detections: 328 rows for 132). Row 0 always goes (no runtime sees an
+        # empty batch); the masks go back to their slots through an inverse index, and slots without a detection
+        # point at a zero mask put in front of them.
         num = valid.sum(1)
         n = torch.clamp(num.max(), min=1)
         # torch's type hints take a Python number as the end only; a 0-d tensor works and keeps the graph dynamic.
         first = torch.arange(n, device=det_boxes.device)  # type: ignore[call-overload]
         mask_boxes = det_boxes.index_select(1, first)
         mask_pooled = multi_level_roi_align(mask_boxes, feats, self.mask_pool_cfg)
-        mask_pooled = mask_pooled.reshape((-1,) + tuple(mask_pooled.shape[2:]))
-        mask_logits = self.mask_predictor(self.mask_head(mask_pooled))  # [B*n, C, M, M]
+        mask_pooled = mask_pooled.reshape((-1,) + tuple(mask_pooled.shape[2:]))  # [B*n, C, h, w]
+        slot_valid = valid.index_select(1, first).reshape(-1)  # [B*n]
+        slot_ids = torch.arange(slot_valid.shape[0], device=det_boxes.device)
+        # NonZero of a float: TensorRT's parser takes FP32/FP16 there, not BOOL.
+        rows = torch.nonzero((slot_valid | (slot_ids == 0)).to(torch.float32)).reshape(-1)  # [N]
+        mask_logits = self.mask_predictor(self.mask_head(mask_pooled.index_select(0, rows)))  # [N, C, M, M]
         m = mask_logits.shape[-1]
-        index = det_labels.index_select(1, first).reshape(-1, 1, 1, 1).expand(-1, 1, m, m)
-        masks = torch.gather(mask_logits, 1, index).sigmoid().reshape(batch, -1, m, m)  # [B, n, M, M]
+        row_labels = det_labels.index_select(1, first).reshape(-1).index_select(0, rows)
+        index = row_labels.reshape(-1, 1, 1, 1).expand(-1, 1, m, m)
+        row_masks = torch.gather(mask_logits, 1, index).sigmoid().reshape(-1, m, m)  # [N, M, M]
+        row_masks = torch.cat([torch.zeros_like(row_masks[:1]), row_masks], 0)  # row 0: the zero mask
+        row_ids = torch.arange(1, rows.shape[0] + 1, device=det_boxes.device)
+        slot_rows = torch.zeros_like(slot_ids).scatter(0, rows, row_ids)  # [B*n]: 1 + its row, or 0
+        masks = row_masks.index_select(0, slot_rows).reshape(batch, -1, m, m)  # [B, n, M, M]
         slot = torch.minimum(torch.arange(k, device=det_boxes.device), n - 1)
         masks = masks.index_select(1, slot)  # [B, K, M, M]
         masks = torch.where(valid.reshape(batch, k, 1, 1), masks, zero)

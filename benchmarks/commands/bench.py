@@ -41,6 +41,8 @@ BASELINES = {
     "(inference_precision='bf16'; CPUs with AVX512_BF16 or AMX)",
     "sdk-openvino-PRECISIONtp[=FILE]": "the same with OpenVINO's throughput hint: a batch split over its streams "
     "(e.g. sdk-openvino-fp32tp, sdk-openvino-int8tp)",
+    "sdk-openvino-PRECISIONst[=FILE]": "the same with a model compiled per input shape (static_shapes=4; "
+    "e.g. sdk-openvino-fp32st, sdk-openvino-int8tpst)",
     "sdk-torch[-PRECISION[cg]]": "this SDK's torch backend on --checkpoint; PRECISION fp32/fp16/bf16, 'cg' = CUDA "
     "graphs (e.g. sdk-torch-fp16cg; --device cuda)",
 }
@@ -59,6 +61,9 @@ _ALIASES = {
 _TORCHVISION_SYSTEMS = ("torch-eager", "torchvision-onnx", "torchvision-onnx-openvino")
 # Backends that run an .onnx file, so that sdk-BACKEND-PRECISION can name MODEL or its sibling files.
 _ONNX_BACKENDS = ("onnxruntime", "openvino")
+# Input shapes that get a static OpenVINO model in the "st" systems: a bench run has one canvas, and its batch sizes
+# (and their throughput-hint slices) are a few shapes.
+STATIC_SHAPES = 4
 # Ceilings on the synthetic image pool, which is held in memory as uint8 RGB: a side of at most 8192 pixels
 # (an 8192x8192 image is 200 MB; a detector resizes far below that anyway) and 4 GiB for the whole pool.
 MAX_IMAGE_SIDE = 8192
@@ -265,20 +270,25 @@ def resolve_compare(args, compare) -> Tuple[List[Tuple[str, Optional[str]]], Opt
 
 
 def _openvino_variant(name: str, precision: str) -> Tuple[str, Optional[dict]]:
-    """sdk-openvino-PRECISION with a "tp" suffix for the throughput hint (sdk-openvino-fp32tp): the graph's
-    precision and the openvino backend's options (None: the defaults)."""
-    throughput = precision.endswith("tp")
-    base = precision[:-2] if throughput else precision
+    """sdk-openvino-PRECISION with suffixes "tp" for the throughput hint and "st" for static shapes
+    (sdk-openvino-fp32tp, sdk-openvino-fp32st, sdk-openvino-int8tpst): the graph's precision and the openvino
+    backend's options (None: the defaults)."""
+    options: Dict[str, Any] = {}
+    base = precision
+    while base[-2:] in ("tp", "st"):
+        suffix, base = base[-2:], base[:-2]
+        if suffix == "tp":
+            options["performance_hint"] = "throughput"
+        else:
+            options["static_shapes"] = STATIC_SHAPES
     if base not in ("", "fp32", "fp16", "int8", "bf16"):
         raise DeploySdkError(
             f"--compare {name}: the openvino backend takes sdk-openvino-fp32/-fp16/-int8/-bf16, with 'tp' appended "
-            "for OpenVINO's throughput hint (e.g. sdk-openvino-fp32tp)"
+            "for OpenVINO's throughput hint and/or 'st' for static shapes (e.g. sdk-openvino-fp32tp, "
+            "sdk-openvino-fp32st)"
         )
-    options: Dict[str, Any] = {}
     if base == "bf16":
         options["inference_precision"] = "bf16"
-    if throughput:
-        options["performance_hint"] = "throughput"
     return base, options or None
 
 

@@ -27,6 +27,13 @@ Choices:
   streams a batch may take), so ``predict_iter`` pre-processes and post-processes some batches while OpenVINO
   infers others. ``infer`` may be called from several threads at once (each call takes its own request).
 - ``threads``: ``INFERENCE_NUM_THREADS`` of the CPU plugin (default: OpenVINO's, all usable cores).
+- ``static_shapes``: how many input shapes (batch, canvas) get a model compiled for exactly that shape, besides
+  the dynamic one every other shape runs on (default 0: the dynamic model only). OpenVINO plans memory and
+  kernels once for a static model instead of at every call: ~5% faster on the shipped model at 384x512 (f32, 2
+  threads, ``benchmarks/RESULTS.md``). Each shape costs a compile on its first batch (~0.5 s on the shipped model)
+  and a compiled model's memory; the first ``static_shapes`` shapes seen keep theirs (no eviction, so a workload
+  cycling through more shapes never recompiles). Pays where the shapes repeat: a fixed-size export
+  (``export --height/--width``) or same-size images at a fixed batch size.
 
 Ties: ONNX's TopK keeps the lower index among equal values; OpenVINO's only when its ``stable`` attribute is set,
 which its ONNX reader does not do. ``stable_topk=True`` sets it on every value-sorted TopK, so that the same elements
@@ -43,7 +50,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -80,16 +87,44 @@ def openvino_device(device: str) -> str:
 
 
 class _Request:
-    """One OpenVINO infer request of the pool and the batch it runs."""
+    """One OpenVINO infer request, the compiled model it belongs to, and the batch it runs."""
 
-    __slots__ = ("request", "done", "outputs", "error", "inputs")
+    __slots__ = ("request", "owner", "ticket", "done", "outputs", "error", "inputs")
 
-    def __init__(self, request: Any):
+    def __init__(self, request: Any, owner: _Compiled):
         self.request = request
+        self.owner = owner
+        self.ticket = -1  # the pool ticket of the batch it runs
         self.done = threading.Event()
         self.outputs: Optional[Dict[str, np.ndarray]] = None
         self.error: Optional[BaseException] = None
         self.inputs: Any = None  # the batch's arrays, kept alive while OpenVINO reads them without a copy
+
+
+class _Compiled:
+    """A compiled model and the infer requests made from it: made on demand, reused once their batch is collected.
+    How many run at once is bounded by the backend's tickets, not here."""
+
+    def __init__(self, compiled: Any, on_done: Callable[[_Request], None]):
+        self.compiled = compiled
+        self._on_done = on_done
+        self._free: List[_Request] = []
+        self.made: List[_Request] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> _Request:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        slot = _Request(self.compiled.create_infer_request(), self)
+        slot.request.set_callback(self._on_done, slot)
+        with self._lock:
+            self.made.append(slot)
+        return slot
+
+    def give_back(self, slot: _Request) -> None:
+        with self._lock:
+            self._free.append(slot)
 
 
 class OpenVinoBackend(Backend):
@@ -102,6 +137,7 @@ class OpenVinoBackend(Backend):
     - ``num_requests``: size of the infer-request pool (None: OpenVINO's optimal number, at least 2).
     - ``inference_precision``: None (the graph's precision), "f32", "f16" or "bf16".
     - ``stable_topk``: break TopK ties by index as ONNX specifies (slow in OpenVINO; see the module docstring).
+    - ``static_shapes``: input shapes that get their own static compiled model (see the module docstring).
     """
 
     name = "openvino"
@@ -116,9 +152,10 @@ class OpenVinoBackend(Backend):
         num_requests: Optional[int] = None,
         inference_precision: Optional[str] = None,
         stable_topk: bool = False,
+        static_shapes: int = 0,
     ):
         self._closed = True
-        self._pool: List[_Request] = []
+        self._compiled_models: List[_Compiled] = []
         self.path = os.fspath(path)
         threads = check_threads(threads)
         target = openvino_device(device)
@@ -129,6 +166,8 @@ class OpenVinoBackend(Backend):
             )
         if num_requests is not None and (isinstance(num_requests, bool) or int(num_requests) < 1):
             raise DeploySdkError(f"num_requests must be a positive integer or None, got {num_requests!r}")
+        if isinstance(static_shapes, bool) or not isinstance(static_shapes, int) or static_shapes < 0:
+            raise DeploySdkError(f"static_shapes must be a non-negative integer (0: off), got {static_shapes!r}")
         if inference_precision is not None and inference_precision not in INFERENCE_PRECISIONS:
             raise DeploySdkError(
                 f"inference_precision must be one of {', '.join(INFERENCE_PRECISIONS)} or None, "
@@ -215,11 +254,23 @@ class OpenVinoBackend(Backend):
         # With the throughput hint, how many requests (one per stream) one batch may be split over (see _start).
         self._split_ways = max(1, int(self.compiled.get_property("NUM_STREAMS"))) if hint == "throughput" else 1
         size = int(num_requests) if num_requests is not None else max(2, optimal) * self._split_ways
-        self._pool = [_Request(self.compiled.create_infer_request()) for _ in range(size)]
-        self._idle: queue.SimpleQueue[_Request] = queue.SimpleQueue()
-        for slot in self._pool:
-            slot.request.set_callback(self._finished, slot)
-            self._idle.put(slot)
+        # The pool: `size` tickets, one per request allowed to run at once, whichever compiled model it is made from.
+        self._pool_size = size
+        self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for ticket in range(size):
+            self._idle.put(ticket)
+        self._dynamic = _Compiled(self.compiled, self._finished)
+        self._compiled_models = [self._dynamic]
+        for slot in [self._dynamic.take() for _ in range(size)]:  # made up front: the first batches wait for none
+            self._dynamic.give_back(slot)
+        self.static_shapes = static_shapes
+        self._static: Dict[Tuple[Tuple[int, ...], Tuple[int, ...]], _Compiled] = {}
+        self._static_lock = threading.Lock()
+        # The ``images`` shapes that have a static compiled model, in the order they were compiled.
+        self.static_shapes_compiled: List[Tuple[int, ...]] = []
+        self._model = model if static_shapes else None  # reshaped copies of it are compiled per static shape
+        self._ov, self._core = ov, core
+        self._config, self._target = config, target
         # Batches a caller may keep in flight: each may hold up to _split_ways requests, and the pool must never run
         # dry while a caller holds requests it has not collected yet (predict_iter would wait on itself).
         self.async_depth = max(1, size // self._split_ways)
@@ -245,34 +296,68 @@ class OpenVinoBackend(Backend):
 
     def _start(self, images: np.ndarray, image_sizes: np.ndarray) -> Callable[[], Dict[str, Any]]:
         self._check_open()
-        slots = [self._idle.get()]  # blocks while every request of the pool is running
+        tickets = [self._idle.get()]  # blocks while every request of the pool is running
         batch = int(images.shape[0])
         # Throughput hint: more idle requests, taken without waiting (a wait could deadlock a caller that keeps
         # several batches in flight and collects them in order), each running a slice of the batch on its stream.
-        while len(slots) < min(batch, self._split_ways):
+        while len(tickets) < min(batch, self._split_ways):
             try:
-                slots.append(self._idle.get_nowait())
+                tickets.append(self._idle.get_nowait())
             except queue.Empty:
                 break
-        if len(slots) == 1:
-            return self._start_on(slots[0], images, image_sizes)
-        bounds = np.linspace(0, batch, len(slots) + 1).round().astype(int)
+        if len(tickets) == 1:
+            return self._start_on(tickets[0], images, image_sizes)
+        bounds = np.linspace(0, batch, len(tickets) + 1).round().astype(int)
         waiters: List[Callable[[], Dict[str, Any]]] = []
         try:
-            for i, slot in enumerate(slots):
+            for i, ticket in enumerate(tickets):
                 part = slice(bounds[i], bounds[i + 1])
-                waiters.append(self._start_on(slot, images[part], image_sizes[part]))
+                waiters.append(self._start_on(ticket, images[part], image_sizes[part]))
         except BaseException:
-            for unused in slots[len(waiters) + 1 :]:  # the failed one was released by _start_on
+            for unused in tickets[len(waiters) + 1 :]:  # the failed one was given back by _start_on
                 self._idle.put(unused)
             _wait_all(waiters)
             raise
         return lambda: _join_batches(_wait_all(waiters))
 
-    def _start_on(self, slot: _Request, images: np.ndarray, image_sizes: np.ndarray) -> Callable[[], Dict[str, Any]]:
+    def _compiled_for(self, images: np.ndarray, image_sizes: np.ndarray) -> _Compiled:
+        """The static model of this input shape (compiled on its first batch while fewer than ``static_shapes``
+        exist), else the dynamic one."""
+        if not self.static_shapes:
+            return self._dynamic
+        key = (tuple(images.shape), tuple(image_sizes.shape))
+        with self._static_lock:  # one compile at a time; batches of shapes already compiled wait only for it
+            entry = self._static.get(key)
+            if entry is None and self._model is not None and len(self._static) < self.static_shapes:
+                model = self._model.clone()
+                shapes = {
+                    "images": self._ov.PartialShape(list(key[0])),
+                    "image_sizes": self._ov.PartialShape(list(key[1])),
+                }
+                try:
+                    model.reshape(shapes)
+                    compiled = self._core.compile_model(model, self._target, self._config)
+                except Exception as exc:
+                    raise EngineError(
+                        f"OpenVINO cannot compile {os.path.basename(self.path)} for the static input shape "
+                        f"{list(key[0])}: {_first_line(exc)}; static_shapes=0 runs every shape on the dynamic model"
+                    ) from exc
+                entry = self._static[key] = _Compiled(compiled, self._finished)
+                self.static_shapes_compiled.append(key[0])
+                self._compiled_models.append(entry)
+        return entry or self._dynamic
+
+    def _start_on(self, ticket: int, images: np.ndarray, image_sizes: np.ndarray) -> Callable[[], Dict[str, Any]]:
+        images, image_sizes = np.ascontiguousarray(images), np.ascontiguousarray(image_sizes)
+        try:
+            slot = self._compiled_for(images, image_sizes).take()
+        except BaseException:
+            self._idle.put(ticket)
+            raise
+        slot.ticket = ticket
         slot.done.clear()
         slot.outputs, slot.error = None, None
-        slot.inputs = (np.ascontiguousarray(images), np.ascontiguousarray(image_sizes))
+        slot.inputs = (images, image_sizes)
         with self._count_lock:
             self._running += 1
             self.requests_started += 1
@@ -313,19 +398,22 @@ class OpenVinoBackend(Backend):
         slot.outputs, slot.error = None, None
         with self._count_lock:
             self._running -= 1
-        self._idle.put(slot)
+        ticket, slot.ticket = slot.ticket, -1
+        slot.owner.give_back(slot)
+        self._idle.put(ticket)
 
     def close(self) -> None:
         """Wait for running requests, then release the compiled model."""
         if self._closed:
             return
         self._closed = True
-        for slot in self._pool:
-            try:
-                slot.request.wait()
-            except Exception:
-                pass
-        self._pool = []
+        for entry in self._compiled_models:
+            for slot in entry.made:
+                try:
+                    slot.request.wait()
+                except Exception:
+                    pass
+        self._compiled_models, self._static, self._model = [], {}, None
         self.compiled = None
 
     def describe(self) -> str:
@@ -333,7 +421,9 @@ class OpenVinoBackend(Backend):
             return f"openvino (closed) {os.path.basename(self.path)}"
         return (
             f"openvino {self.device} {os.path.basename(self.path)} ({self.performance_hint}, "
-            f"{self.inference_precision}, {len(self._pool)} requests)"
+            f"{self.inference_precision}, {self._pool_size} requests"
+            + (f", static shapes {len(self._static)}/{self.static_shapes}" if self.static_shapes else "")
+            + ")"
         )
 
 

@@ -103,6 +103,11 @@ def test_openvino_systems_are_accepted_and_find_their_files(tmp_path):
     assert bench._openvino_variant("sdk-openvino-fp32", "fp32") == ("fp32", None)
     assert bench._openvino_variant("sdk-openvino-bf16", "bf16") == ("bf16", {"inference_precision": "bf16"})
     assert bench._openvino_variant("sdk-openvino-int8tp", "int8tp") == ("int8", {"performance_hint": "throughput"})
+    assert bench._openvino_variant("sdk-openvino-fp32st", "fp32st") == ("fp32", {"static_shapes": 4})
+    assert bench._openvino_variant("sdk-openvino-int8tpst", "int8tpst") == (
+        "int8",
+        {"performance_hint": "throughput", "static_shapes": 4},
+    )
     with pytest.raises(DeploySdkError, match="sdk-openvino-fp32tp"):
         bench._openvino_variant("sdk-openvino-fast", "fast")
 

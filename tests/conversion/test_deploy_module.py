@@ -74,9 +74,10 @@ def test_outputs_are_padded_to_k_with_zeros():
 
 
 def test_mask_head_on_the_first_slots_only(tiny):
-    """The mask head runs on the first n slots (n = the batch's most detections). With a score threshold that
-    leaves each image a different number of detections, the batched outputs must still be torchvision's, image by
-    image; with no detection at all they are all zero, with the contract's shapes."""
+    """The mask head runs on the valid ones of the first n slots (n = the batch's most detections). With a score
+    threshold that leaves each image a different number of detections, the batched outputs must still be
+    torchvision's, image by image, also when the first image has none; with no detection at all they are all zero,
+    with the contract's shapes."""
     import copy
 
     model, images, image_sizes, _, out = tiny
@@ -95,6 +96,23 @@ def test_mask_head_on_the_first_slots_only(tiny):
         assert torch.equal(labels[b, :n].long(), det["labels"])
         assert_close(masks[b, :n], det["masks"][:, 0], what=f"image {b} masks")
         assert not masks[b, n:].any()
+
+    # The image with the lowest top score first, at a threshold that leaves it nothing and the others something:
+    # the mask head's rows are gathered over the batch, and row 0 (this image's first slot) still goes through it.
+    order = sorted(range(images.shape[0]), key=lambda b: float(out[2][b, 0]))
+    reordered, reordered_sizes = images[order], image_sizes[order]
+    first_empty = copy.deepcopy(model)
+    first_empty.roi_heads.score_thresh = float(out[2][order[0], 0])  # torchvision keeps scores above it
+    crops = [reordered[b, :, :h, :w] for b, (h, w) in enumerate(reordered_sizes.tolist())]
+    ref = torchvision_pipeline(first_empty, crops, CANVAS)
+    with torch.no_grad():
+        num, boxes, scores, labels, masks = DeploymentModule(first_empty)(reordered, reordered_sizes)
+    counts = [int(c) for c in num]
+    assert counts[0] == 0 and min(counts[1:]) > 0, counts
+    assert not masks[0].any()
+    for b, det in enumerate(ref["detections"][1:], start=1):
+        assert counts[b] == len(det["scores"])
+        assert_close(masks[b, : counts[b]], det["masks"][:, 0], what=f"reordered image {b} masks")
 
     nothing = copy.deepcopy(model)
     nothing.roi_heads.score_thresh = 1.0

@@ -176,6 +176,47 @@ def test_onnxruntime_batch_one_large_canvas(tiny_export):
     assert_close(out["scores"][0, :n], det["scores"], tol=FP32_WHOLE_MODEL_SCORES, what="scores")
 
 
+@pytest.mark.slow
+def test_onnxruntime_mask_head_rows_gathered_over_the_batch(tmp_path):
+    """The graph sends only valid detections through the mask head, gathered over the batch, and puts the masks
+    back in their slots. A batch whose first image has no detection (its slot 0 still goes through, as the one row
+    that keeps the mask head's batch non-empty) and images with different counts: torchvision's masks image by
+    image. A model that detects nothing: all outputs zero, with the contract's shapes."""
+    import copy
+
+    from deploy_sdk.conversion.deploy_module import DeploymentModule
+
+    model = build_tiny_maskrcnn(seed=0)
+    canvas = (128, 128)
+    images, image_sizes, crops = random_canvas([(100, 128), (128, 90), (64, 70)], canvas, seed=3)
+    with torch.no_grad():
+        top = DeploymentModule(model)(images, image_sizes)[2][:, 0]
+    order = sorted(range(3), key=lambda b: float(top[b]))
+    images, image_sizes, crops = images[order], image_sizes[order], [crops[b] for b in order]
+    thresholded = copy.deepcopy(model)
+    thresholded.roi_heads.score_thresh = float(top[order[0]])  # torchvision keeps scores above it
+    export_onnx(load_torchvision_model(thresholded), tmp_path / "t.onnx", log=lambda line: None)
+    out = _run(_session(tmp_path / "t.onnx"), images, image_sizes)
+    counts = [int(c) for c in out["num_detections"]]
+    assert counts[0] == 0 and min(counts[1:]) > 0 and len(set(counts)) == 3, counts
+    assert not out["masks"][0].any()
+    ref = torchvision_pipeline(thresholded, crops, canvas)
+    for b, det in enumerate(ref["detections"]):
+        n = counts[b]
+        assert n == len(det["scores"])
+        assert np.array_equal(out["labels"][b, :n], det["labels"].numpy())
+        assert_close(out["masks"][b, :n], det["masks"][:, 0], tol=FP32_WHOLE_MODEL, what=f"image {b} masks")
+        assert not out["masks"][b, n:].any()
+
+    nothing = copy.deepcopy(model)
+    nothing.roi_heads.score_thresh = 1.0
+    export_onnx(load_torchvision_model(nothing), tmp_path / "n.onnx", log=lambda line: None)
+    out = _run(_session(tmp_path / "n.onnx"), images, image_sizes)
+    assert out["masks"].shape == (3, 100, 28, 28)
+    for name in ("num_detections", "boxes", "scores", "labels", "masks"):
+        assert not out[name].any(), name
+
+
 # ------------------------------------------------------------------------------ CLI: fixed size, check, errors
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):

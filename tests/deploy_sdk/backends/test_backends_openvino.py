@@ -70,7 +70,7 @@ def _split_in_two(backend) -> None:
     """Split batches over two requests even where OpenVINO made a single stream (fewer cores), with the in-flight
     depth the backend would have chosen for two, so the splitting is tested on any machine."""
     backend._split_ways = 2
-    backend.async_depth = max(1, len(backend._pool) // 2)
+    backend.async_depth = max(1, backend._pool_size // 2)
 
 
 # ------------------------------------------------------------------------------------------------ toy graph
@@ -230,6 +230,54 @@ def test_throughput_hint_splits_a_batch_over_the_streams(toy):
         many = [(64 + 8 * i, 128 - 8 * i) for i in range(7)]
         results = list(predictor.predict_iter([np.full((h, w, 3), 200, np.uint8) for h, w in many]))
         assert [r.image_size for r in results] == many and backend._running == 0
+
+
+def test_static_shapes_compile_the_first_shapes_and_run_the_rest_dynamic(toy):
+    """static_shapes=2: the first two input shapes get a model compiled for exactly that shape, a third runs on the
+    dynamic model; every batch gives the hand-worked outputs and the dynamic backend's, and every ticket and
+    request goes back to the pool."""
+    _openvino()
+    from deploy_sdk.backends.openvino import OpenVinoBackend
+
+    batches = [[(64, 96)], [(32, 64)], [(64, 96)], [(40, 64), (64, 48)], [(96, 32)]]
+    with OpenVinoBackend(toy, threads=1) as dynamic, OpenVinoBackend(toy, threads=1, static_shapes=2) as backend:
+        for sizes in batches:
+            images, image_sizes = _toy_batch(sizes)
+            got, want = backend.infer(images, image_sizes), dynamic.infer(images, image_sizes)
+            for name in want:
+                np.testing.assert_array_equal(got[name], want[name], err_msg=f"{sizes} {name}")
+            for i, (h, w) in enumerate(sizes):
+                expected = np.array(TOY_BOX_FRACTIONS, np.float32) * np.array([w, h, w, h], np.float32)
+                assert_close(got["boxes"][i], expected, tol=TOY_BOX_SCALING, what=f"{sizes} image {i} boxes")
+        assert backend.static_shapes_compiled == [(1, 3, 64, 96), (1, 3, 32, 64)]
+        assert len(backend._static) == 2 and "static shapes 2/2" in backend.describe()
+        # the static models ran their batches: requests were made from them, and all are back
+        assert [len(backend._static[k].made) for k in backend._static] == [1, 1]
+        assert backend._running == 0 and backend._idle.qsize() == backend._pool_size
+        # each static model's inputs really are that shape (OpenVINO refuses another)
+        compiled = backend._static[((1, 3, 64, 96), (1, 2))].compiled
+        assert [str(p.get_partial_shape()) for p in compiled.inputs] == ["[1,3,64,96]", "[1,2]"]
+    for bad in (-1, True, 1.5):
+        with pytest.raises(DeploySdkError, match="static_shapes must be a non-negative integer"):
+            OpenVinoBackend(toy, static_shapes=bad)
+
+
+def test_static_shapes_with_the_batch_split_over_streams(toy):
+    """A batch of 3 split in two slices (2 + 1 images): each slice's shape gets its static model, and the joined
+    outputs are the hand-worked ones."""
+    _openvino()
+    from deploy_sdk.backends.openvino import OpenVinoBackend
+
+    with OpenVinoBackend(toy, threads=2, performance_hint="throughput", static_shapes=4) as backend:
+        _split_in_two(backend)
+        sizes = [(40, 60), (64, 48), (32, 96)]
+        for _ in range(2):  # the second time reuses both static models
+            out = backend.infer(*_toy_batch(sizes))
+            for i, (h, w) in enumerate(sizes):
+                expected = np.array(TOY_BOX_FRACTIONS, np.float32) * np.array([w, h, w, h], np.float32)
+                assert_close(out["boxes"][i], expected, tol=TOY_BOX_SCALING, what=f"image {i} boxes")
+        assert sorted(backend.static_shapes_compiled) == [(1, 3, 64, 96), (2, 3, 64, 96)]
+        assert backend._running == 0 and backend._idle.qsize() == backend._pool_size
 
 
 def test_split_batches_are_joined_with_zero_mask_slots():
@@ -395,16 +443,19 @@ def mixed_images():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("batch_size, hint", [(1, "latency"), (4, "latency"), (4, "throughput")])
-def test_shipped_model_matches_onnxruntime(batch_size, hint, mixed_images):
+@pytest.mark.parametrize(
+    "batch_size, hint, static", [(1, "latency", 0), (4, "latency", 0), (4, "throughput", 0), (1, "latency", 8)]
+)
+def test_shipped_model_matches_onnxruntime(batch_size, hint, static, mixed_images):
     """Same graph, two runtimes, the same batches (a batch shares one padded canvas): held to the export criteria.
-    With the throughput hint each batch runs split over the streams (forced to two) and joined."""
+    With the throughput hint each batch runs split over the streams (forced to two) and joined; with static shapes
+    each canvas of the 7 images runs on a model compiled for it."""
     _openvino()
     from fixtures_models import parity_failures, shipped_onnx_path
 
     path = shipped_onnx_path()
     reference = Predictor(path, backend="onnxruntime", batch_size=batch_size, threads=2).predict(mixed_images)
-    options = {"performance_hint": hint}
+    options = {"performance_hint": hint, "static_shapes": static}
     predictor = Predictor(path, backend="openvino", batch_size=batch_size, threads=2, backend_options=options)
     if hint == "throughput":
         _split_in_two(predictor.backend)
@@ -417,6 +468,12 @@ def test_shipped_model_matches_onnxruntime(batch_size, hint, mixed_images):
     assert not parity_failures(results, streamed, score_diff=1e-5, box_iou=0.9999, mask_iou=0.999)
     if batch_size == 1:
         assert predictor.backend.peak_in_flight == 2
+    compiled = predictor.backend.static_shapes_compiled
+    if static:  # one per canvas (7 image sizes round up to fewer canvases), each compiled once
+        assert 2 <= len(compiled) <= 7 and len(set(compiled)) == len(compiled)
+        assert all(shape[:2] == (1, 3) and shape[2] % 32 == 0 == shape[3] % 32 for shape in compiled)
+    else:
+        assert compiled == []
 
 
 @pytest.fixture(scope="module")
