@@ -29,7 +29,7 @@ Choices:
 - ``threads``: ``INFERENCE_NUM_THREADS`` of the CPU plugin (default: OpenVINO's, all usable cores).
 - ``static_shapes``: how many input shapes (batch, canvas) get a model compiled for exactly that shape, besides
   the dynamic one every other shape runs on (default 0: the dynamic model only). OpenVINO plans memory and
-  kernels once for a static model instead of at every call: ~5% faster on the shipped model at 384x512 (f32, 2
+  kernels once for a static model instead of at every call: 5–14% faster on the shipped model at 384x512 (f32, 2
   threads, ``benchmarks/RESULTS.md``). Each shape costs a compile on its first batch (~0.5 s on the shipped model)
   and a compiled model's memory; the first ``static_shapes`` shapes seen keep theirs (no eviction, so a workload
   cycling through more shapes never recompiles). Pays where the shapes repeat: a fixed-size export
