@@ -155,7 +155,8 @@ class OpenVinoBackend(Backend):
         static_shapes: int = 0,
     ):
         self._closed = True
-        self._compiled_models: List[_Compiled] = []
+        self._dynamic: Optional[_Compiled] = None
+        self._static: Dict[Tuple[Tuple[int, ...], Tuple[int, ...]], _Compiled] = {}
         self.path = os.fspath(path)
         threads = check_threads(threads)
         target = openvino_device(device)
@@ -260,11 +261,9 @@ class OpenVinoBackend(Backend):
         for ticket in range(size):
             self._idle.put(ticket)
         self._dynamic = _Compiled(self.compiled, self._finished)
-        self._compiled_models = [self._dynamic]
         for slot in [self._dynamic.take() for _ in range(size)]:  # made up front: the first batches wait for none
             self._dynamic.give_back(slot)
         self.static_shapes = static_shapes
-        self._static: Dict[Tuple[Tuple[int, ...], Tuple[int, ...]], _Compiled] = {}
         self._static_lock = threading.Lock()
         # The ``images`` shapes that have a static compiled model, in the order they were compiled.
         self.static_shapes_compiled: List[Tuple[int, ...]] = []
@@ -323,8 +322,11 @@ class OpenVinoBackend(Backend):
     def _compiled_for(self, images: np.ndarray, image_sizes: np.ndarray) -> _Compiled:
         """The static model of this input shape (compiled on its first batch while fewer than ``static_shapes``
         exist), else the dynamic one."""
+        dynamic = self._dynamic
+        if dynamic is None:  # closed
+            raise DeploySdkError(f"openvino backend for {os.path.basename(self.path)} is closed")
         if not self.static_shapes:
-            return self._dynamic
+            return dynamic
         key = (tuple(images.shape), tuple(image_sizes.shape))
         with self._static_lock:  # one compile at a time; batches of shapes already compiled wait only for it
             entry = self._static.get(key)
@@ -344,8 +346,7 @@ class OpenVinoBackend(Backend):
                     ) from exc
                 entry = self._static[key] = _Compiled(compiled, self._finished)
                 self.static_shapes_compiled.append(key[0])
-                self._compiled_models.append(entry)
-        return entry or self._dynamic
+        return entry or dynamic
 
     def _start_on(self, ticket: int, images: np.ndarray, image_sizes: np.ndarray) -> Callable[[], Dict[str, Any]]:
         images, image_sizes = np.ascontiguousarray(images), np.ascontiguousarray(image_sizes)
@@ -407,13 +408,13 @@ class OpenVinoBackend(Backend):
         if self._closed:
             return
         self._closed = True
-        for entry in self._compiled_models:
+        for entry in [self._dynamic, *self._static.values()] if self._dynamic else []:
             for slot in entry.made:
                 try:
                     slot.request.wait()
                 except Exception:
                     pass
-        self._compiled_models, self._static, self._model = [], {}, None
+        self._dynamic, self._static, self._model = None, {}, None
         self.compiled = None
 
     def describe(self) -> str:
