@@ -29,11 +29,12 @@ Choices:
 - ``threads``: ``INFERENCE_NUM_THREADS`` of the CPU plugin (default: OpenVINO's, all usable cores).
 - ``static_shapes``: how many input shapes (batch, canvas) get a model compiled for exactly that shape, besides
   the dynamic one every other shape runs on (default 0: the dynamic model only). OpenVINO plans memory and
-  kernels once for a static model instead of at every call: 5–14% faster on the shipped model at 384x512 (f32, 2
-  threads, ``benchmarks/RESULTS.md``). Each shape costs a compile on its first batch (~0.5 s on the shipped model)
-  and a compiled model's memory; the first ``static_shapes`` shapes seen keep theirs (no eviction, so a workload
-  cycling through more shapes never recompiles). Pays where the shapes repeat: a fixed-size export
-  (``export --height/--width``) or same-size images at a fixed batch size.
+  kernels once for a static model instead of at every call: on the shipped model at 384x512 (2 threads,
+  ``benchmarks/RESULTS.md`` (c7)) batch 1 ran 1.13x faster in f32 and 1.55x in INT8. Each shape costs a compile on
+  its first batch (0.5 s f32, 0.8-1.4 s INT8 on the shipped model) and a compiled model's memory; the first
+  ``static_shapes`` shapes seen keep theirs (no eviction, so a workload cycling through more shapes never
+  recompiles). Pays where the shapes repeat: a fixed-size export (``export --height/--width``) or same-size images
+  at a fixed batch size; with mixed sizes the compiles cost more than they gain (README).
 
 Ties: ONNX's TopK keeps the lower index among equal values; OpenVINO's only when its ``stable`` attribute is set,
 which its ONNX reader does not do. ``stable_topk=True`` sets it on every value-sorted TopK, so that the same elements
