@@ -65,3 +65,15 @@ def test_demo_runs_the_shipped_model_by_default(tmp_path, monkeypatch):
     with pytest.raises(Loaded):
         demo.run(parser.parse_args(["--out", str(tmp_path / "out")]))
     assert loaded == [shipped.resolve()]
+
+
+def test_the_demo_table_adds_openvino_where_the_extra_is_installed(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name in ("openvino", "onnx") else real(name, *a)
+    )
+    assert demo.bench_systems() == "sdk-openvino-fp32,torch"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    assert demo.bench_systems() == "torch"
