@@ -25,6 +25,42 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The vector extensions that decide which kernels oneDNN, OpenVINO, ONNX Runtime and torch pick (as /proc/cpuinfo
+# names them): AVX2 only (e.g. AMD Zen 2), AVX-512 with VNNI (int8), with BF16/FP16, and AMX (Sapphire Rapids on).
+ISA_FLAGS = (
+    "avx2",
+    "avx_vnni",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
+# Environment variables that cap the instruction set those libraries use: oneDNN's (torch's convolutions and
+# OpenVINO's CPU plugin honour it) and torch's own kernels' (ATen). ONNX Runtime's MLAS has no such cap.
+ISA_LIMIT_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
+def cpu_isa_flags() -> List[str]:
+    """Which of :data:`ISA_FLAGS` the CPU has, from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in ISA_FLAGS if flag in have]
+    except OSError:
+        pass
+    return []
+
+
+def isa_limits() -> Dict[str, str]:
+    """The instruction-set caps set in the environment (:data:`ISA_LIMIT_VARIABLES`), by variable."""
+    return {name: os.environ[name] for name in ISA_LIMIT_VARIABLES if os.environ.get(name)}
+
+
 def _physical_cores() -> Optional[int]:
     try:
         cores = set()
@@ -137,6 +173,9 @@ def machine_info(threads: Optional[int] = None) -> Dict[str, Any]:
         pass
     return {
         "cpu_model": _cpu_model(),
+        "cpu_isa": cpu_isa_flags(),
+        # Set when the run capped the instruction set (e.g. ONEDNN_MAX_CPU_ISA=AVX2 to stand in for an AVX2-only CPU).
+        "isa_limits": isa_limits(),
         "logical_cores": os.cpu_count(),
         "physical_cores": _physical_cores(),
         "usable_cores": usable,

@@ -522,7 +522,14 @@ def run(args: argparse.Namespace) -> int:
     }
     doc = build_document(machine, rows, settings=settings, command=_command_line(args, batch_sizes, size))
     print()
-    print(f"{machine['cpu_model']}, {threads} threads, images {size[0]}x{size[1]}; times in ms per batch")
+    # The vector extensions, and any cap put on them for this run (e.g. ONEDNN_MAX_CPU_ISA=AVX2).
+    isa = ", ".join(machine.get("cpu_isa") or [])
+    limits = " ".join(f"{k}={v}" for k, v in (machine.get("isa_limits") or {}).items())
+    isa = "; ".join(part for part in (isa, f"capped: {limits}" if limits else "") if part)
+    print(
+        f"{machine['cpu_model']}{f' ({isa})' if isa else ''}, {threads} threads, images {size[0]}x{size[1]}; "
+        "times in ms per batch"
+    )
     print(format_table(rows, doc["comparisons"]))
     from deploy_sdk.benchmarks.report import noise_warnings
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -311,3 +312,21 @@ def test_noise_warnings_hand_worked():
     assert lines[0].startswith("a at batch 1: the latency varies by 30%") and "--iters 60" in lines[0]
     assert report.noise_warnings(rows, iters=5, limit=0.01)[2].endswith("quieter machine")
     assert "--iters 20" in report.noise_warnings(rows, iters=5)[0]  # at least 20
+
+
+def test_machine_info_names_the_vector_extensions_and_the_caps(monkeypatch):
+    from deploy_sdk.benchmarks.machine import ISA_FLAGS
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    info = harness.machine_info(threads=2)
+    assert info["isa_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    # Against the kernel's own flag list, read here independently.
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo on this OS to compare the flags with")
+    with open("/proc/cpuinfo") as f:
+        flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    assert info["cpu_isa"] == [flag for flag in ISA_FLAGS if flag in flags]
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert harness.machine_info()["isa_limits"] == {}
