@@ -1,7 +1,7 @@
 """Where the time of one OpenVINO inference goes: compile times, dynamic vs static wall time, per-node profile.
 
-What the ``openvino`` backend compiles (the ``.onnx`` made portable in memory, ``INFERENCE_PRECISION_HINT`` f32 unless
-asked otherwise, ``INFERENCE_NUM_THREADS``, the latency hint), compiled twice: with the graph's dynamic input shapes
+What the ``openvino`` backend compiles (its own helpers: the ``.onnx`` made portable in memory, its compile properties
+with the latency hint, f32 unless asked otherwise, the threads), compiled twice: with the graph's dynamic input shapes
 and, as ``static_shapes`` does, for exactly the batch's shape. Both run the same batch of synthetic images (the
 ``bench`` images, pre-processed like ``Predictor``) alternately; OpenVINO's per-node counters (``PERF_COUNT``) of the
 static model are then summed per (node type, kernel) and per node over the timed runs. The groups tell what a
@@ -23,8 +23,6 @@ import sys
 import time
 from collections import defaultdict
 from typing import Any, Dict, Iterable, List, Sequence, Tuple
-
-import numpy as np
 
 # Node types computed by oneDNN primitives in OpenVINO's CPU plugin: the work torch eager runs with the same library.
 ONEDNN_TYPES = ("Convolution", "FullyConnected", "ConvolutionBackpropData", "MatMul", "GroupConvolution")
@@ -79,49 +77,29 @@ def profile(
     seed: int = 2024,
 ) -> Dict[str, Any]:
     """Compile ``model_path`` dynamic and static for one batch, time both alternately, profile the static one."""
-    import onnx
     import openvino as ov
 
-    from deploy_sdk.benchmarks.commands.bench import bench_images
-    from deploy_sdk.model_metadata import ModelMetadata
-    from deploy_sdk.portable_graph import is_portable, make_portable
-    from deploy_sdk.preprocessing import prepare_batch
-
-    graph = onnx.load(model_path)
-    meta = ModelMetadata.from_props({p.key: p.value for p in graph.metadata_props}, source=model_path)
-    if not is_portable(graph):
-        graph = make_portable(graph)
-    core = ov.Core()
-    model = core.read_model(graph.SerializeToString())
-    del graph
-    images = bench_images(batch_size, image_size, seed)
-    fixed = (int(meta.fixed_height), int(meta.fixed_width)) if meta.fixed_height and meta.fixed_width else None
-    in_type = next(p for p in model.inputs if p.get_any_name() == "images").get_element_type().get_type_name()
-    batch = prepare_batch(
-        images,
-        int(meta.min_size),
-        int(meta.max_size),
-        int(meta.size_divisible or 1),
-        fixed,
-        dtype=np.uint8 if in_type == "u8" else np.float32,
-        resize=str(meta.extra.get("resize", "torchvision")),
+    from deploy_sdk.backends.openvino import (
+        INPUT_DTYPES,
+        compile_config,
+        fixed_canvas,
+        read_portable_model,
+        with_static_inputs,
     )
+    from deploy_sdk.benchmarks.commands.bench import bench_images
+    from deploy_sdk.preprocessing import model_layout, prepare_batch
+
+    core = ov.Core()
+    model, meta = read_portable_model(core, model_path)
+    in_type = next(p for p in model.inputs if p.get_any_name() == "images").get_element_type().get_type_name()
+    layout, resize = model_layout(meta, fixed_canvas(model, meta), INPUT_DTYPES[in_type])
+    batch = prepare_batch(bench_images(batch_size, image_size, seed), resize=resize, **layout)
     feed = {"images": batch.images, "image_sizes": batch.image_sizes}
-    config = {
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": precision,
-        "INFERENCE_NUM_THREADS": int(threads),
-        "PERF_COUNT": True,
-    }
+    config = dict(compile_config("latency", precision, threads, "CPU"), PERF_COUNT=True)
     compiled: Dict[str, Any] = {}
     compile_s: Dict[str, float] = {}
     for kind in ("dynamic", "static"):
-        m = model
-        if kind == "static":
-            m = model.clone()
-            m.reshape(
-                {"images": ov.PartialShape(list(batch.images.shape)), "image_sizes": ov.PartialShape([batch_size, 2])}
-            )
+        m = model if kind == "dynamic" else with_static_inputs(ov, model, batch.images.shape, batch.image_sizes.shape)
         t0 = time.perf_counter()
         compiled[kind] = core.compile_model(m, "CPU", config)
         compile_s[kind] = time.perf_counter() - t0

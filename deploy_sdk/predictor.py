@@ -33,7 +33,14 @@ from deploy_sdk.errors import DeploySdkError
 from deploy_sdk.local_paths import refuse_url
 from deploy_sdk.mask_paste import MASK_THRESHOLD, paste_masks, paste_masks_cropped, paste_masks_torch
 from deploy_sdk.model_metadata import ModelMetadata
-from deploy_sdk.preprocessing import PreparedBatch, boxes_to_original, check_resizable, load_image, prepare_batch
+from deploy_sdk.preprocessing import (
+    PreparedBatch,
+    boxes_to_original,
+    check_resizable,
+    load_image,
+    model_layout,
+    prepare_batch,
+)
 
 __all__ = ["Predictor", "BACKENDS", "MASK_FORMATS"]
 
@@ -400,15 +407,7 @@ class Predictor:
         return results
 
     def _prepare(self, images: List[np.ndarray]) -> PreparedBatch:
-        meta = self.metadata
-        layout = dict(
-            min_size=int(meta.min_size),
-            max_size=int(meta.max_size),
-            size_divisible=int(meta.size_divisible or 1),
-            fixed=self.backend.fixed_size,
-            dtype=self.backend.input_dtype,
-        )
-        resize = str(meta.extra.get("resize", "torchvision"))  # the training framework's resize (resize_modes)
+        layout, resize = model_layout(self.metadata, self.backend.fixed_size, self.backend.input_dtype)
         if self.preprocess == "torch" and resize == "torchvision":
             from deploy_sdk.preprocessing_torch import prepare_batch_torch
 

@@ -49,7 +49,7 @@ import math
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -398,6 +398,20 @@ class PreparedBatch:
     image_sizes: np.ndarray
     original_sizes: List[Tuple[int, int]]
     sources: Optional[List[Any]] = None
+
+
+def model_layout(metadata: Any, fixed: Optional[Tuple[int, int]], dtype: Any) -> Tuple[Dict[str, Any], str]:
+    """How a model's batches are laid out: :func:`prepare_batch`'s layout keywords (the metadata's resize bounds and
+    canvas divisor, the backend's ``fixed`` canvas and input ``dtype``) and the training framework's resize mode
+    (metadata ``extra["resize"]``, :mod:`deploy_sdk.resize_modes`)."""
+    layout = dict(
+        min_size=int(metadata.min_size),
+        max_size=int(metadata.max_size),
+        size_divisible=int(metadata.size_divisible or 1),
+        fixed=fixed,
+        dtype=dtype,
+    )
+    return layout, str(metadata.extra.get("resize", "torchvision"))
 
 
 def prepare_batch(

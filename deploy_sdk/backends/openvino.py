@@ -59,11 +59,74 @@ from deploy_sdk.backends.base import INPUT_NAMES, OUTPUT_NAMES, Backend, check_t
 from deploy_sdk.errors import DeploySdkError, EngineError, require
 from deploy_sdk.model_metadata import ModelMetadata
 
-__all__ = ["OpenVinoBackend", "openvino_device", "PERFORMANCE_HINTS", "INFERENCE_PRECISIONS"]
+__all__ = [
+    "OpenVinoBackend",
+    "openvino_device",
+    "read_portable_model",
+    "fixed_canvas",
+    "compile_config",
+    "with_static_inputs",
+    "PERFORMANCE_HINTS",
+    "INFERENCE_PRECISIONS",
+    "INPUT_DTYPES",
+]
 
 PERFORMANCE_HINTS = ("latency", "throughput")
 INFERENCE_PRECISIONS = ("f32", "f16", "bf16")
-_INPUT_TYPES = {"f32": np.float32, "u8": np.uint8}
+# numpy dtype of each element type the `images` input may have (OpenVINO names).
+INPUT_DTYPES = {"f32": np.float32, "u8": np.uint8}
+
+
+def read_portable_model(core: Any, path: str) -> Tuple[Any, ModelMetadata]:
+    """OpenVINO's model of the exported graph at ``path``, its local functions inlined in memory (an already
+    portable file is read as it is), and the graph's metadata. Unreadable files raise :class:`EngineError`."""
+    onnx = require("onnx", "openvino", "the openvino backend (it reads the .onnx file to inline its functions)")
+    from deploy_sdk.portable_graph import is_portable, make_portable
+
+    try:
+        graph = onnx.load(path)
+    except Exception as exc:  # onnx raises DecodeError and friends without a common base
+        raise EngineError(f"{path} is not a readable ONNX model ({exc}); re-export it") from exc
+    metadata = ModelMetadata.from_props({p.key: p.value for p in graph.metadata_props}, source=path)
+    if not is_portable(graph):
+        graph = make_portable(graph)
+    try:
+        model = core.read_model(graph.SerializeToString())
+    except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line report
+        raise EngineError(f"OpenVINO cannot read {path}: {_first_line(exc)}") from exc
+    return model, metadata
+
+
+def fixed_canvas(model: Any, metadata: ModelMetadata) -> Optional[Tuple[int, int]]:
+    """The (H, W) canvas a fixed-size graph takes (static ``images`` dims, else the metadata's), or None."""
+    shape = next(p for p in model.inputs if p.get_any_name() == "images").get_partial_shape()
+    if shape[2].is_static and shape[3].is_static:
+        return shape[2].get_length(), shape[3].get_length()
+    if metadata.fixed_height and metadata.fixed_width:
+        return int(metadata.fixed_height), int(metadata.fixed_width)
+    return None
+
+
+def compile_config(
+    performance_hint: str, inference_precision: str, threads: Optional[int], device_kind: str
+) -> Dict[str, Any]:
+    """The ``compile_model`` properties of the backend's choices (``device_kind``: "CPU" or "GPU")."""
+    config: Dict[str, Any] = {
+        "PERFORMANCE_HINT": performance_hint.upper(),
+        "INFERENCE_PRECISION_HINT": inference_precision,
+    }
+    if threads and device_kind == "CPU":
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
+def with_static_inputs(ov: Any, model: Any, images_shape: Tuple[int, ...], image_sizes_shape: Tuple[int, ...]) -> Any:
+    """A copy of ``model`` whose inputs have exactly these shapes: what ``static_shapes`` compiles."""
+    static = model.clone()
+    static.reshape(
+        {"images": ov.PartialShape(list(images_shape)), "image_sizes": ov.PartialShape(list(image_sizes_shape))}
+    )
+    return static
 
 
 def openvino_device(device: str) -> str:
@@ -176,9 +239,7 @@ class OpenVinoBackend(Backend):
                 f"got {inference_precision!r}"
             )
         ov = require("openvino", "openvino", "the openvino backend")
-        onnx = require("onnx", "openvino", "the openvino backend (it reads the .onnx file to inline its functions)")
-        from deploy_sdk.portable_graph import is_portable, make_portable
-
+        require("onnx", "openvino", "the openvino backend (it reads the .onnx file to inline its functions)")
         if not os.path.isfile(self.path):
             raise EngineError(
                 f"ONNX model not found: {self.path}; export one with: maskrcnn-deploy export CKPT -o MODEL.onnx"
@@ -191,18 +252,7 @@ class OpenVinoBackend(Backend):
                 f"OpenVINO sees no {target} device on this machine (it sees: "
                 f"{', '.join(core.available_devices) or 'none'})"
             )
-        try:
-            graph = onnx.load(self.path)
-        except Exception as exc:  # onnx raises DecodeError and friends without a common base
-            raise EngineError(f"{self.path} is not a readable ONNX model ({exc}); re-export it") from exc
-        self.metadata = ModelMetadata.from_props({p.key: p.value for p in graph.metadata_props}, source=self.path)
-        if not is_portable(graph):
-            graph = make_portable(graph)
-        try:
-            model = core.read_model(graph.SerializeToString())
-        except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line report
-            raise EngineError(f"OpenVINO cannot read {self.path}: {_first_line(exc)}") from exc
-        del graph
+        model, self.metadata = read_portable_model(core, self.path)
         self.stable_topk = _onnx_topk_ties(model) if stable_topk else 0
         names = {p.get_any_name() for p in model.inputs}
         outs = {p.get_any_name() for p in model.outputs}
@@ -213,15 +263,12 @@ class OpenVinoBackend(Backend):
             )
         image_input = next(p for p in model.inputs if p.get_any_name() == "images")
         type_name = image_input.get_element_type().get_type_name()
-        if type_name not in _INPUT_TYPES:
+        if type_name not in INPUT_DTYPES:
             raise EngineError(f"{self.path}: input 'images' is {type_name}; expected float32 or uint8")
-        self.input_dtype = _INPUT_TYPES[type_name]
+        self.input_dtype = INPUT_DTYPES[type_name]
         shape = image_input.get_partial_shape()
         self.max_batch_size = shape[0].get_length() if shape[0].is_static else None
-        if shape[2].is_static and shape[3].is_static:
-            self.fixed_size = (shape[2].get_length(), shape[3].get_length())
-        elif self.metadata.fixed_height and self.metadata.fixed_width:
-            self.fixed_size = (int(self.metadata.fixed_height), int(self.metadata.fixed_width))
+        self.fixed_size = fixed_canvas(model, self.metadata)
 
         capabilities = set(core.get_property(kind, "OPTIMIZATION_CAPABILITIES"))
         if inference_precision is None:
@@ -245,9 +292,7 @@ class OpenVinoBackend(Backend):
             )
         self.performance_hint = hint
         self.inference_precision = inference_precision
-        config: Dict[str, Any] = {"PERFORMANCE_HINT": hint.upper(), "INFERENCE_PRECISION_HINT": inference_precision}
-        if threads and kind == "CPU":
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+        config = compile_config(hint, inference_precision, threads, kind)
         try:
             self.compiled = core.compile_model(model, target, config)
         except Exception as exc:
@@ -332,13 +377,8 @@ class OpenVinoBackend(Backend):
         with self._static_lock:  # one compile at a time; batches of shapes already compiled wait only for it
             entry = self._static.get(key)
             if entry is None and self._model is not None and len(self._static) < self.static_shapes:
-                model = self._model.clone()
-                shapes = {
-                    "images": self._ov.PartialShape(list(key[0])),
-                    "image_sizes": self._ov.PartialShape(list(key[1])),
-                }
                 try:
-                    model.reshape(shapes)
+                    model = with_static_inputs(self._ov, self._model, key[0], key[1])
                     compiled = self._core.compile_model(model, self._target, self._config)
                 except Exception as exc:
                     raise EngineError(
